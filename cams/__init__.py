@@ -1,0 +1,1 @@
+"""cams: class activation maps from one shared hooks-and-weights pass (torch only)."""
