@@ -1,0 +1,69 @@
+"""Leave the model as found: modes, RNG and grad mode are restored after every CAM call."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["frozen_model", "rng_guard"]
+
+
+@contextlib.contextmanager
+def rng_guard(device: torch.device | None = None) -> Iterator[None]:
+    """Restore the global CPU (and, if used, CUDA) RNG state on exit.
+
+    A CAM run must not draw on the random stream the training loop uses (dropout masks,
+    augmentations, samplers). Modules that sample (dropout in ``train`` mode) are switched to
+    ``eval`` by :func:`frozen_model`, so this is a second line of defence.
+
+    Example:
+        >>> import torch
+        >>> before = torch.random.get_rng_state()
+        >>> with rng_guard():
+        ...     _ = torch.rand(3)
+        >>> bool(torch.equal(before, torch.random.get_rng_state()))
+        True
+    """
+    devices = []
+    if device is not None and device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices, enabled=True, device_type="cuda"):
+        yield
+
+
+@contextlib.contextmanager
+def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in ``eval`` mode and restore every module's ``training`` flag afterwards.
+
+    BatchNorm running statistics are not updated in ``eval`` mode, dropout does not sample,
+    and the global RNG is restored on exit (also when the body raises).
+
+    Example:
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+        >>> with frozen_model(net):
+        ...     net[1].training
+        False
+        >>> net[1].training
+        True
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    device = _model_device(model)
+    try:
+        with rng_guard(device):
+            model.eval()
+            yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
