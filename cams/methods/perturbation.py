@@ -1,0 +1,44 @@
+"""Perturbation methods: channel weights from how the target score reacts to each channel.
+
+The engine measures ``channel_scores`` (B, C) — the target score with the input masked by each
+upsampled channel (Score-CAM) or with each channel ablated (Ablation-CAM) — in batched forwards
+that reuse the captured activations, and ``base_scores`` (B,) from the plain forward. These functions
+turn them into weighted activations (B, C, h, w).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ablation_cam", "score_cam"]
+
+
+def score_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
+    """Score-CAM (Wang et al., CVPRW 2020, https://arxiv.org/abs/1910.01279).
+
+    ``M_k`` = channel ``k`` upsampled (bilinear, corners aligned) and min-max scaled;
+    ``s_k = y(X ⊙ M_k)``;  ``α = softmax_k(s)``;  map ``= ReLU(Σ_k α_k A_k)``.
+
+    Example:
+        >>> w = score_cam(torch.ones(1, 2, 1, 1), torch.tensor([[0.0, 0.0]]), torch.tensor([1.0]))
+        >>> w.flatten().tolist()
+        [0.5, 0.5]
+    """
+    weights = torch.softmax(channel_scores, dim=1)
+    return weights[:, :, None, None] * acts
+
+
+def ablation_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020, https://openaccess.thecvf.com/content_WACV_2020/
+    papers/Desai_Ablation-CAM_Visual_Explanations_for_Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf).
+
+    ``s_k`` = target score with channel ``k`` of the layer set to zero (to ``min − 1e7`` when the
+    layer has negative values); ``α_k = (y − s_k) / y``;  map ``= ReLU(Σ_k α_k A_k)``.
+
+    Example:
+        >>> w = ablation_cam(torch.ones(1, 2, 1, 1), torch.tensor([[1.0, 2.0]]), torch.tensor([2.0]))
+        >>> w.flatten().tolist()
+        [0.5, 0.0]
+    """
+    weights = (base_scores[:, None] - channel_scores) / base_scores[:, None]
+    return weights[:, :, None, None] * acts

@@ -1,0 +1,85 @@
+"""Batched tensor operations shared by every CAM method: normalise, resize, project.
+
+All functions are pure: tensors in, tensors out, no state, on the input's device.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["EigenSign", "first_principal_component", "minmax", "resize", "sum_or_project"]
+
+EigenSign = Literal["max", "none"]
+
+#: The reference divides by ``max + 1e-7`` after subtracting the minimum (``scale_cam_image``).
+_MINMAX_EPS = 1e-7
+
+
+def minmax(cams: torch.Tensor) -> torch.Tensor:
+    """Scale each map of ``cams`` (B, H, W) to [0, 1]: ``(c - min) / (max(c - min) + 1e-7)``.
+
+    A constant map becomes all zeros.
+
+    Example:
+        >>> minmax(torch.tensor([[[1.0, 3.0]]])).tolist()
+        [[[0.0, 1.0]]]
+    """
+    flat = cams.flatten(1)
+    shifted = flat - flat.min(dim=1, keepdim=True).values
+    scaled = shifted / (shifted.max(dim=1, keepdim=True).values + _MINMAX_EPS)
+    return scaled.view_as(cams)
+
+
+def resize(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resize maps (B, h, w) to ``size`` = (H, W), half-pixel centres, no antialiasing.
+
+    This is the sampling of ``cv2.resize(..., interpolation=INTER_LINEAR)`` that the reference uses.
+
+    Example:
+        >>> resize(torch.ones(2, 7, 7), (224, 224)).shape
+        torch.Size([2, 224, 224])
+    """
+    if tuple(cams.shape[-2:]) == tuple(size):
+        return cams
+    return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max") -> torch.Tensor:
+    """Project (B, C, h, w) activations on their first principal component → (B, h, w).
+
+    Each image's ``(h·w, C)`` matrix is centred per channel and projected on its first right
+    singular vector ``v₁``: ``P = (A - Ā) v₁ = u₁ σ₁`` (Eigen-CAM, Muhammad & Yeasin 2020,
+    https://arxiv.org/abs/2008.00299). Computed for the whole batch at once in float64.
+
+    The sign of a singular vector is arbitrary. ``sign="max"`` (default) flips each projection so that
+    its largest-magnitude value is positive (salient regions come out positive; the rule of
+    Seg-Eigen-CAM, Eq. 13). ``sign="none"`` keeps the solver's sign, as the reference does.
+
+    Example:
+        >>> a = torch.zeros(1, 2, 2, 2)
+        >>> a[0, :, 0, 0] = 4.0
+        >>> first_principal_component(a)[0].argmax().item()
+        0
+    """
+    if sign not in ("max", "none"):
+        raise ValueError(f"eigen_sign must be 'max' or 'none'; got {sign!r}")
+    b, c, h, w = activations.shape
+    mat = torch.nan_to_num(activations.detach().to(torch.float64), nan=0.0).reshape(b, c, h * w)
+    mat = mat.transpose(1, 2)
+    mat = mat - mat.mean(dim=1, keepdim=True)
+    u, s, _ = torch.linalg.svd(mat, full_matrices=False)
+    projection = u[..., 0] * s[..., :1]
+    if sign == "max":
+        flip = projection.max(dim=1).values.abs() < projection.min(dim=1).values.abs()
+        projection = torch.where(flip[:, None], -projection, projection)
+    return projection.reshape(b, h, w).to(torch.float32)
+
+
+def sum_or_project(weighted: torch.Tensor, project: bool, sign: EigenSign = "max") -> torch.Tensor:
+    """Collapse weighted activations (B, C, h, w) to maps (B, h, w): channel sum, or first component."""
+    if project:
+        return first_principal_component(weighted, sign)
+    return weighted.sum(dim=1)
