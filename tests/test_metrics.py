@@ -241,3 +241,275 @@ def test_energy_single_hot_pixel_is_one_inside_zero_outside():
 def test_energy_empty_object_is_nan():
     result = metrics.energy_pointing_game(_random_maps(batch=1), masks=torch.zeros(1, 6, 6, dtype=torch.bool))
     assert math.isnan(result.item())
+
+
+# --------------------------------------------------------------------------------------------------
+# faithfulness: tiny linear classifiers on known pixels
+# --------------------------------------------------------------------------------------------------
+
+
+def _linear_model(*class_weights: torch.Tensor, bias: tuple[float, ...] | None = None) -> torch.nn.Module:
+    """``nn.Sequential(Flatten, Linear)`` whose class ``k`` score is ``<class_weights[k], x> + bias[k]``."""
+    numel = class_weights[0].numel()
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(numel, len(class_weights)))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.stack([w.flatten() for w in class_weights]))
+        model[1].bias.copy_(torch.tensor(bias if bias is not None else [0.0] * len(class_weights)))
+    return model
+
+
+def _hot_pixel_model(index: int = 6, size: int = 4) -> torch.nn.Module:
+    """One class whose score is the value of pixel ``index`` (raster order) of a 1-channel image."""
+    return _linear_model(torch.eye(size * size)[index])
+
+
+class _CountingModel(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls, self.rows = model, 0, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.rows.append(len(x))
+        return self.model(x)
+
+
+def _small_cnn(classes: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.5),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, classes),
+    )
+
+
+def _images(batch: int = 3, channels: int = 3, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_average_drop_of_raw_score_is_the_relative_loss():
+    model = _linear_model(torch.ones(16))  # score = sum of pixels = 16 on an all-ones image
+    x = torch.ones(4, 1, 4, 4)
+    half = torch.zeros(4, 4)
+    half[:2] = 1.0
+    maps = torch.stack([torch.ones(4, 4), torch.full((4, 4), 0.5), torch.zeros(4, 4), half])
+    result = metrics.average_drop(model, x, maps, softmax=False)
+    torch.testing.assert_close(result, torch.tensor([0.0, 50.0, 100.0, 50.0]))
+
+
+def test_average_drop_uses_softmax_probability_of_the_target_class_by_default():
+    model = _linear_model(torch.ones(4), torch.zeros(4))  # logits (sum of pixels, 0)
+    x = torch.ones(1, 1, 2, 2)
+    y, o = torch.sigmoid(torch.tensor(4.0)), torch.sigmoid(torch.tensor(2.0))
+    result = metrics.average_drop(model, x, torch.full((1, 2, 2), 0.5))
+    torch.testing.assert_close(result, (100 * (y - o) / y)[None])
+
+
+def test_average_drop_of_zero_score_is_zero_and_of_negative_raw_score_is_nan():
+    model = _linear_model(torch.zeros(4), torch.zeros(4), bias=(0.0, -1000.0))  # p(class 1) == 0
+    x, maps = torch.ones(1, 1, 2, 2), torch.zeros(1, 2, 2)
+    assert metrics.average_drop(model, x, maps, targets=1).tolist() == [0.0]
+    assert metrics.average_drop(model, x, maps, targets=0, softmax=False).tolist() == [0.0]
+    assert math.isnan(metrics.average_drop(model, x, maps, targets=1, softmax=False).item())
+
+
+def test_increase_in_confidence_counts_only_strict_increases():
+    left = torch.zeros(4, 4)
+    left[:, :2] = 1.0
+    model = _linear_model(2 * left - 1)  # score = sum(left half) - sum(right half) = 0 on ones
+    x = torch.ones(3, 1, 4, 4)
+    maps = torch.stack([left, torch.ones(4, 4), 1 - left])  # scores 8, 0, -8 against 0
+    assert metrics.increase_in_confidence(model, x, maps, softmax=False).tolist() == [100.0, 0.0, 0.0]
+
+
+def test_deletion_of_the_hot_pixel_first_collapses_the_score():
+    model, x = _hot_pixel_model(6), torch.ones(2, 1, 4, 4)
+    hot_first = torch.zeros(4, 4)
+    hot_first.view(-1)[6] = 1.0
+    maps = torch.stack([hot_first, 1 - hot_first])
+    # curves 1,0,0,0,0 and 1,1,1,1,0 over fractions 0, 1/4, .., 1
+    torch.testing.assert_close(
+        metrics.deletion_auc(model, x, maps, steps=4, softmax=False), torch.tensor([0.125, 0.875])
+    )
+
+
+def test_insertion_of_the_hot_pixel_first_restores_the_score():
+    model, x = _hot_pixel_model(6), torch.ones(2, 1, 4, 4)
+    hot_first = torch.zeros(4, 4)
+    hot_first.view(-1)[6] = 1.0
+    maps = torch.stack([hot_first, 1 - hot_first])
+    result = metrics.insertion_auc(model, x, maps, steps=4, baseline="zeros", softmax=False)
+    torch.testing.assert_close(result, torch.tensor([0.875, 0.125]))
+
+
+def test_deletion_step_k_removes_floor_of_k_hw_over_steps_pixels():
+    model, x = _hot_pixel_model(6), torch.ones(1, 1, 4, 4)
+    maps = torch.zeros(1, 4, 4)
+    ranks = [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11, 12, 13, 14, 15]  # pixel 6 is 6th, rank 5
+    maps.view(-1)[torch.tensor(ranks)] = torch.linspace(1, 0, 16)
+    # 3 steps remove 0, 5, 10, 16 pixels: scores 1, 1, 0, 0
+    result = metrics.deletion_auc(model, x, maps, steps=3, softmax=False)
+    torch.testing.assert_close(result, torch.tensor([0.5]))
+
+
+def test_deletion_of_constant_map_removes_pixels_in_raster_order():
+    model, x = _hot_pixel_model(6), torch.ones(1, 1, 4, 4)
+    # pixel 6 survives steps 0..6 of 16: area 6.5 / 16
+    result = metrics.deletion_auc(model, x, torch.full((1, 4, 4), 0.3), steps=16, softmax=False)
+    torch.testing.assert_close(result, torch.tensor([6.5 / 16]))
+
+
+def test_insertion_starts_from_the_blurred_image_by_default():
+    weights = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model, x = _linear_model(weights), _images(batch=2)
+    score = lambda images: (images * weights).flatten(1).sum(1)  # noqa: E731
+    # one step: the trapezoid of (blurred image, image)
+    expected = (score(metrics.gaussian_blur(x)) + score(x)) / 2
+    result = metrics.insertion_auc(model, x, _random_maps(batch=2, size=8), steps=1, softmax=False)
+    torch.testing.assert_close(result, expected)
+
+
+def test_gaussian_blur_preserves_mass_away_from_the_border_and_keeps_shape():
+    x = torch.zeros(2, 3, 31, 31)
+    x[:, :, 15, 15] = 1.0
+    blurred = metrics.gaussian_blur(x)
+    assert blurred.shape == x.shape
+    torch.testing.assert_close(blurred.sum(dim=(2, 3)), torch.ones(2, 3))
+    assert blurred[0, 0, 15, 15] == blurred.max() < 0.02
+
+
+def test_deletion_baseline_may_be_a_number_a_tensor_or_a_callable():
+    model, x = _hot_pixel_model(6), torch.ones(1, 1, 4, 4)
+    maps = _random_maps(batch=1, size=4)
+    expected = torch.tensor([1.5])  # one step: (1 + 2) / 2
+    for baseline in (2.0, torch.full((1, 1, 4, 4), 2.0), lambda images: 2 * images):
+        result = metrics.deletion_auc(model, x, maps, steps=1, baseline=baseline, softmax=False)
+        torch.testing.assert_close(result, expected)
+
+
+def test_unknown_baseline_names_the_choices_and_a_close_match():
+    model, x = _hot_pixel_model(6), torch.ones(1, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"baseline must be one of \('zeros', 'blur'\).*'blurr'.*'blur'\?"):
+        metrics.insertion_auc(model, x, torch.ones(1, 4, 4), baseline="blurr")
+
+
+def test_faithfulness_equals_the_four_separate_metrics():
+    model, x = _small_cnn().eval(), _images()
+    maps = _random_maps(batch=3, size=8)
+    combined = metrics.faithfulness(model, x, maps, steps=5)
+    assert set(combined) == {"average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"}
+    torch.testing.assert_close(combined["average_drop"], metrics.average_drop(model, x, maps))
+    increase = metrics.increase_in_confidence(model, x, maps)
+    torch.testing.assert_close(combined["increase_in_confidence"], increase)
+    torch.testing.assert_close(combined["deletion_auc"], metrics.deletion_auc(model, x, maps, steps=5))
+    torch.testing.assert_close(combined["insertion_auc"], metrics.insertion_auc(model, x, maps, steps=5))
+
+
+def test_faithfulness_batches_every_image_into_ceil_rows_over_batch_size_forwards():
+    model = _CountingModel(_small_cnn())
+    x, maps = _images(), _random_maps(batch=3, size=8)
+    metrics.faithfulness(model, x, maps, steps=4, batch_size=7)  # 3 originals + 3 explanations + 2 * 3 * 4
+    assert model.calls == 5 and model.rows == [7, 7, 7, 7, 2]
+    model.calls, model.rows = 0, []
+    metrics.deletion_auc(model, x, maps, steps=4, batch_size=64)  # 3 * (4 + 1) rows
+    assert model.calls == 1 and model.rows == [15]
+
+
+def test_faithfulness_does_not_depend_on_batch_size():
+    model, x, maps = _small_cnn(), _images(), _random_maps(batch=3, size=8)
+    one = metrics.faithfulness(model, x, maps, steps=3, batch_size=1)
+    everything = metrics.faithfulness(model, x, maps, steps=3, batch_size=1000)
+    for name in one:  # equal up to the float error of different batch sizes in conv kernels
+        torch.testing.assert_close(one[name], everything[name], rtol=1e-4, atol=1e-4)
+
+
+def test_faithfulness_leaves_the_model_as_found():
+    model, x, maps = _small_cnn().train(), _images(), _random_maps(batch=3, size=8)
+    model[3].eval()  # a mixed mode must survive too
+    flags = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    x.requires_grad_(True)
+    metrics.faithfulness(model, x, maps, steps=3, batch_size=5)
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # BN buffers included
+    assert all(p.grad is None for p in model.parameters()) and x.grad is None
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_default_target_is_the_predicted_class_and_targets_may_be_int_sequence_tensor_or_callable():
+    model, x, maps = _small_cnn().eval(), _images(), _random_maps(batch=3, size=8)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    expected = metrics.deletion_auc(model, x, maps, steps=2)
+    for targets in (predicted.tolist(), predicted, lambda probs: probs.gather(1, predicted[:, None])[:, 0]):
+        result = metrics.deletion_auc(model, x, maps, targets, steps=2, batch_size=3)
+        torch.testing.assert_close(result, expected)
+    by_int = metrics.deletion_auc(model, x, maps, targets=1, steps=2)
+    by_list = metrics.deletion_auc(model, x, maps, targets=[1, 1, 1], steps=2)
+    torch.testing.assert_close(by_int, by_list)
+
+
+def test_callable_targets_receive_probabilities_unless_softmax_is_false():
+    model, x, maps = _small_cnn().eval(), _images(), _random_maps(batch=3, size=8)
+    seen = []
+
+    def first_class(output):
+        seen.append(output.sum(1))
+        return output[:, 0]
+
+    metrics.average_drop(model, x, maps, targets=first_class)
+    torch.testing.assert_close(seen[0], torch.ones(3))
+    raw = metrics.average_drop(model, x, maps, targets=first_class, softmax=False)
+    by_class = metrics.average_drop(model, x, maps, targets=0, softmax=False)
+    torch.testing.assert_close(raw, by_class, equal_nan=True)
+
+
+def test_callable_targets_work_on_tuple_outputs():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = _hot_pixel_model(6)
+
+        def forward(self, x):
+            return self.body(x), -self.body(x)
+
+    x, hot_first = torch.ones(1, 1, 4, 4), torch.zeros(1, 4, 4)
+    hot_first.view(1, -1)[0, 6] = 1.0
+    result = metrics.deletion_auc(TwoHeads(), x, hot_first, lambda out: out[0][:, 0], steps=4, softmax=False)
+    torch.testing.assert_close(result, torch.tensor([0.125]))
+
+
+def test_targets_errors_name_the_problem():
+    model, x, maps = _small_cnn(), _images(), _random_maps(batch=3, size=8)
+    with pytest.raises(ValueError, match=r"one class index per image \(3\)"):
+        metrics.average_drop(model, x, maps, targets=[0, 1])
+    with pytest.raises(ValueError, match=r"targets \[7\] out of range for a model with 3 classes"):
+        metrics.average_drop(model, x, maps, targets=[0, 7, 1])
+    with pytest.raises(ValueError, match="maps has 2 maps for 3 images"):
+        metrics.average_drop(model, x, maps[:2])
+    with pytest.raises(ValueError, match=r"steps must be a positive int.*0"):
+        metrics.deletion_auc(model, x, maps, steps=0)
+
+
+def test_non_tensor_output_with_class_targets_asks_for_a_callable():
+    class Dict(torch.nn.Module):
+        def forward(self, x):
+            return {"logits": x.flatten(1)}
+
+    with pytest.raises(TypeError, match="callable output -> \\(B,\\)"):
+        metrics.average_drop(Dict(), torch.ones(1, 1, 2, 2), torch.ones(1, 2, 2))
+
+
+def test_maps_of_another_size_are_resized_bilinearly_to_the_images():
+    model, x = _small_cnn().eval(), _images(size=8)
+    small = _random_maps(batch=3, size=4)
+    resized = torch.nn.functional.interpolate(small[:, None], size=(8, 8), mode="bilinear")[:, 0]
+    torch.testing.assert_close(
+        metrics.average_drop(model, x, small), metrics.average_drop(model, x, resized)
+    )
