@@ -1,0 +1,214 @@
+"""The callback's fixed batch: read once from a dataloader or from the user's tensors, kept on the CPU.
+
+Batches may be tensors, ``(x, y, ...)`` tuples or lists, or dicts. Dict keys recognised (first match wins):
+
+- images: ``"image"``, ``"images"``, ``"x"``, ``"input"``
+- labels: ``"label"``, ``"labels"``, ``"y"``, ``"target"``, ``"targets"``
+- boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels)
+- masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, non-zero inside the object)
+
+Anything else goes through a user ``batch_to_images`` function first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from cams.state import rng_guard
+
+__all__ = ["BOX_KEYS", "IMAGE_KEYS", "LABEL_KEYS", "MASK_KEYS", "FixedBatch", "parse_batch", "take_first"]
+
+IMAGE_KEYS = ("image", "images", "x", "input")
+LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+BOX_KEYS = ("box", "boxes")
+MASK_KEYS = ("mask", "masks")
+
+BatchToImages = Callable[[Any], Any]
+
+
+@dataclass
+class FixedBatch:
+    """The images the callback explains at every run, on the CPU.
+
+    Attributes:
+        images: ``(N, C, H, W)`` model inputs (normalised as the model expects them).
+        labels: ``(N,)`` long class labels, or ``None``.
+        boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels, or ``None``.
+        masks: ``(N, H, W)`` bool object masks, or ``None``.
+    """
+
+    images: Tensor
+    labels: Tensor | None = None
+    boxes: Tensor | None = None
+    masks: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.images, Tensor) or self.images.dim() != 4:
+            shape = (
+                tuple(self.images.shape) if isinstance(self.images, Tensor) else type(self.images).__name__
+            )
+            raise ValueError(f"images must be a (N, C, H, W) tensor; got {shape}")
+        n, _, h, w = self.images.shape
+        self.images = _own(self.images)
+        if self.labels is not None:
+            labels = torch.as_tensor(self.labels)
+            if labels.dim() == 2 and labels.shape[0] == n and labels.is_floating_point():
+                labels = labels.argmax(dim=1)  # one-hot or soft labels
+            if labels.dim() != 1 or labels.shape[0] != n or labels.is_floating_point():
+                labels = None  # not class labels (e.g. regression targets): "label" targets unavailable
+            self.labels = None if labels is None else _own(labels.long())
+        if self.boxes is not None:
+            boxes = torch.as_tensor(self.boxes)
+            if boxes.shape != (n, 4):
+                raise ValueError(
+                    f"boxes must be (N, 4) = ({n}, 4) x0, y0, x1, y1 in pixels; got {tuple(boxes.shape)}"
+                )
+            self.boxes = _own(boxes.float())
+        if self.masks is not None:
+            masks = torch.as_tensor(self.masks)
+            if masks.dim() == 4 and masks.shape[1] == 1:
+                masks = masks[:, 0]
+            if masks.shape != (n, h, w):
+                raise ValueError(f"masks must be (N, H, W) = ({n}, {h}, {w}); got {tuple(masks.shape)}")
+            self.masks = _own(masks != 0)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def to_state(self) -> dict[str, Tensor | None]:
+        """Plain tensors for a checkpoint (``weights_only`` loadable)."""
+        return {"images": self.images, "labels": self.labels, "boxes": self.boxes, "masks": self.masks}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Tensor | None]) -> FixedBatch:
+        """Inverse of :meth:`to_state`."""
+        images = state["images"]
+        assert images is not None
+        return cls(images, state.get("labels"), state.get("boxes"), state.get("masks"))
+
+
+def _own(t: Tensor) -> Tensor:
+    """A detached CPU copy that owns its memory and is a normal (not inference-mode) tensor."""
+    with torch.inference_mode(False):
+        return t.detach().to("cpu", copy=True).contiguous()
+
+
+def _first_key(batch: Mapping[str, Any], keys: Iterable[str]) -> Any:
+    for key in keys:
+        if key in batch:
+            return batch[key]
+    return None
+
+
+def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dict[str, Any]:
+    """Split one batch into ``images``, ``labels``, ``boxes`` and ``masks`` (missing ones ``None``).
+
+    Args:
+        batch: a tensor, an ``(x, y, ...)`` tuple or list, or a dict with the documented keys.
+        batch_to_images: optional function applied first; it may return a tensor of images, an
+            ``(x, y)`` pair, or a dict with the documented keys.
+
+    Raises:
+        TypeError: when no image tensor can be found, suggesting ``batch_to_images``.
+
+    Example:
+        >>> out = parse_batch({"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([1, 0])})
+        >>> out["images"].shape, out["labels"].tolist()
+        (torch.Size([2, 3, 4, 4]), [1, 0])
+    """
+    if batch_to_images is not None:
+        batch = batch_to_images(batch)
+    found: dict[str, Any] = {"images": None, "labels": None, "boxes": None, "masks": None}
+    if isinstance(batch, Tensor):
+        found["images"] = batch
+    elif isinstance(batch, Mapping):
+        found["images"] = _first_key(batch, IMAGE_KEYS)
+        found["labels"] = _first_key(batch, LABEL_KEYS)
+        found["boxes"] = _first_key(batch, BOX_KEYS)
+        found["masks"] = _first_key(batch, MASK_KEYS)
+    elif isinstance(batch, (tuple, list)) and batch:
+        found["images"] = batch[0]
+        if len(batch) > 1 and isinstance(batch[1], Tensor):
+            found["labels"] = batch[1]
+    if not isinstance(found["images"], Tensor) or found["images"].dim() != 4:
+        what = type(batch).__name__
+        if isinstance(batch, Mapping):
+            what += f" with keys {sorted(map(str, batch))}"
+        raise TypeError(
+            f"CAMCallback could not find a (B, C, H, W) image tensor in a batch of type {what}. "
+            f"Use a tensor, an (x, y) tuple, or a dict keyed {IMAGE_KEYS[0]!r}/{IMAGE_KEYS[1]!r}/"
+            f"{IMAGE_KEYS[2]!r}/{IMAGE_KEYS[3]!r}; or pass CAMCallback(batch_to_images=fn) "
+            "with fn(batch) -> images or (images, labels)."
+        )
+    return found
+
+
+def _concat(parts: list[dict[str, Any]], key: str, n: int) -> Tensor | None:
+    values = [p[key] for p in parts]
+    if any(v is None for v in values):
+        return None
+    tensors = [torch.as_tensor(v) for v in values]
+    return torch.cat(tensors)[:n]
+
+
+def take_first(dataloader: Iterable[Any], n: int, batch_to_images: BatchToImages | None = None) -> FixedBatch:
+    """The first ``n`` samples of ``dataloader`` as a :class:`FixedBatch` on the CPU.
+
+    For a :class:`~torch.utils.data.DataLoader` over a map-style dataset the samples are
+    ``dataset[0], ..., dataset[n - 1]`` collated with the loader's ``collate_fn``: no worker processes
+    start, and neither shuffling nor a distributed sampler changes the choice. Other iterables are
+    iterated until ``n`` samples are collected. The global RNG is left as found in both cases
+    (a dataloader iterator draws a seed from it, random transforms may draw more).
+
+    Args:
+        dataloader: the first validation dataloader.
+        n: how many samples to keep.
+        batch_to_images: see :func:`parse_batch`.
+
+    Raises:
+        ValueError: when the dataloader yields no samples.
+        TypeError: when a batch has no recognisable image tensor.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> data = TensorDataset(torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 2, 2), torch.arange(10))
+        >>> fixed = take_first(DataLoader(data, batch_size=4, shuffle=True), 3)
+        >>> fixed.labels.tolist()
+        [0, 1, 2]
+    """
+    parts: list[dict[str, Any]] = []
+    with rng_guard(), torch.inference_mode(False):
+        dataset = getattr(dataloader, "dataset", None)
+        if (
+            isinstance(dataloader, DataLoader)
+            and dataset is not None
+            and not isinstance(dataset, IterableDataset)
+            and hasattr(dataset, "__len__")
+        ):
+            count = min(n, len(dataset))  # type: ignore[arg-type]
+            if count > 0:
+                collate = dataloader.collate_fn
+                parts.append(parse_batch(collate([dataset[i] for i in range(count)]), batch_to_images))
+        else:
+            seen = 0
+            for batch in dataloader:
+                part = parse_batch(batch, batch_to_images)
+                parts.append(part)
+                seen += int(part["images"].shape[0])
+                if seen >= n:
+                    break
+    if not parts:
+        raise ValueError("CAMCallback: the first validation dataloader yielded no samples to explain")
+    images = torch.cat([p["images"] for p in parts])[:n]
+    return FixedBatch(
+        images,
+        labels=_concat(parts, "labels", n),
+        boxes=_concat(parts, "boxes", n),
+        masks=_concat(parts, "masks", n),
+    )
