@@ -1,0 +1,473 @@
+"""``python -m cams``: Grad-CAM, Grad-CAM++ and guided backprop images for a torchvision network.
+
+The command of the Grad-CAM.pytorch / pytorch-grad-cam READMEs, on this package's engine::
+
+    python -m cams --image-path examples/pic1.jpg --network densenet121 \\
+        --weight-path densenet121.pth --output-dir results
+
+For one image and one network it writes six JPEGs into ``--output-dir``::
+
+    <image>-<network>-heatmap.jpg     colour map of --method (default gradcam)
+    <image>-<network>-cam.jpg         that map over the image
+    <image>-<network>-heatmap++.jpg   colour map of gradcam++
+    <image>-<network>-cam++.jpg       gradcam++ over the image
+    <image>-<network>-gb.jpg          guided backpropagation
+    <image>-<network>-cam_gb.jpg      guided Grad-CAM (guided backprop x the --method map)
+
+``<image>`` is the image file's stem. Networks are built with ``weights=None`` (nothing is
+downloaded); ``--weight-path`` loads a local ``state_dict`` (a torchvision ``.pth`` file or your own
+fine-tuned one: the class count is read from its classifier). Without it the network is untrained
+and the command says so. Images are resized to 224 x 224 (299 x 299 for inception_v3) and
+normalised with the ImageNet mean and std.
+
+Bad input (missing or unreadable image or weights, unknown network/method/layer, class id out of
+range, CUDA asked for but absent) prints one line on stderr and exits with code 2; the output
+directory is only touched once every image has been computed, and then all files are moved in together.
+
+The small helpers here (:class:`InputError`, :func:`read_image`, :func:`encode_image`,
+:func:`write_files`) are shared with ``cam-callback explain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NETWORKS",
+    "InputError",
+    "NetworkSpec",
+    "build_network",
+    "encode_image",
+    "load_state_dict",
+    "main",
+    "read_image",
+    "write_files",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputError(ValueError):
+    """Bad input a user can fix (a path, a name, a number); the command lines print it and exit with 2.
+
+    The message is one line naming the argument, the bad value and, where possible, a suggestion.
+    """
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """How ``python -m cams`` builds and explains one torchvision network.
+
+    Attributes:
+        name: torchvision constructor name (``torchvision.models.<name>``).
+        default_layer: dotted name of the layer explained when ``--layer-name`` is not given.
+        input_size: side of the square input the network expects (224, or 299 for inception_v3).
+        classifier: ``state_dict`` key of the last layer's weight; its first dimension is the class count.
+        kwargs: extra constructor arguments.
+
+    Example:
+        >>> NETWORKS["resnet50"].default_layer, NETWORKS["inception_v3"].input_size
+        ('layer4', 299)
+    """
+
+    name: str
+    default_layer: str
+    input_size: int
+    classifier: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    spec.name: spec
+    for spec in (
+        NetworkSpec("vgg16", "features", 224, "classifier.6.weight"),
+        NetworkSpec("vgg19", "features", 224, "classifier.6.weight"),
+        NetworkSpec("resnet50", "layer4", 224, "fc.weight"),
+        NetworkSpec("resnet101", "layer4", 224, "fc.weight"),
+        NetworkSpec("densenet121", "features", 224, "classifier.weight"),
+        # transform_input=True is what torchvision sets for its ImageNet weights: the network itself maps
+        # ImageNet-normalised input to the [-1, 1] scaling those weights were trained on.
+        NetworkSpec("inception_v3", "Mixed_7c", 299, "fc.weight", {"transform_input": True, "init_weights": True}),
+    )
+}
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def close_matches(value: str, choices: Sequence[str]) -> str:
+    """`` (did you mean 'a' or 'b'?)`` for a mistyped name, or ``''``.
+
+    Example:
+        >>> close_matches("resnet5", ["resnet50", "vgg16"])
+        " (did you mean 'resnet50'?)"
+    """
+    found = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.5)
+    return f" (did you mean {' or '.join(repr(f) for f in found)}?)" if found else ""
+
+
+def read_image(path: str | os.PathLike[str], what: str = "image") -> Any:
+    """Open an image file with Pillow, fully decoded → ``PIL.Image.Image`` (mode as stored).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
+        InputError: ``path`` is a folder or not an image Pillow can decode.
+
+    Example:
+        >>> read_image("/nonexistent.png")
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: image '/nonexistent.png': no such file
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} '{p}': no such file")
+    if p.is_dir():
+        raise InputError(f"{what} '{p}' is a folder, not an image file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{what} '{p}' is not an image Pillow can read ({reason})") from exc
+
+
+def encode_image(image: np.ndarray, fmt: str) -> bytes:
+    """Encode one (H, W, 3) uint8 RGB array as ``"PNG"`` or ``"JPEG"`` (quality 95) bytes.
+
+    Example:
+        >>> encode_image(np.zeros((4, 4, 3), np.uint8), "PNG")[:4]
+        b'\\x89PNG'
+    """
+    from PIL import Image
+
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be (H, W, 3) uint8; got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    options = {"quality": 95} if fmt.upper() in ("JPG", "JPEG") else {}
+    Image.fromarray(image).save(buf, format="JPEG" if fmt.upper() == "JPG" else fmt.upper(), **options)
+    return buf.getvalue()
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -> Path:
+    """Fail early (before any computing) if ``path`` cannot become the output folder.
+
+    Example:
+        >>> check_output_dir("/tmp/some-results").name
+        'some-results'
+    """
+    out = Path(path).expanduser().absolute()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} '{path}' exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} '{path}': '{parent}' is a file, not a folder")
+            break
+    return out
+
+
+def write_files(output_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -> list[Path]:
+    """Write ``files`` (name → bytes) into ``output_dir`` all together, never half of them.
+
+    Everything is first written into a temporary folder next to ``output_dir`` (same file system);
+    a new ``output_dir`` is then that folder renamed, an existing one receives each file by
+    ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
+
+    Returns:
+        The written paths, in the order of ``files``.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "results"
+        >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
+        ['a.txt', 'b.txt']
+    """
+    out = check_output_dir(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage: Path | None = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        if not out.exists():
+            umask = os.umask(0)
+            os.umask(umask)
+            stage.chmod(0o777 & ~umask)  # mkdtemp made it private; a new output folder gets the usual mode
+            os.replace(stage, out)
+            stage = None
+        else:
+            for name in files:
+                os.replace(stage / name, out / name)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    return [out / name for name in files]
+
+
+def load_state_dict(path: str | os.PathLike[str], what: str = "--weight-path") -> dict[str, torch.Tensor]:
+    """Read a ``state_dict`` file safely (``torch.load(weights_only=True)``) on the CPU.
+
+    Accepts a bare ``state_dict``, a dict holding one under ``"state_dict"`` or ``"model"`` (a
+    Lightning checkpoint's keys keep their attribute prefix), and strips a ``module.`` prefix left by
+    ``DataParallel``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: not a torch file, a pickled whole model, or no tensors in it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} '{p}': no such file")
+    if p.is_dir():
+        raise InputError(f"{what} '{p}' is a folder, not a weights file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
+        if "Weights only load failed" in str(exc):
+            raise InputError(
+                f"{what} '{p}' holds Python objects, not just tensors (a pickled model?); "
+                "save `model.state_dict()` with torch.save and pass that file"
+            ) from exc
+        raise InputError(f"{what} '{p}' is not a readable torch file ({_first_line(exc)})") from exc
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{what} '{p}' is not a state_dict (a dict of parameter name to tensor)")
+    keys = list(obj)
+    if all(k.startswith("module.") for k in keys):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def build_network(
+    name: str, state_dict: Mapping[str, torch.Tensor] | None = None
+) -> tuple[nn.Module, NetworkSpec, int]:
+    """Build ``torchvision.models.<name>(weights=None)`` and load ``state_dict`` into it.
+
+    The class count is read from the ``state_dict``'s classifier weight (1000 without one);
+    inception_v3's auxiliary head is kept only if the ``state_dict`` has it.
+
+    Returns:
+        ``(model in eval mode, its spec, number of classes)``.
+
+    Raises:
+        InputError: unknown network (close matches named) or a ``state_dict`` that does not fit.
+
+    Example:
+        >>> net, spec, classes = build_network("resnet50")
+        >>> spec.default_layer, classes
+        ('layer4', 1000)
+    """
+    from torchvision import models
+
+    if name not in NETWORKS:
+        raise InputError(
+            f"--network {name!r} is not supported{close_matches(name, list(NETWORKS))}; "
+            f"choose one of {', '.join(NETWORKS)}"
+        )
+    spec = NETWORKS[name]
+    kwargs: dict[str, Any] = dict(spec.kwargs)
+    num_classes = 1000
+    if state_dict is not None:
+        weight = state_dict.get(spec.classifier)
+        if weight is None:
+            raise InputError(f"--weight-path has no '{spec.classifier}' tensor: it is not a {name} state_dict")
+        num_classes = int(weight.shape[0])
+        if name == "inception_v3":
+            kwargs["aux_logits"] = any(k.startswith("AuxLogits.") for k in state_dict)
+    model: nn.Module = getattr(models, name)(weights=None, num_classes=num_classes, **kwargs)
+    if state_dict is not None:
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            missing = sorted(set(model.state_dict()) - set(state_dict))
+            unexpected = sorted(set(state_dict) - set(model.state_dict()))
+            detail = (
+                f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+                if missing or unexpected
+                else _first_line(exc)
+            )
+            raise InputError(f"--weight-path does not fit {name}: {detail}") from exc
+    return model.eval(), spec, num_classes
+
+
+def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image file → ``(x, rgb)``: ``x`` (1, 3, size, size) ImageNet-normalised, ``rgb`` the same in [0, 1].
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> f = Path(tempfile.mkdtemp()) / "gray.png"
+        >>> Image.new("L", (40, 30)).save(f)
+        >>> x, rgb = load_input(f, 224)
+        >>> tuple(x.shape), float(rgb.max())
+        ((1, 3, 224, 224), 0.0)
+    """
+    from PIL import Image
+
+    image = read_image(path, what="--image-path").convert("RGB").resize((size, size), Image.BILINEAR)
+    rgb = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (rgb - mean) / std, rgb
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m cams`` parser: the seeds' flags, ``--aug_smooth`` and ``--aug-smooth`` alike."""
+    parser = OneLineParser(
+        prog="python -m cams",
+        description="Grad-CAM, Grad-CAM++, guided backprop and guided Grad-CAM images of a torchvision net.",
+        epilog="Writes <image>-<network>-{heatmap,cam,heatmap++,cam++,gb,cam_gb}.jpg into --output-dir.",
+    )
+    parser.add_argument("--image-path", required=True, help="image file to explain")
+    parser.add_argument("--method", default="gradcam", help="CAM method for heatmap/cam/cam_gb (default gradcam)")
+    parser.add_argument("--network", default="resnet50", help=f"one of {', '.join(NETWORKS)} (default resnet50)")
+    parser.add_argument("--weight-path", help="local state_dict file; without it the network is untrained")
+    parser.add_argument("--layer-name", help="dotted layer name (default: the network's last conv block)")
+    parser.add_argument("--class-id", type=int, help="class to explain (default: the predicted class)")
+    parser.add_argument("--output-dir", default="results", help="folder for the images (default results)")
+    parser.add_argument(
+        "--aug_smooth",
+        "--aug-smooth",
+        dest="aug_smooth",
+        action="store_true",
+        help="test-time augmentation smoothing (6 passes)",
+    )
+    parser.add_argument(
+        "--eigen_smooth",
+        "--eigen-smooth",
+        dest="eigen_smooth",
+        action="store_true",
+        help="first principal component of activations x weights",
+    )
+    parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true", help="run on CUDA")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m cams`` with ``argv`` (default ``sys.argv[1:]``) → exit code (0, or 2 on bad input).
+
+    Example:
+        >>> main(["--image-path", "/nonexistent.jpg"])
+        2
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        _, lines = _run(args, say=print)
+    except (InputError, FileNotFoundError) as exc:
+        print(f"python -m cams: error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Path], list[str]]:
+    """Validate everything, compute every image, then write them all. Returns (files, report lines)."""
+    from . import CamEngine, find_layer, get_method, guided_backprop, guided_gradcam
+    from .overlay import colorize, deprocess_guided, overlay, to_uint8
+
+    # 1. Validate the cheap things first, so a typo costs no network construction.
+    if args.network not in NETWORKS:
+        build_network(args.network)  # raises the InputError with close matches
+    try:
+        method = get_method(args.method).name
+    except ValueError as exc:
+        raise InputError(f"--method: {exc}") from exc
+    out_dir = check_output_dir(args.output_dir)
+    if args.use_cuda and not torch.cuda.is_available():
+        raise InputError("--use-cuda: CUDA is not available on this machine; leave the flag out to run on the CPU")
+    device = torch.device("cuda" if args.use_cuda else "cpu")
+    spec = NETWORKS[args.network]
+    x, rgb = load_input(args.image_path, spec.input_size)
+    state_dict = load_state_dict(args.weight_path) if args.weight_path else None
+
+    # 2. The network, its layer, the class.
+    model, spec, num_classes = build_network(args.network, state_dict)
+    layer = args.layer_name or spec.default_layer
+    try:
+        find_layer(model, layer)
+    except ValueError as exc:
+        raise InputError(f"--layer-name: {exc}") from exc
+    if args.class_id is not None and not 0 <= args.class_id < num_classes:
+        raise InputError(
+            f"--class-id {args.class_id} is out of range: {args.network} has {num_classes} classes "
+            f"(0..{num_classes - 1})"
+        )
+    if state_dict is None:
+        say(
+            f"note: no --weight-path given, so {args.network} is randomly initialised (untrained): "
+            "its maps show no learned evidence"
+        )
+
+    # 3. Compute everything.
+    model.to(device)
+    x = x.to(device)
+    engine = CamEngine(model, target_layers=layer)
+    methods = tuple(dict.fromkeys((method, "gradcam++")))
+    maps = engine(x, methods=methods, targets=args.class_id, aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
+    classes = maps.classes
+    gb = guided_backprop(model, x, targets=classes)
+    cam_gb = guided_gradcam(gb, maps[method])
+    rgb = rgb.to(device)
+    images = {
+        "heatmap": colorize(maps[method]),
+        "cam": overlay(rgb, maps[method]),
+        "heatmap++": colorize(maps["gradcam++"]),
+        "cam++": overlay(rgb, maps["gradcam++"]),
+        "gb": deprocess_guided(gb),
+        "cam_gb": deprocess_guided(cam_gb),
+    }
+    stem = f"{Path(args.image_path).stem}-{args.network}"
+    encoded = {f"{stem}-{kind}.jpg": encode_image(to_uint8(img)[0], "JPEG") for kind, img in images.items()}
+
+    # 4. Write them all at once.
+    files = write_files(out_dir, encoded)
+    score = float(maps.scores[0]) if maps.scores is not None else float("nan")
+    lines = [
+        f"{args.network} layer {layer}: class {int(classes[0])} (score {score:.4g}), method {method}",
+        *(f"wrote {f}" for f in files),
+    ]
+    return files, lines
