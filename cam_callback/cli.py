@@ -1,0 +1,139 @@
+"""``cam-callback`` command line: ``cam-callback explain CKPT IMAGE [IMAGE ...] --output-dir DIR``.
+
+``explain`` runs :func:`cam_callback.explain.explain` on a checkpoint saved by a ``Trainer`` with a
+``CAMCallback`` and writes, for each image stem and method, ``<stem>-<method>-heatmap.png`` and
+``<stem>-<method>-overlay.png``, plus ``<method>.npy`` (all maps, float32 ``(B, H, W)``) and
+``explanation.json`` (classes, scores, layers). Everything is computed before anything is written and
+the files are moved into ``--output-dir`` together.
+
+Exit codes: 0 done; 2 bad input (missing file, not an image, unreadable or unsafe checkpoint, unknown
+method or layer, class id out of range), reported in one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cams.cli import InputError, OneLineParser, check_output_dir
+
+__all__ = ["build_parser", "main"]
+
+PROG = "cam-callback"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cam-callback`` parser with its ``explain`` subcommand.
+
+    Example:
+        >>> args = build_parser().parse_args(["explain", "last.ckpt", "cat.png", "--output-dir", "out"])
+        >>> args.images, args.method, args.aug_smooth
+        (['cat.png'], None, None)
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("cam-callback")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
+        release = "unknown"
+    parser = OneLineParser(prog=PROG, description="Class activation maps for Lightning checkpoints.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {release}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    ex = commands.add_parser(
+        "explain",
+        help="CAM images for a checkpoint saved with a CAMCallback",
+        description="Write heat maps, overlays and raw maps of CKPT's model for each IMAGE.",
+        epilog="Files: <stem>-<method>-heatmap.png, <stem>-<method>-overlay.png, <method>.npy, explanation.json.",
+    )
+    ex.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by a Trainer with a CAMCallback")
+    ex.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
+    ex.add_argument("--method", help="CAM method, e.g. gradcam++ (default: the checkpoint's methods)")
+    ex.add_argument("--methods", nargs="+", metavar="METHOD", help="more methods")
+    ex.add_argument("--class-id", type=int, help="class to explain (default: the predicted class)")
+    ex.add_argument(
+        "--target-layer",
+        action="append",
+        metavar="NAME",
+        help="dotted layer name; repeat for several (default: the checkpoint's layers)",
+    )
+    ex.add_argument(
+        "--aug-smooth",
+        "--aug_smooth",
+        dest="aug_smooth",
+        action=argparse.BooleanOptionalAction,
+        help="test-time augmentation smoothing (default: as the callback was set)",
+    )
+    ex.add_argument(
+        "--eigen-smooth",
+        "--eigen_smooth",
+        dest="eigen_smooth",
+        action=argparse.BooleanOptionalAction,
+        help="principal-component smoothing (default: as the callback was set)",
+    )
+    ex.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    ex.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the files (created)")
+    ex.add_argument(
+        "--model-class",
+        metavar="PATH",
+        help="package.module.ClassName of the LightningModule, for checkpoints without CAMCallback state",
+    )
+    ex.add_argument(
+        "--trusted",
+        action="store_true",
+        help="load the checkpoint with full unpickling (weights_only=False); only for files you trust",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``cam-callback`` with ``argv`` (default ``sys.argv[1:]``) → exit code (0, or 2 on bad input).
+
+    Example:
+        >>> main(["explain", "/nonexistent.ckpt", "cat.png", "--output-dir", "out"])
+        2
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    prog = f"{PROG} {args.command}"
+    try:
+        lines = _explain(args)
+    except (InputError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> list[str]:
+    from .explain import _import_class, explain
+
+    out_dir = check_output_dir(args.output_dir)
+    model = _import_class(args.model_class, f"--model-class {args.model_class!r}") if args.model_class else None
+    result = explain(
+        args.checkpoint,
+        list(args.images),
+        args.method,
+        methods=args.methods,
+        target=args.class_id,
+        target_layer=args.target_layer,
+        aug_smooth=args.aug_smooth,
+        eigen_smooth=args.eigen_smooth,
+        device=args.device,
+        model=model,
+        trusted=args.trusted,
+    )
+    files = result.save(out_dir)
+    lines = [
+        f"{image}: class {int(c)} (score {float(s):.4g})"
+        for image, c, s in zip(args.images, result.classes, result.scores, strict=True)
+    ]
+    lines.append(
+        f"methods {', '.join(result.methods)} on layer {', '.join(result.target_layers)}: "
+        f"wrote {len(files)} files to {out_dir}"
+    )
+    return lines
