@@ -513,3 +513,124 @@ def test_maps_of_another_size_are_resized_bilinearly_to_the_images():
     torch.testing.assert_close(
         metrics.average_drop(model, x, small), metrics.average_drop(model, x, resized)
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# sanity check (cascading randomisation)
+# --------------------------------------------------------------------------------------------------
+
+
+class _HeadFirstNet(torch.nn.Module):
+    """Modules registered head first, run conv1 -> relu1 -> conv2 -> relu2 -> pool -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(6, 3)
+        self.conv1 = torch.nn.Conv2d(3, 5, 3, padding=1)
+        self.relu1 = torch.nn.ReLU()
+        self.conv2 = torch.nn.Conv2d(5, 6, 3, padding=1)
+        self.bn2 = torch.nn.BatchNorm2d(6)
+        self.relu2 = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(x))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _head_first_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _HeadFirstNet()
+
+
+def _changed(before: torch.nn.Module, after: torch.nn.Module) -> set[str]:
+    after_params = dict(after.named_parameters())
+    return {name for name, p in before.named_parameters() if not torch.equal(p, after_params[name])}
+
+
+def test_randomized_copy_reinitialises_the_target_layer_and_what_runs_after_it_in_forward_order():
+    model = _head_first_net()
+    copy = metrics.randomized_copy(model, _images(batch=1), "conv2")
+    # bn2.weight/bias are reset to their initial 1/0, equal to a fresh BatchNorm's: not "changed"
+    assert _changed(model, copy) == {"conv2.weight", "conv2.bias", "head.weight", "head.bias"}
+
+
+def test_randomized_copy_of_resnet_block_spares_the_layers_before_it():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    changed = _changed(model, metrics.randomized_copy(model, torch.randn(1, 3, 32, 32), "layer4.1"))
+    convs = {name for name in changed if "conv" in name or "downsample.0" in name}
+    assert convs == {"layer4.1.conv1.weight", "layer4.1.conv2.weight"}
+    assert {"fc.weight", "fc.bias"} <= changed
+
+
+def test_randomized_copy_leaves_the_model_and_the_global_rng_untouched():
+    model = _head_first_net().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    copy = metrics.randomized_copy(model, _images(batch=1), "conv2")
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert copy.training and all(m.training for m in copy.modules())
+
+
+def test_randomized_copy_depends_only_on_seed():
+    model, x = _head_first_net(), _images(batch=1)
+    torch.manual_seed(1)
+    first = metrics.randomized_copy(model, x, "conv2", seed=3)
+    torch.manual_seed(2)
+    again = metrics.randomized_copy(model, x, "conv2", seed=3)
+    other = metrics.randomized_copy(model, x, "conv2", seed=4)
+    assert not _changed(first, again)
+    assert _changed(first, other) == {"conv2.weight", "conv2.bias", "head.weight", "head.bias"}
+
+
+def test_randomized_copy_rejects_unknown_layer_with_close_match():
+    with pytest.raises(ValueError, match=r"'conv3'.*did you mean"):
+        metrics.randomized_copy(_head_first_net(), _images(batch=1), "conv3")
+
+
+def test_sanity_check_is_one_for_maps_blind_to_the_randomised_layers():
+    # eigencam at the parameter-free relu1 sees only conv1, which runs before and is kept
+    model, x = _head_first_net(), _images(batch=2, size=12)
+    similarity = metrics.sanity_check(model, x, "relu1", method="eigencam")
+    torch.testing.assert_close(similarity, torch.ones(2))
+
+
+def test_sanity_check_of_gradcam_drops_when_the_head_is_randomised():
+    model, x = _head_first_net(), _images(batch=2, size=12)
+    similarity = metrics.sanity_check(model, x, "relu1", method="gradcam")
+    assert similarity.shape == (2,) and bool((similarity < 0.9).all())
+
+
+def test_sanity_check_explains_the_original_prediction_in_the_randomised_copy(monkeypatch):
+    from cams.engine import CamEngine
+
+    calls = []
+    real_call = CamEngine.__call__
+
+    def spy(self, x, methods="gradcam", targets=None, **kwargs):
+        maps = real_call(self, x, methods=methods, targets=targets, **kwargs)
+        calls.append((targets, maps.classes))
+        return maps
+
+    monkeypatch.setattr(CamEngine, "__call__", spy)
+    model, x = _head_first_net(), _images(batch=3, size=12)
+    metrics.sanity_check(model, x, "conv2")
+    (first_targets, predicted), (second_targets, second_classes) = calls
+    assert first_targets is None
+    assert torch.equal(predicted, model.eval()(x).argmax(1))
+    assert torch.equal(second_targets, predicted) and torch.equal(second_classes, predicted)
+
+
+def test_sanity_check_leaves_the_model_as_found():
+    model, x = _head_first_net().train(), _images(batch=2, size=12)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    metrics.sanity_check(model, x, "conv2")
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
