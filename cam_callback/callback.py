@@ -562,7 +562,12 @@ class CAMCallback(Callback):
             if self.sanity_check:
                 with frozen_model(pl_module), trainer.precision_plugin.forward_context():
                     similarity = metrics.sanity_check(
-                        pl_module, x, list(self._layer_names or []), method=name, targets=classes
+                        pl_module,
+                        x,
+                        self._layer_names or None,
+                        method=name,
+                        targets=classes,
+                        reshape_transform=self.reshape_transform,
                     )
                 scalars[f"cam_sanity/{name}/spearman"] = float(similarity.float().mean())
         return scalars
@@ -589,7 +594,10 @@ class CAMCallback(Callback):
         }
 
     def _config_markdown(self) -> str:
-        rows = "\n".join(f"| {key} | {value} |" for key, value in self._config().items())
+        rows = "\n".join(
+            f"| {key} | {', '.join(map(str, value)) if isinstance(value, list) else value} |"
+            for key, value in self._config().items()
+        )
         return f"CAMCallback configuration\n\n| setting | value |\n|---|---|\n{rows}"
 
     def _checkpoint_summary(self, pl_module: LightningModule) -> dict[str, Any]:
