@@ -94,7 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         2
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line on stderr) and --help / --version
+        return _exit_code(exc)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -107,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         print(line)
     return 0
+
+
+def _exit_code(exc: SystemExit) -> int:
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 def _explain(args: argparse.Namespace) -> list[str]:
@@ -137,3 +144,7 @@ def _explain(args: argparse.Namespace) -> list[str]:
         f"wrote {len(files)} files to {out_dir}"
     )
     return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ import inspect
 import json
 import os
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trusted: bool = False) -> d
         >>> load_checkpoint(f)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        cam_callback.explain.UnsafeCheckpointError: checkpoint '...' holds objects ... (pathlib...) ...
+        cam_callback.explain.UnsafeCheckpointError: checkpoint '...' holds objects ... refuses (pathlib...); ...
         >>> load_checkpoint(f, trusted=True)["hyper_parameters"]["root"].name
         'data'
     """
@@ -169,7 +170,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trusted: bool = False) -> d
         checkpoint = torch.load(p, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
         text = str(exc)
-        if not trusted and "Weights only load failed" in text:
+        if not trusted and "Weights only load failed" in text and zipfile.is_zipfile(p):
             found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" ({found.group(1)})" if found else ""
             raise UnsafeCheckpointError(

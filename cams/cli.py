@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,18 +191,18 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -
 def write_files(output_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -> list[Path]:
     """Write ``files`` (name → bytes) into ``output_dir`` all together, never half of them.
 
-    Everything is first written into a temporary folder next to ``output_dir`` (same file system);
-    a new ``output_dir`` is then that folder renamed, an existing one receives each file by
-    ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
+        Everything is first written into a temporary folder next to ``output_dir`` (same file system);
+        a new ``output_dir`` is then that folder renamed, an existing one receives each file by
+        ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
 
-    Returns:
-        The written paths, in the order of ``files``.
+        Returns:
+            The written paths, in the order of ``files``.
 
-    Example:
-        >>> import tempfile
-        >>> out = Path(tempfile.mkdtemp()) / "results"
-        >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
-        ['a.txt', 'b.txt']
+        Example:
+            >>> import tempfile
+            >>> out = Path(tempfile.mkdtemp()) / "results"
+            >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
+            ['a.txt', 'b.txt']
     """
     out = check_output_dir(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ def load_state_dict(path: str | os.PathLike[str], what: str = "--weight-path") -
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
-        if "Weights only load failed" in str(exc):
+        if "Weights only load failed" in str(exc) and zipfile.is_zipfile(p):
             raise InputError(
                 f"{what} '{p}' holds Python objects, not just tensors (a pickled model?); "
                 "save `model.state_dict()` with torch.save and pass that file"
@@ -333,14 +334,14 @@ def build_network(
 def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image file → ``(x, rgb)``: ``x`` (1, 3, size, size) ImageNet-normalised, ``rgb`` the same in [0, 1].
 
-    Example:
-        >>> import tempfile
-        >>> from PIL import Image
-        >>> f = Path(tempfile.mkdtemp()) / "gray.png"
-        >>> Image.new("L", (40, 30)).save(f)
-        >>> x, rgb = load_input(f, 224)
-        >>> tuple(x.shape), float(rgb.max())
-        ((1, 3, 224, 224), 0.0)
+        Example:
+            >>> import tempfile
+            >>> from PIL import Image
+            >>> f = Path(tempfile.mkdtemp()) / "gray.png"
+            >>> Image.new("L", (40, 30)).save(f)
+            >>> x, rgb = load_input(f, 224)
+            >>> tuple(x.shape), float(rgb.max())
+            ((1, 3, 224, 224), 0.0)
     """
     from PIL import Image
 
@@ -393,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["--image-path", "/nonexistent.jpg"])
         2
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # usage errors (one line on stderr) and --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         _, lines = _run(args, say=print)
     except (InputError, FileNotFoundError) as exc:
