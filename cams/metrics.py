@@ -534,6 +534,9 @@ def _perturbation_scores(
     """
     _check_counts(steps, batch_size)
     maps = _check_inputs(x, maps)
+    out_device = x.device
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), x.device)
+    x, maps = x.detach().to(device), maps.to(device)
     batch, _, height, width = x.shape
     pixels = height * width
     scorer = _Scorer(targets, batch, softmax, x.device)
@@ -589,6 +592,8 @@ def _perturbation_scores(
                 scores[start:stop][~original] = scorer(_rows(output, ~original), image[~original], False)
     scores = scores.clone()
 
+    scores = scores.to(out_device)
+    kind_of = kind_of.to(out_device)
     result = {"original": scores[kind_of == _ORIGINAL]}
     if explanation:
         result["explanation"] = scores[kind_of == _EXPLANATION]
@@ -668,7 +673,8 @@ def average_drop(
     Args:
         model: classifier; run once on ``x`` and once on the explanation maps, batched, under
             ``torch.inference_mode()`` in eval mode; left as found.
-        x: images ``(B, C, H, W)`` as the model takes them.
+        x: images ``(B, C, H, W)`` as the model takes them (moved to the model's device; the
+            result comes back on ``x``'s device).
         maps: ``(B, H, W)`` in ``[0, 1]``; resized (bilinear) to ``x``'s size if needed.
         targets: ``None`` (each image's predicted class), an int, one class per image (sequence or
             ``(B,)`` tensor), or a callable ``output -> (n,)`` scoring each row of an output (applied
