@@ -370,10 +370,13 @@ class CAMCallback(Callback):
                     f"{type(pl_module).__name__}; pass one of its modules or a dotted name such as 'layer4'"
                 )
 
-    @staticmethod
-    def _ensure_val_dataloaders(trainer: Trainer) -> None:
-        """Load the val dataloaders now if the sanity check did not (as the first validation would)."""
-        if trainer.val_dataloaders is None and trainer.enable_validation:
+    def _ensure_val_dataloaders(self, trainer: Trainer) -> None:
+        """Load the val dataloaders now if the sanity check did not (as the first validation would).
+
+        Every rank must take the same branch (Lightning's data setup holds a barrier), so the
+        condition uses only what all ranks share.
+        """
+        if self._user_batch is None and trainer.val_dataloaders is None and trainer.enable_validation:
             with rng_guard():
                 trainer.fit_loop.epoch_loop.val_loop.setup_data()
 
@@ -435,7 +438,8 @@ class CAMCallback(Callback):
     def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """One CAM run; a failure is reported once and skipped (``on_error="warn"``) or raised."""
         try:
-            self._explain_and_log(trainer, pl_module)
+            with torch.inference_mode(False):  # what is kept must not be an inference tensor
+                self._explain_and_log(trainer, pl_module)
         except Exception as err:
             if self.on_error == "raise":
                 raise
