@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cams import METHODS
 from cams.cli import InputError, OneLineParser, check_output_dir
 
 __all__ = ["build_parser", "main"]
@@ -48,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("checkpoint", metavar="CKPT", help="checkpoint written by a Trainer with a CAMCallback")
     ex.add_argument("images", metavar="IMAGE", nargs="+", help="image files (any format Pillow reads)")
-    ex.add_argument("--method", help="CAM method, e.g. gradcam++ (default: the checkpoint's methods)")
+    ex.add_argument("--method", help=f"one of {', '.join(METHODS)} (default: the checkpoint's methods)")
     ex.add_argument("--methods", nargs="+", metavar="METHOD", help="more methods")
-    ex.add_argument("--class-id", type=int, help="class to explain (default: the predicted class)")
+    ex.add_argument(
+        "--class-id", type=int, help="class to explain (default: the callback's fixed class, else the predicted one)"
+    )
     ex.add_argument(
         "--target-layer",
         action="append",
@@ -59,14 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument(
         "--aug-smooth",
-        "--aug_smooth",
         dest="aug_smooth",
         action=argparse.BooleanOptionalAction,
         help="test-time augmentation smoothing (default: as the callback was set)",
     )
     ex.add_argument(
         "--eigen-smooth",
-        "--eigen_smooth",
         dest="eigen_smooth",
         action=argparse.BooleanOptionalAction,
         help="principal-component smoothing (default: as the callback was set)",

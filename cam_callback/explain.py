@@ -295,7 +295,7 @@ def _build_model(checkpoint: dict[str, Any], state: Mapping[str, Any] | None, mo
         raise InputError(
             f"{where}: the checkpoint has no '{STATE_KEY}' state (it was not saved by a Trainer with a "
             "CAMCallback), so the model is unknown: pass model= (an nn.Module instance or a LightningModule "
-            "class)"
+            "class; command line: --model-class package.module.ClassName)"
         )
     elif "module_class" not in state:
         raise InputError(f"{where}: checkpoint['{STATE_KEY}'] has no 'module_class'; pass model=")
@@ -356,13 +356,14 @@ def _prepare(
     input_size: Sequence[int] | None,
     mean: Sequence[float] | None,
     std: Sequence[float] | None,
+    model_channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Images → ``(x, display, names)``: model input (B, C, H, W), display (B, 3, H, W) in [0, 1], stems."""
     from PIL import Image
 
     from cams.overlay import denormalize
 
-    channels = int(input_size[0]) if input_size is not None else None
+    channels = int(input_size[0]) if input_size is not None else model_channels
     size = (int(input_size[1]), int(input_size[2])) if input_size is not None else None
 
     if isinstance(img, torch.Tensor):
@@ -408,6 +409,14 @@ def _prepare(
         arrays.append(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
     x = torch.from_numpy(np.stack(arrays))
     return _normalize(x, mean, std), _to_rgb(x), _unique(names)
+
+
+def _input_channels(model: nn.Module) -> int | None:
+    """The first convolution's ``in_channels``: the channel count pictures get without an ``input_size``."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.conv._ConvNd):
+            return int(module.in_channels)
+    return None
 
 
 def _to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -546,7 +555,8 @@ def explain(
             checkpoint's ``hyper_parameters`` like ``load_from_checkpoint`` does.
         trusted: load the checkpoint with full unpickling (``weights_only=False``). Only for files you
             trust; the default safe loading refuses hyperparameters that are not plain data.
-        input_size: ``(C, H, W)`` override; without state and override, pictures keep their size.
+        input_size: ``(C, H, W)`` override. Without it and without checkpoint state, pictures keep their
+            size and get the channel count of the model's first convolution.
         mean: per-channel normalisation override (``None``: the checkpoint's, else none).
         std: per-channel normalisation override.
         alpha: heat-map weight of the overlays.
@@ -588,9 +598,9 @@ def explain(
     if eigen_smooth is None:
         eigen_smooth = bool(state.get("eigen_smooth", False)) if state is not None else False
 
-    x, display, stems = _prepare(img, input_size, mean, std)
     net = _build_model(checkpoint, state, model, where)
     del checkpoint
+    x, display, stems = _prepare(img, input_size, mean, std, _input_channels(net))
     net.to(dev)
     x = x.to(dev)
 

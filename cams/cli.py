@@ -191,18 +191,18 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -
 def write_files(output_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -> list[Path]:
     """Write ``files`` (name → bytes) into ``output_dir`` all together, never half of them.
 
-        Everything is first written into a temporary folder next to ``output_dir`` (same file system);
-        a new ``output_dir`` is then that folder renamed, an existing one receives each file by
-        ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
+    Everything is first written into a temporary folder next to ``output_dir`` (same file system);
+    a new ``output_dir`` is then that folder renamed, an existing one receives each file by
+    ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
 
-        Returns:
-            The written paths, in the order of ``files``.
+    Returns:
+        The written paths, in the order of ``files``.
 
-        Example:
-            >>> import tempfile
-            >>> out = Path(tempfile.mkdtemp()) / "results"
-            >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
-            ['a.txt', 'b.txt']
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "results"
+        >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
+        ['a.txt', 'b.txt']
     """
     out = check_output_dir(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,14 +334,14 @@ def build_network(
 def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image file → ``(x, rgb)``: ``x`` (1, 3, size, size) ImageNet-normalised, ``rgb`` the same in [0, 1].
 
-        Example:
-            >>> import tempfile
-            >>> from PIL import Image
-            >>> f = Path(tempfile.mkdtemp()) / "gray.png"
-            >>> Image.new("L", (40, 30)).save(f)
-            >>> x, rgb = load_input(f, 224)
-            >>> tuple(x.shape), float(rgb.max())
-            ((1, 3, 224, 224), 0.0)
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> f = Path(tempfile.mkdtemp()) / "gray.png"
+        >>> Image.new("L", (40, 30)).save(f)
+        >>> x, rgb = load_input(f, 224)
+        >>> tuple(x.shape), float(rgb.max())
+        ((1, 3, 224, 224), 0.0)
     """
     from PIL import Image
 
@@ -357,13 +357,19 @@ def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, t
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m cams`` parser: the seeds' flags, ``--aug_smooth`` and ``--aug-smooth`` alike."""
+    from . import METHODS
+
     parser = OneLineParser(
         prog="python -m cams",
         description="Grad-CAM, Grad-CAM++, guided backprop and guided Grad-CAM images of a torchvision net.",
         epilog="Writes <image>-<network>-{heatmap,cam,heatmap++,cam++,gb,cam_gb}.jpg into --output-dir.",
     )
     parser.add_argument("--image-path", required=True, help="image file to explain")
-    parser.add_argument("--method", default="gradcam", help="CAM method for heatmap/cam/cam_gb (default gradcam)")
+    parser.add_argument(
+        "--method",
+        default="gradcam",
+        help=f"CAM method of heatmap/cam/cam_gb: one of {', '.join(METHODS)} (default gradcam)",
+    )
     parser.add_argument("--network", default="resnet50", help=f"one of {', '.join(NETWORKS)} (default resnet50)")
     parser.add_argument("--weight-path", help="local state_dict file; without it the network is untrained")
     parser.add_argument("--layer-name", help="dotted layer name (default: the network's last conv block)")

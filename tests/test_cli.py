@@ -161,6 +161,18 @@ def test_cam_callback_failure_leaves_existing_output_dir_untouched(ckpt, picture
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_cam_callback_model_class_flag_explains_a_checkpoint_without_cam_state(ckpt, pictures, tmp_path, capsys):
+    checkpoint = torch.load(ckpt, weights_only=True)
+    del checkpoint["cam_callback"]
+    bare = tmp_path / "bare.ckpt"
+    torch.save(checkpoint, bare)
+    argv = ["explain", str(bare), str(pictures["camera"]), "--target-layer", tiny.LAYER, "--output-dir", str(tmp_path)]
+    assert cam_callback.cli.main(argv) == 2
+    assert "--model-class" in _one_error_line(capsys.readouterr().err, "cam-callback")
+    assert cam_callback.cli.main([*argv, "--model-class", "_explain_models.TinyNet"]) == 0
+    assert (tmp_path / "camera-gradcam-overlay.png").exists()  # gradcam: the default without checkpoint state
+
+
 def test_cam_callback_trusted_flag_loads_checkpoint_refused_by_safe_loading(ckpt, pictures, tmp_path, capsys):
     out = tmp_path / "out"
     argv = [
@@ -176,12 +188,12 @@ def test_cam_callback_trusted_flag_loads_checkpoint_refused_by_safe_loading(ckpt
     assert (out / "camera-gradcam-overlay.png").exists()
 
 
-def test_cam_callback_smoothing_flags_take_both_spellings_and_default_to_the_checkpoint():
+def test_cam_callback_smoothing_flags_default_to_the_checkpoint_and_can_be_forced():
     parser = cam_callback.cli.build_parser()
     base = ["explain", "a.ckpt", "b.png", "--output-dir", "o"]
     assert parser.parse_args(base).aug_smooth is None  # None: as the callback was configured
-    assert parser.parse_args([*base, "--aug-smooth", "--eigen_smooth"]).aug_smooth is True
-    assert parser.parse_args([*base, "--aug_smooth", "--eigen-smooth"]).eigen_smooth is True
+    assert parser.parse_args([*base, "--aug-smooth"]).aug_smooth is True
+    assert parser.parse_args([*base, "--eigen-smooth"]).eigen_smooth is True
     assert parser.parse_args([*base, "--no-aug-smooth"]).aug_smooth is False
 
 

@@ -78,6 +78,14 @@ def test_grayscale_rgba_arrays_and_pil_images_become_one_rgb_batch(ckpt):
     assert result.names == ["image0", "image1", "image2"]
 
 
+def test_uint8_tensor_is_raw_pixels_like_the_same_array(ckpt):
+    small = np.array(Image.fromarray(skimage.data.coffee()).resize((tiny.SIZE, tiny.SIZE)))
+    from_array = explain(ckpt, small, "gradcam")
+    from_tensor = explain(ckpt, torch.from_numpy(small).permute(2, 0, 1)[None], "gradcam")
+    assert torch.allclose(from_tensor.maps["gradcam"], from_array.maps["gradcam"], atol=1e-6)
+    assert np.array_equal(from_tensor.images, from_array.images)
+
+
 def test_method_aliases_and_extra_methods_are_canonical_and_deduplicated(ckpt, x):
     result = explain(ckpt, x[:2], "GradCAM++", methods=["gradcam", "gradcam++"])
     assert result.methods == ["gradcam++", "gradcam"]
