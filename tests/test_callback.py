@@ -120,6 +120,32 @@ def test_setup_rejects_a_layer_module_that_is_not_in_the_model(make_trainer) -> 
         trainer.fit(TinyNet(), datamodule=QuadrantData())
 
 
+class LateLayerNet(TinyNet):
+    """Builds its last conv in ``configure_model``, after the callbacks' ``setup``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late: torch.nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.late is None:
+            self.late = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.late is not None
+        return self.head(self.late(self.features(x)))
+
+
+def test_layers_built_in_configure_model_are_checked_once_they_exist(make_trainer) -> None:
+    cam = CAMCallback(target_layer="late", num_images=2)
+    make_trainer([cam], max_epochs=1).fit(LateLayerNet(), datamodule=QuadrantData())
+    assert cam.layer_names == ["late"]
+    model = LateLayerNet()
+    with pytest.raises(MisconfigurationException, match=r"target_layer='lat'.*'late'"):
+        make_trainer([CAMCallback(target_layer="lat")]).fit(model, datamodule=QuadrantData())
+    assert model.losses == []
+
+
 # ---------------------------------------------------------------------- the fixed batch
 def test_fixed_batch_is_the_first_samples_of_the_first_val_dataset_even_when_shuffled(make_trainer) -> None:
     cam = CAMCallback(num_images=5)
