@@ -63,8 +63,9 @@ class CAMCallback(Callback):
 
     Args:
         method: one CAM method name (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``, ``"scorecam"``, ...;
-            see :data:`cams.METHODS`). Ignored when ``methods`` is given.
-        methods: several method names, computed from one shared forward/backward pass.
+            see :data:`cams.METHODS`; aliases like ``"Grad-CAM++"`` work).
+        methods: several method names instead of ``method``, computed from one shared forward/backward
+            pass.
         every_n_epochs: explain at the end of the validation of every n-th epoch (at the end of the
             training epoch when the Trainer has no validation).
         every_n_steps: explain every n optimizer steps instead of per epoch.
@@ -99,7 +100,11 @@ class CAMCallback(Callback):
         ValueError: for an unknown method (with close matches) or an invalid argument value.
         TypeError: for an argument of the wrong type.
         MisconfigurationException: at ``setup`` when there is nothing to explain (no validation data
-            and no ``images``) or the target layer does not exist (with close matches).
+            and no ``images``) or the target layer does not exist (with close matches; checked at fit
+            start instead for modules that build layers in ``setup``/``configure_model``); before the first
+            training step when ``target="label"`` but the batch has no labels.
+        TypeError: before the first training step when a validation batch has no image tensor (pass
+            ``batch_to_images``).
 
     Example:
         >>> from cam_callback import CAMCallback
