@@ -51,13 +51,16 @@ def load_imagenet_weights(model: nn.Module, weight_path: str | Path) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-    if missing or result.unexpected_keys:
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or misshapen:
         raise ValueError(
-            f"--weight-path {str(path)!r} is not a torchvision resnet18 state_dict: "
-            f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            f"--weight-path {str(path)!r} is not a torchvision resnet18 state_dict: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}, wrong shape {misshapen[:3]} (of {len(expected)} keys besides fc)"
         )
+    model.load_state_dict(state, strict=False)
 
 
 class ResNet18Classifier(L.LightningModule):

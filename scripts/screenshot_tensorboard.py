@@ -107,8 +107,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def tensorboard_server(logdir: str | Path, port: int | None = None, timeout: float = 60.0) -> Iterator[str]:
+def tensorboard_server(
+    logdir: str | Path, port: int | None = None, timeout: float = 60.0, cwd: str | Path | None = None
+) -> Iterator[str]:
     """Run ``tensorboard --logdir logdir`` on ``127.0.0.1`` and yield its base URL; stop it on exit.
+
+    ``cwd`` is the working directory of the server (a relative ``logdir`` is read from there and shown
+    as given in the dashboard).
 
     Raises:
         RuntimeError: TensorBoard exited or did not answer within ``timeout`` seconds (its output is
@@ -119,7 +124,7 @@ def tensorboard_server(logdir: str | Path, port: int | None = None, timeout: flo
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1"]
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         try:
             _wait_until_serving(url, process, log, timeout)
             yield url
@@ -182,6 +187,7 @@ def screenshot_images_dashboard(
     timeout: float = 90.0,
     window_size: tuple[int, int] = (1400, 1000),
     settle: float = 1.0,
+    cwd: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Open TensorBoard's IMAGES dashboard for ``logdir``, wait for the image cards, save a PNG.
 
@@ -197,6 +203,7 @@ def screenshot_images_dashboard(
         timeout: seconds to wait for TensorBoard and for the cards.
         window_size: browser window ``(width, height)`` in pixels.
         settle: seconds to wait after the cards loaded, so the layout is final in the screenshot.
+        cwd: working directory of the TensorBoard server (for a relative ``logdir``).
 
     Returns:
         The rendered cards whose tag starts with ``tag_prefix`` (``tag``, ``run``, ``loaded``,
@@ -207,7 +214,7 @@ def screenshot_images_dashboard(
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tensorboard_server(logdir, timeout=timeout) as url, chromium(window_size) as driver:
+    with tensorboard_server(logdir, timeout=timeout, cwd=cwd) as url, chromium(window_size) as driver:
         query = "" if tag_filter is None else f"&tagFilter={urllib.request.quote(tag_filter)}"
         driver.get(f"{url}/?darkMode=false{query}#images")
         deadline = time.monotonic() + timeout
