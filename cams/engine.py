@@ -136,7 +136,7 @@ class CamEngine:
         targets: Targets = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         eigen_sign: EigenSign = "max",
     ) -> CamMaps:
         """Compute maps for every method in ``methods`` on the batch ``x`` (B, C, H, W).
@@ -153,7 +153,8 @@ class CamEngine:
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
             eigen_smooth: replace the channel sum by the first principal component of the weighted
                 activations.
-            batch_size: rows per forward for Score-CAM and Ablation-CAM.
+            batch_size: rows per forward for Score-CAM (default 64 masked images) and Ablation-CAM
+                (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (the solver's sign, as the reference).
 
@@ -162,7 +163,8 @@ class CamEngine:
         """
         specs = _methods(methods)
         x = _check_input(x)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        bad_size = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        if batch_size is not None and bad_size:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if eigen_sign not in ("max", "none"):
             raise ValueError(f"eigen_sign must be 'max' or 'none'; got {eigen_sign!r}")
@@ -193,7 +195,7 @@ class CamEngine:
         specs: list[CamMethod],
         targets: Targets,
         eigen_smooth: bool,
-        batch_size: int,
+        batch_size: int | None,
         sign: EigenSign,
         chunk: int,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
@@ -216,9 +218,9 @@ class CamEngine:
             scorer.split = chunk
             score_rows = scorer(output, rows, main=True)
             if needs_grads:
-                grads = _gradients(score_rows, records, self.layer_names)
+                grads = _gradients(score_rows, records.outputs, self.layer_names)
             scores = score_rows.detach().float()
-        acts = [self._reshape(r.detach()).float() for r in records]
+        acts = [self._reshape(v.detach()).float() for v in records.values]
         grads = [self._reshape(g).float() for g in grads] if grads is not None else None
 
         per_method: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}
@@ -227,7 +229,7 @@ class CamEngine:
                 if spec.perturbation is not None:
                     assert scorer is not None and scores is not None
                     channel = self._channel_scores(
-                        spec, x, module, name, records[i], acts[i], scorer, batch_size
+                        spec, x, module, name, records.values[i].detach(), acts[i], scorer, batch_size
                     )
                     weighted = spec.weigh(acts[i], channel, scores)
                 else:
@@ -259,16 +261,19 @@ class CamEngine:
         raw: torch.Tensor,
         acts: torch.Tensor,
         scorer: Scorer,
-        batch_size: int,
+        batch_size: int | None,
     ) -> torch.Tensor:
         if spec.perturbation == "mask_input":
-            return _masked_input_scores(self.model, x, acts, scorer, batch_size)
+            return _masked_input_scores(self.model, x, acts, scorer, batch_size or 64)
         if self.reshape_transform is not None or raw.dim() != 4:
             raise ValueError(
                 f"ablationcam ablates channels of a (B, C, h, w) layer output; layer {name!r} gives "
                 f"{tuple(raw.shape)} (reshape_transform is not supported for ablation)"
             )
-        return _ablated_scores(self.model, module, x, raw.detach(), scorer, batch_size)
+        if batch_size is None:
+            per_row = raw[0].numel() * raw.element_size()
+            batch_size = max(1, min(raw.shape[1], (256 << 20) // per_row))
+        return _ablated_scores(self.model, module, x, raw, scorer, batch_size)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -317,15 +322,19 @@ def _grad_capable() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[list[torch.Tensor]]:
+def _capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[_Records]:
     """Record each module's output for one forward; hooks are removed on exit, also on error.
 
     With ``grad`` the forward runs under ``no_grad`` and a pre-hook switches autograd on when the
     first target layer starts, so no graph is built for the layers before it and the backward
-    stops at the target layers. The recorded tensor is the layer output itself (or a leaf copy when
-    it does not require grad); a clone travels on, so in-place ops downstream cannot alter it.
+    stops at the target layers.
+
+    A clone of the layer output travels on through the network. Gradients are taken with respect to
+    the output itself; the activation *values* are read from the clone when the forward is over, so
+    they include what in-place ops downstream did to them (DenseNet's ``F.relu(features, inplace=True)``),
+    exactly as pytorch-grad-cam sees them.
     """
-    records: list[torch.Tensor | None] = [None] * len(modules)
+    records = _Records(len(modules))
     handles = []
 
     def pre_hook(module: nn.Module, args: Any) -> None:
@@ -340,8 +349,9 @@ def _capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator
                 )
             if grad and not output.requires_grad:
                 output = output.detach().requires_grad_()
-            records[i] = output
-            return output.clone()
+            records.outputs[i] = output
+            records.values[i] = output.clone()
+            return records.values[i]
 
         return hook
 
@@ -350,13 +360,21 @@ def _capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator
             if grad:
                 handles.append(module.register_forward_pre_hook(pre_hook))
             handles.append(module.register_forward_hook(make_hook(i)))
-        yield records  # type: ignore[misc]
+        yield records
     finally:
         for handle in handles:
             handle.remove()
-    missing = [names[i] for i, r in enumerate(records) if r is None]
+    missing = [names[i] for i, r in enumerate(records.outputs) if r is None]
     if missing:
         raise RuntimeError(f"target layer(s) {missing} did not run during the forward pass")
+
+
+class _Records:
+    """What one forward captured per target layer: the outputs (for gradients) and their final values."""
+
+    def __init__(self, n: int) -> None:
+        self.outputs: list[Any] = [None] * n
+        self.values: list[Any] = [None] * n
 
 
 def _gradients(scores: torch.Tensor, records: list[torch.Tensor], names: list[str]) -> list[torch.Tensor]:
