@@ -561,8 +561,8 @@ class CAMCallback(Callback):
             if boxes is not None or masks is not None:
                 pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks)
                 energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
-                scalars[f"cam_localisation/{name}/pointing_game"] = float(pointing.float().mean())
-                scalars[f"cam_localisation/{name}/energy"] = float(energy.float().mean())
+                scalars[f"cam_localisation/{name}/pointing_game"] = float(torch.nanmean(pointing.float()))
+                scalars[f"cam_localisation/{name}/energy"] = float(torch.nanmean(energy.float()))
             if self.faithfulness:
                 with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
                     scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
