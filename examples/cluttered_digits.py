@@ -230,7 +230,7 @@ class ClutteredDigits(L.LightningDataModule):
         train_size: int = 5000,
         val_size: int = 500,
         test_size: int = 500,
-        batch_size: int = 64,
+        batch_size: int = 32,
         seed: int = 0,
         channels: int = 1,
         canvas: int = CANVAS,
@@ -368,7 +368,7 @@ class DigitNet(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-        steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1000
+        steps = self.trainer.estimated_stepping_batches
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=self.hparams.lr, total_steps=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -520,6 +520,7 @@ def make_callbacks(
     num_images: int = 32,
     summary: bool = True,
     print_fn: Any = print,
+    target_layer: str = "features",
 ) -> list[L.Callback]:
     """``[CAMCallback(...), EpochSummary(...)]`` explaining the first ``num_images`` validation canvases."""
     from cam_callback import CAMCallback
@@ -528,7 +529,7 @@ def make_callbacks(
     cam = CAMCallback(
         methods=list(methods),
         num_images=num_images,
-        target_layer="features" if isinstance(datamodule, ClutteredDigits) else None,
+        target_layer=target_layer,
         boxes=boxes,
     )
     return [cam, EpochSummary(cam, boxes, print_fn)] if summary else [cam]
@@ -564,7 +565,7 @@ def train(
     train_size: int = 5000,
     val_size: int = 500,
     test_size: int = 500,
-    batch_size: int = 64,
+    batch_size: int = 32,
     lr: float = 3e-3,
     seed: int = 0,
     methods: Sequence[str] = METHODS,
@@ -592,7 +593,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=5000, help="training canvases (default 5000)")
     parser.add_argument("--val-size", type=int, default=500, help="validation canvases (default 500)")
     parser.add_argument("--test-size", type=int, default=500, help="test canvases (default 500)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (one-cycle schedule)")
     parser.add_argument("--seed", type=int, default=0, help="decides the data split, canvases and init")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="CAM methods to log")

@@ -32,7 +32,7 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluttered_digits import ClutteredDigits, EpochSummary, evaluate, make_trainer
+from cluttered_digits import ClutteredDigits, evaluate, make_callbacks, make_trainer
 
 __all__ = ["ResNet18Classifier", "load_imagenet_weights", "main", "train"]
 
@@ -127,14 +127,11 @@ def train(
     **trainer_kwargs: Any,
 ) -> tuple[ResNet18Classifier, ClutteredDigits, L.Trainer]:
     """Fine-tune with ``CAMCallback`` + the per-epoch summary; return model, data and trainer."""
-    from cam_callback import CAMCallback
-
     L.seed_everything(seed, verbose=False)
     datamodule = ClutteredDigits(train_size, val_size, val_size, batch_size=batch_size, seed=seed, channels=3)
     model = ResNet18Classifier(size=size, lr=lr, weight_path=weight_path)
-    boxes = datamodule.tensors("val", num_images)["box"]
-    cam = CAMCallback(methods=list(methods), num_images=num_images, target_layer=target_layer, boxes=boxes)
-    trainer = make_trainer(epochs, [cam, EpochSummary(cam, boxes, print_fn)], root_dir, **trainer_kwargs)
+    callbacks = make_callbacks(datamodule, methods, num_images, print_fn=print_fn, target_layer=target_layer)
+    trainer = make_trainer(epochs, callbacks, root_dir, **trainer_kwargs)
     trainer.fit(model, datamodule=datamodule)
     return model, datamodule, trainer
 

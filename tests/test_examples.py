@@ -1,9 +1,10 @@
 """The cluttered-digits example: data as specified, the README command works, and attention really forms.
 
-The slow tests train the example's network for a short run (3 epochs on 3,000 canvases, about a minute
-on one CPU core) and check on 500 held-out canvases of unseen digits that Grad-CAM points at the digit.
-Measured with this seed (pointing game, tolerance 0 px, 500 test canvases): chance (mean box area
-fraction) 0.106; untrained Grad-CAM 0.018; trained 0.98-1.00; a "brightest ink" baseline 0.34.
+The slow tests train the example's network for a short run (3 epochs on 3,000 canvases, 35-80 s on
+one CPU core) and check on 500 held-out canvases of unseen digits that Grad-CAM points at the digit.
+Measured with seed 0 (pointing game, tolerance 0 px, 500 test canvases): chance (mean box area
+fraction) 0.106; untrained Grad-CAM 0.024; trained 0.984 (accuracy 0.934); a "brightest ink"
+baseline 0.342; sanity check (Spearman with a randomised copy's maps) 0.20.
 """
 
 from __future__ import annotations
@@ -246,8 +247,10 @@ def test_sanity_check_separates_trained_from_randomised_maps(
     x = datamodule.tensors("test", 200)["image"]
     with_itself = metrics.spearman(cd.cam_maps(model, x)["gradcam"], cd.cam_maps(model, x)["gradcam"])
     with_randomised = metrics.sanity_check(model, x, "features", method="gradcam")
+    # measured: 1.00 with itself, 0.20 with the randomised copy (Adebayo et al. call a method that keeps
+    # a rank correlation above ~0.5 after randomisation insensitive to the model)
     assert with_itself.mean() > 0.99
-    assert with_randomised.mean() < 0.3
+    assert with_randomised.mean() < 0.5
 
 
 # ------------------------------------------------------------------------------- resnet18 example
