@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         screenshot_path,
         expect_tags=methods,
         tag_filter="^cam/",
-        window_size=(1400, 1150),
+        window_size=(1200, 1000),
         cwd=root,
     )
     print(f"wrote {screenshot_path} ({len({c['tag'] for c in cards})} image cards: {', '.join(methods)})")
