@@ -168,19 +168,43 @@ def test_example_runs_as_a_script() -> None:
     assert "--epochs" in result.stdout
 
 
-def test_main_prints_the_tensorboard_command_and_one_summary_line_per_epoch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``main`` on a tiny configuration: (root dir, captured stdout)."""
+    import contextlib
+    import io
+
+    root = tmp_path_factory.mktemp("tiny")
     args = ["--epochs", "2", "--train-size", "64", "--val-size", "32", "--test-size", "32"]
-    args += ["--num-images", "8", "--methods", "gradcam", "xgradcam", "--root-dir", str(tmp_path)]
-    assert cd.main(args) == 0
-    out = capsys.readouterr().out
-    assert f"tensorboard --logdir {tmp_path / 'lightning_logs'}" in out
+    args += ["--num-images", "8", "--methods", "gradcam", "xgradcam", "--root-dir", str(root)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cd.main(args) == 0
+    return root, out.getvalue()
+
+
+def test_main_prints_the_tensorboard_command_and_one_summary_line_per_epoch(tiny_run: tuple[Path, str]) -> None:
+    root, out = tiny_run
+    assert f"tensorboard --logdir {root / 'lightning_logs'}" in out
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 2
     for line in epoch_lines:
         assert "acc " in line and "gradcam " in line and "xgradcam " in line and "drift(gradcam)" in line
-    assert list((tmp_path / "lightning_logs").glob("version_0/events.out.tfevents.*"))
+    assert list((root / "lightning_logs").glob("version_0/events.out.tfevents.*"))
+
+
+def test_docs_strip_is_built_from_the_logged_event_files(tiny_run: tuple[Path, str]) -> None:
+    sys.path.insert(0, str(EXAMPLES.parent / "scripts"))
+    import make_docs_images as docs
+
+    root, _ = tiny_run
+    run = docs.read_run(docs.latest_run(root / "lightning_logs"), "gradcam")
+    assert [step for step, _ in run["maps"]] == sorted(step for step, _ in run["maps"])
+    assert len(run["maps"]) == 3  # before training, after epoch 1, after epoch 2
+    boxes = cd.ClutteredDigits(train_size=1, val_size=4, test_size=1).tensors("val")["box"].numpy()
+    strip = docs.attention_strip(run, boxes, columns=4, scale=1)
+    rows = 1 + len(run["maps"])
+    assert strip.size == (170 + 4 * (64 + 6), 34 + rows * (64 + 6))
 
 
 # ------------------------------------------------------------------------------- attention (slow)
