@@ -89,6 +89,8 @@ class CAMCallback(Callback):
         boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (else taken
             from the batch's ``"boxes"`` key when present).
         masks: ``(N, H, W)`` object masks for the fixed batch (else from the batch's ``"masks"`` key).
+        pointing_tolerance: pixels around the object that still count as a hit in the pointing game
+            (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
         sanity_check: also log the parameter-randomisation similarity of each method's maps.
         alpha: weight of the colour map in the overlays, in ``[0, 1]``.
@@ -141,6 +143,7 @@ class CAMCallback(Callback):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         boxes: Tensor | None = None,
         masks: Tensor | None = None,
+        pointing_tolerance: int = 15,
         faithfulness: bool = False,
         sanity_check: bool = False,
         alpha: float = 0.5,
@@ -154,6 +157,11 @@ class CAMCallback(Callback):
             None if every_n_steps is None else _check_positive_int("every_n_steps", every_n_steps)
         )
         self.num_images = _check_positive_int("num_images", num_images)
+        if isinstance(pointing_tolerance, bool) or not isinstance(pointing_tolerance, int) or pointing_tolerance < 0:
+            raise ValueError(
+                f"CAMCallback(pointing_tolerance={pointing_tolerance!r}): expected pixels >= 0, e.g. 15"
+            )
+        self.pointing_tolerance = pointing_tolerance
         self.target: Target = _check_target(target)
         self.target_layer = _check_layers(target_layer)
         for name, flag in (
@@ -559,7 +567,7 @@ class CAMCallback(Callback):
         for name in self.methods:
             cam = result[name].detach().float()
             if boxes is not None or masks is not None:
-                pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks)
+                pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=self.pointing_tolerance)
                 energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
                 scalars[f"cam_localisation/{name}/pointing_game"] = float(torch.nanmean(pointing.float()))
                 scalars[f"cam_localisation/{name}/energy"] = float(torch.nanmean(energy.float()))
@@ -597,6 +605,7 @@ class CAMCallback(Callback):
             "eigen_smooth": self.eigen_smooth,
             "mean": None if self._session_mean is None else list(self._session_mean),
             "std": None if self._session_std is None else list(self._session_std),
+            "pointing_tolerance": self.pointing_tolerance,
             "faithfulness": self.faithfulness,
             "sanity_check": self.sanity_check,
             "drift": "1 - mean cosine similarity (cams.metrics.drift)",

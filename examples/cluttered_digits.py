@@ -531,6 +531,7 @@ def make_callbacks(
         num_images=num_images,
         target_layer=target_layer,
         boxes=boxes,
+        pointing_tolerance=POINTING_TOLERANCE,
     )
     return [cam, EpochSummary(cam, boxes, print_fn)] if summary else [cam]
 

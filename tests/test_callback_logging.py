@@ -209,3 +209,20 @@ def test_sanity_check_similarity_is_logged_per_method(make_trainer) -> None:
         values = recorder.metrics[f"cam_sanity/{name}/spearman"]
         assert [step for step, _ in values] == [0, 4]
         assert all(-1.0 <= v <= 1.0 for _, v in values)
+
+
+def test_pointing_tolerance_reaches_the_pointing_game(make_trainer) -> None:
+    data = QuadrantData(as_dict=True)
+    boxes = data.val_set.boxes[:6]
+    recorder = RecordingLogger()
+    cam = CAMCallback(num_images=6, target="label", pointing_tolerance=0)
+    make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=data)
+    (_, pointing), *_ = recorder.metrics["cam_localisation/gradcam/pointing_game"][-1:]
+    strict = metrics.pointing_game(cam.last_maps["gradcam"], boxes=boxes, tolerance=0)
+    assert pointing == pytest.approx(float(torch.nanmean(strict)))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bad_pointing_tolerance_is_rejected(bad) -> None:
+    with pytest.raises(ValueError, match="pointing_tolerance"):
+        CAMCallback(pointing_tolerance=bad)
