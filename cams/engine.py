@@ -24,7 +24,7 @@ from torch import nn
 
 from cams.methods import CamMethod, get_method
 from cams.ops import EigenSign, minmax, resize, sum_or_project
-from cams.state import frozen_model
+from cams.state import frozen_model, model_device
 from cams.targets import Scorer, Targets, resolve_targets
 
 __all__ = ["CamEngine", "CamMaps", "find_layer"]
@@ -113,7 +113,7 @@ class CamEngine:
         if self._layers is None:
             x = _check_input(x)
             with _grad_capable(), frozen_model(self.model):
-                self._layers = [_auto_layer(self.model, _prepare(x, _device(self.model))[:1])]
+                self._layers = [_auto_layer(self.model, _prepare(x, model_device(self.model))[:1])]
         return self.layer_names
 
     def _named(self, spec: LayerSpec) -> tuple[str, nn.Module]:
@@ -169,7 +169,7 @@ class CamEngine:
         if eigen_sign not in ("max", "none"):
             raise ValueError(f"eigen_sign must be 'max' or 'none'; got {eigen_sign!r}")
         out_device = x.device
-        device = _device(self.model)
+        device = model_device(self.model)
         with _grad_capable(), frozen_model(self.model):
             x = _prepare(x, device)
             if self._layers is None:
@@ -298,14 +298,6 @@ def _check_input(x: Any) -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
     return x
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
 
 
 def _prepare(x: torch.Tensor, device: torch.device) -> torch.Tensor:

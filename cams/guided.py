@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cams.engine import _device, _grad_capable, _prepare
-from cams.state import frozen_model
+from cams.engine import _grad_capable, _prepare
+from cams.state import frozen_model, model_device
 from cams.targets import Targets, resolve_targets
 
 __all__ = ["guided_backprop", "guided_gradcam"]
@@ -59,7 +59,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets: Targets = None) 
     x = _check_input(x)
     out_device = x.device
     with _grad_capable(), frozen_model(model):
-        inp = _prepare(x, _device(model)).clone().requires_grad_(True)
+        inp = _prepare(x, model_device(model)).clone().requires_grad_(True)
         with _GuidedReLU():
             output = model(inp)
             scorer = resolve_targets(targets, output, inp.shape[0])

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["frozen_model", "rng_guard"]
+__all__ = ["frozen_model", "model_device", "rng_guard"]
 
 
 @contextlib.contextmanager
@@ -51,7 +51,7 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
         True
     """
     flags = [(module, module.training) for module in model.modules()]
-    device = _model_device(model)
+    device = model_device(model)
     try:
         with rng_guard(device):
             model.eval()
@@ -61,7 +61,8 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU for a model with neither."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():
