@@ -153,7 +153,8 @@ class CamEngine:
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
             eigen_smooth: replace the channel sum by the first principal component of the weighted
                 activations.
-            batch_size: rows per forward for Score-CAM (default 64 masked images) and Ablation-CAM
+            batch_size: rows per forward for Score-CAM (default 8 masked images on the CPU, 64 on
+                accelerators) and Ablation-CAM
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (the solver's sign, as the reference).
@@ -264,7 +265,7 @@ class CamEngine:
         batch_size: int | None,
     ) -> torch.Tensor:
         if spec.perturbation == "mask_input":
-            return _masked_input_scores(self.model, x, acts, scorer, batch_size or 64)
+            return _masked_input_scores(self.model, x, acts, scorer, batch_size)
         if self.reshape_transform is not None or raw.dim() != 4:
             raise ValueError(
                 f"ablationcam ablates channels of a (B, C, h, w) layer output; layer {name!r} gives "
@@ -430,27 +431,50 @@ def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
 
 
 def _masked_input_scores(
-    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, scorer: Scorer, batch_size: int
+    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, scorer: Scorer, batch_size: int | None
 ) -> torch.Tensor:
     """Score-CAM: target score of ``x`` masked by each upsampled, min-max scaled channel → (B, C).
 
-    Masks are built chunk by chunk, so memory stays at ``batch_size`` images.
+    Masks are built chunk by chunk, so memory stays at ``batch_size`` images (default: 8 on the CPU,
+    where small batches stay in cache, 64 elsewhere). A channel that is constant over the map gives an
+    all-zero mask, hence the same all-zero input for every image: it is scored once, not once per
+    channel (ReLU layers of trained networks have many such channels).
     """
+    if batch_size is None:
+        batch_size = 8 if x.device.type == "cpu" else 64
     batch, channels = acts.shape[:2]
     size = x.shape[-2:]
+    flat_acts = acts.flatten(2)
+    varies = (flat_acts.max(2).values != flat_acts.min(2).values).flatten()
     image = torch.arange(batch, device=x.device).repeat_interleave(channels)
-    channel = torch.arange(channels, device=x.device).repeat(batch)
     scores = torch.empty(batch * channels, device=x.device)
-    with torch.no_grad():
-        for start in range(0, batch * channels, batch_size):
-            b, c = image[start : start + batch_size], channel[start : start + batch_size]
-            mask = F.interpolate(acts[b, c][:, None], size=size, mode="bilinear", align_corners=True)
+    with torch.inference_mode():
+        constant = (~varies).nonzero()[:, 0]
+        if len(constant):
+            blank = _expand_rows(model(torch.zeros_like(x[:1])), len(constant))
+            scores[constant] = scorer(blank, image[constant]).float()
+        jobs = varies.nonzero()[:, 0]
+        for start in range(0, len(jobs), batch_size):
+            job = jobs[start : start + batch_size]
+            b = image[job]
+            mask = F.interpolate(acts.view(-1, 1, *acts.shape[2:])[job], size=size, mode="bilinear", align_corners=True)
             flat = mask.flatten(1)
             lo = flat.min(1).values.view(-1, 1, 1, 1)
             hi = flat.max(1).values.view(-1, 1, 1, 1)
             mask = (mask - lo) / (hi - lo + 1e-8)
-            scores[start : start + len(b)] = scorer(model(x[b] * mask.to(x.dtype)), b).float()
+            scores[job] = scorer(model(x[b] * mask.to(x.dtype)), b).float()
     return scores.view(batch, channels)
+
+
+def _expand_rows(output: Any, n: int) -> Any:
+    """Repeat a one-row model output ``n`` times (tensors, and tuples/lists/dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return output.expand(n, *output.shape[1:])
+    if isinstance(output, (tuple, list)):
+        return type(output)(_expand_rows(o, n) for o in output)
+    if isinstance(output, dict):
+        return {k: _expand_rows(v, n) for k, v in output.items()}
+    return output
 
 
 def _ablated_scores(
