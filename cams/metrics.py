@@ -1059,14 +1059,14 @@ def sanity_check(
     targets: Targets = None,
     seed: int = 0,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     reshape_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r"""Model-parameter randomisation test: how similar are the maps of a re-initialised model?
 
     Adebayo et al., *Sanity Checks for Saliency Maps*, NeurIPS 2018,
     https://arxiv.org/abs/1810.03292 (cascading randomisation, section 3.1). With :math:`M_i` the
-    map of image :math:`i` from ``model`` and :math:`	ilde M_i` from :func:`randomized_copy` (the
+    map of image :math:`i` from ``model`` and :math:`\tilde M_i` from :func:`randomized_copy` (the
     target layer and everything after it re-initialised), both for the class ``model`` predicts
     (or ``targets``), computed with :class:`cams.CamEngine`:
 
@@ -1084,7 +1084,7 @@ def sanity_check(
         targets: as in :class:`cams.CamEngine`; ``None`` explains each image's predicted class
             of ``model``, and the randomised copy explains the same classes.
         seed: seed of the re-initialisation (see :func:`randomized_copy`).
-        batch_size: rows per forward for perturbation methods.
+        batch_size: rows per forward for perturbation methods (``None``: the engine's defaults).
         reshape_transform: as in :class:`cams.CamEngine`.
 
     Returns:
