@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from cams.state import frozen_model, rng_guard
+from cams.targets import select_rows
 
 __all__ = [
     "average_drop",
@@ -587,9 +588,9 @@ def _perturbation_scores(
             output = model(chunk)
             original = kind == _ORIGINAL
             if bool(original.any()):
-                scores[start:stop][original] = scorer(_rows(output, original), image[original], True)
+                scores[start:stop][original] = scorer(select_rows(output, original), image[original], True)
             if not bool(original.all()):
-                scores[start:stop][~original] = scorer(_rows(output, ~original), image[~original], False)
+                scores[start:stop][~original] = scorer(select_rows(output, ~original), image[~original], False)
     scores = scores.clone()
 
     scores = scores.to(out_device)
@@ -604,17 +605,6 @@ def _perturbation_scores(
         curve = scores[kind_of == _INSERTION].view(batch, steps)
         result["insertion"] = torch.cat([curve, result["original"][:, None]], dim=1)
     return result
-
-
-def _rows(output: object, keep: Tensor) -> object:
-    """Select rows of a model output (tensor, or tuple/list/dict of tensors for callable targets)."""
-    if isinstance(output, Tensor):
-        return output[keep]
-    if isinstance(output, (tuple, list)):
-        return type(output)(_rows(item, keep) for item in output)
-    if isinstance(output, dict):
-        return {key: _rows(value, keep) for key, value in output.items()}
-    return output
 
 
 def _auc(curve: Tensor) -> Tensor:

@@ -12,7 +12,7 @@ from typing import Any, Union
 
 import torch
 
-__all__ = ["Scorer", "Targets", "resolve_targets"]
+__all__ = ["Scorer", "Targets", "resolve_targets", "select_rows"]
 
 Targets = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor], Sequence[Callable]]  # noqa: UP007
 
@@ -35,14 +35,14 @@ class Scorer:
             classes = self.classes.to(logits.device)[image_index.to(logits.device)]
             return logits.gather(1, classes[:, None])[:, 0]
         if self._per_image is not None:
-            rows = [self._per_image[int(i)](_row(output, r)) for r, i in enumerate(image_index.tolist())]
+            rows = [self._per_image[int(i)](select_rows(output, r)) for r, i in enumerate(image_index.tolist())]
             return torch.stack([torch.as_tensor(r).reshape(()) for r in rows])
         assert self._fn is not None
         if main and self.split is not None and len(image_index) > self.split:
             # augmented copies are stacked: give a batch callable one original-sized batch at a time
             n = self.split
             return torch.cat([
-                self(_rows_slice(output, slice(i, i + n)), image_index[i : i + n])
+                self(select_rows(output, slice(i, i + n)), image_index[i : i + n])
                 for i in range(0, len(image_index), n)
             ])
         scores = self._fn(output)
@@ -55,17 +55,19 @@ class Scorer:
         return scores
 
 
-def _rows_slice(output: Any, rows: slice) -> Any:
-    return _row(output, rows)  # type: ignore[arg-type]
+def select_rows(output: Any, rows: int | slice | torch.Tensor) -> Any:
+    """Index the rows of a model output: a tensor, or tuples/lists/dicts of them (other leaves pass through).
 
-
-def _row(output: Any, r: int) -> Any:
+    Example:
+        >>> select_rows({"logits": torch.arange(6).view(3, 2)}, slice(1, 3))["logits"].tolist()
+        [[2, 3], [4, 5]]
+    """
     if isinstance(output, torch.Tensor):
-        return output[r]
+        return output[rows]
     if isinstance(output, (tuple, list)):
-        return type(output)(_row(o, r) for o in output)
+        return type(output)(select_rows(o, rows) for o in output)
     if isinstance(output, dict):
-        return {k: _row(v, r) for k, v in output.items()}
+        return {k: select_rows(v, rows) for k, v in output.items()}
     return output
 
 
