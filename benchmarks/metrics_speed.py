@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64, help="most images per forward")
+    parser.add_argument("--batch-size", type=int, default=None, help="most images per forward (default: the library's)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     x = torch.randn(args.images, 3, args.size, args.size, generator=generator).to(device)
     maps = torch.rand(args.images, args.size, args.size, generator=generator).to(device)
     b, s, bs = args.images, args.steps, args.batch_size
+    chunk = bs if bs is not None else (8 if device.type == "cpu" else 64)  # the library's default
 
     def plain() -> None:
         with torch.inference_mode():
@@ -76,13 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     deletion_and_insertion = results[1][2] + results[2][2]
 
     print(
-        f"resnet18 (random init), {b} images {args.size}², {s} steps, batch_size {bs}, device {device}, "
+        f"resnet18 (random init), {b} images {args.size}², {s} steps, batch_size {chunk}, device {device}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n"
     )
     print("| measure | forwards | images forwarded | median time (s) | × one plain forward |")
     print("|---|---:|---:|---:|---:|")
     for name, rows, seconds in results:
-        forwards = 1 if name == "one plain forward" else math.ceil(rows / bs)
+        forwards = 1 if name == "one plain forward" else math.ceil(rows / chunk)
         print(f"| {name} | {forwards} | {rows} | {seconds:.3f} | {seconds / reference:.1f} |")
     print(
         f"\ndeletion + insertion: {deletion_and_insertion:.3f} s = {deletion_and_insertion / reference:.1f} × "
