@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cams import METHODS
-from cams.cli import InputError, OneLineParser, check_output_dir
+from cams.cli import InputError, OneLineParser, check_output_dir, exit_code
 
 __all__ = ["build_parser", "main"]
 
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (one line on stderr) and --help / --version
-        return _exit_code(exc)
+        return exit_code(exc)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -111,10 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in lines:
         print(line)
     return 0
-
-
-def _exit_code(exc: SystemExit) -> int:
-    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 def _explain(args: argparse.Namespace) -> list[str]:

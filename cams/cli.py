@@ -263,6 +263,11 @@ def load_state_dict(path: str | os.PathLike[str], what: str = "--weight-path") -
     return obj
 
 
+def exit_code(exc: SystemExit) -> int:
+    """The process exit code argparse meant by raising ``exc`` (0 for --help, 2 for usage errors)."""
+    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -403,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (one line on stderr) and --help
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return exit_code(exc)
     try:
         _, lines = _run(args, say=print)
     except (InputError, FileNotFoundError) as exc:
