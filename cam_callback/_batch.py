@@ -7,22 +7,37 @@ Batches may be tensors, ``(x, y, ...)`` tuples or lists, or dicts. Dict keys rec
 - boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels)
 - masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, non-zero inside the object)
 
-Anything else goes through a user ``batch_to_images`` function first.
+Anything else goes through a user ``batch_to_images`` function first. :func:`choose_batch` picks the
+callback's batch from the Trainer's first validation dataloader or the user's ``images``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from cams.state import rng_guard
 
-__all__ = ["BOX_KEYS", "IMAGE_KEYS", "LABEL_KEYS", "MASK_KEYS", "FixedBatch", "parse_batch", "take_first"]
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+__all__ = [
+    "BOX_KEYS",
+    "IMAGE_KEYS",
+    "LABEL_KEYS",
+    "MASK_KEYS",
+    "FixedBatch",
+    "choose_batch",
+    "ensure_val_dataloaders",
+    "parse_batch",
+    "take_first",
+]
 
 IMAGE_KEYS = ("image", "images", "x", "input")
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -212,3 +227,65 @@ def take_first(dataloader: Iterable[Any], n: int, batch_to_images: BatchToImages
         boxes=_concat(parts, "boxes", n),
         masks=_concat(parts, "masks", n),
     )
+
+
+def ensure_val_dataloaders(trainer: Trainer, user_batch: FixedBatch | None) -> None:
+    """Load the val dataloaders now if the sanity check did not (as the first validation would).
+
+    Every rank must take the same branch (Lightning's data setup holds a barrier), so the
+    condition uses only what all ranks share.
+    """
+    if user_batch is None and trainer.val_dataloaders is None and trainer.enable_validation:
+        with rng_guard():
+            trainer.fit_loop.epoch_loop.val_loop.setup_data()
+
+
+def choose_batch(
+    trainer: Trainer,
+    user_batch: FixedBatch | None,
+    n: int,
+    batch_to_images: BatchToImages | None,
+    boxes: Tensor | None,
+    masks: Tensor | None,
+    target: str | int,
+) -> FixedBatch:
+    """The callback's fixed batch: ``user_batch``, else the first ``n`` samples of the first val dataloader.
+
+    Args:
+        trainer: the Trainer, for ``trainer.val_dataloaders``.
+        user_batch: the checked ``images=`` of the callback, or ``None``.
+        n: how many samples to take from the dataloader.
+        batch_to_images: see :func:`parse_batch`.
+        boxes: ``(N, 4)`` boxes given to the callback, replacing the batch's own; or ``None``.
+        masks: ``(N, H, W)`` masks given to the callback, replacing the batch's own; or ``None``.
+        target: the callback's ``target``; ``"label"`` needs labels.
+
+    Raises:
+        MisconfigurationException: with no validation dataloader, boxes/masks that do not fit, or no
+            labels for ``target="label"``.
+    """
+    if user_batch is not None:
+        batch = user_batch
+    else:
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, Mapping):
+            loaders = next(iter(loaders.values()), None)
+        elif isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is None:
+            raise MisconfigurationException(
+                "CAMCallback found no validation dataloader to take its fixed batch from; pass `images=`."
+            )
+        batch = take_first(loaders, n, batch_to_images)
+    boxes = boxes if boxes is not None else batch.boxes
+    masks = masks if masks is not None else batch.masks
+    try:
+        batch = FixedBatch(batch.images, batch.labels, boxes, masks)
+    except ValueError as err:
+        raise MisconfigurationException(f"CAMCallback(boxes=/masks=) do not fit the fixed batch: {err}") from err
+    if target == "label" and batch.labels is None:
+        raise MisconfigurationException(
+            "CAMCallback(target='label') but the fixed batch has no class labels: yield (x, y) batches "
+            "or a dict with a 'label' key, pass images=(x, y), or use target='pred' or a class index."
+        )
+    return batch

@@ -1,0 +1,256 @@
+"""The callback's checks: its constructor arguments in ``__init__``, the Trainer and the model in ``setup``.
+
+Every message names the argument and the value given, and says what would be accepted. Also here: how
+the target layers are named (``layer_key`` for the ``state_key`` and the config, ``layer_names_of`` for
+the checkpoint) and the display normalisation a session uses (``session_mean_std``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor, nn
+
+import cams
+from cam_callback._batch import BatchToImages, FixedBatch
+from cams.overlay import colorize
+
+__all__ = [
+    "LayerSpec",
+    "Target",
+    "check_alpha",
+    "check_batch_to_images",
+    "check_colormap",
+    "check_flag",
+    "check_images",
+    "check_layers",
+    "check_mean_std",
+    "check_methods",
+    "check_on_error",
+    "check_pointing_tolerance",
+    "check_positive_int",
+    "check_target",
+    "check_target_layers",
+    "check_trainer_has_images",
+    "layer_key",
+    "layer_names_of",
+    "session_mean_std",
+]
+
+LayerSpec = str | nn.Module
+Target = Literal["pred", "label"] | int
+
+
+# ---------------------------------------------------------------------- constructor arguments
+def check_methods(method: str, methods: Sequence[str] | None) -> tuple[str, ...]:
+    """The canonical names of ``method`` or ``methods``, without repeats, in the order given."""
+    if methods is None:
+        if not isinstance(method, str):
+            raise TypeError(
+                f"CAMCallback(method={method!r}): expected one method name; use methods=[...] for several"
+            )
+        names: Sequence[str] = [method]
+        argument = "method"
+    else:
+        if method != "gradcam":
+            raise ValueError(
+                f"CAMCallback(method={method!r}, methods={methods!r}): give `method` or `methods`, not both"
+            )
+        if isinstance(methods, str) or not isinstance(methods, Sequence):
+            raise TypeError(
+                f"CAMCallback(methods={methods!r}): expected a list of method names, e.g. ['gradcam']"
+            )
+        if not methods:
+            raise ValueError("CAMCallback(methods=[]): give at least one method name, e.g. ['gradcam']")
+        names = methods
+        argument = "methods"
+    resolved: list[str] = []
+    for name in names:
+        spec = cams.get_method(name, argument=argument)
+        if spec.name not in resolved:
+            resolved.append(spec.name)
+    return tuple(resolved)
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"CAMCallback({name}={value!r}): expected a positive integer, e.g. 1")
+    return value
+
+
+def check_pointing_tolerance(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"CAMCallback(pointing_tolerance={value!r}): expected pixels >= 0, e.g. 15")
+    return value
+
+
+def check_target(target: Any) -> Target:
+    if isinstance(target, str):
+        if target not in ("pred", "label"):
+            raise ValueError(
+                f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
+                "sample's label) or a class index"
+            )
+        return target  # type: ignore[return-value]
+    if isinstance(target, bool) or not isinstance(target, int) or target < 0:
+        raise ValueError(f"CAMCallback(target={target!r}): expected 'pred', 'label' or a class index >= 0")
+    return target
+
+
+def check_layers(target_layer: Any) -> list[LayerSpec] | None:
+    """``target_layer`` as a non-empty list of names and modules, or ``None`` (automatic)."""
+    if target_layer is None:
+        return None
+    if isinstance(target_layer, (str, nn.Module)):
+        layers = [target_layer]
+    elif isinstance(target_layer, Sequence):
+        layers = list(target_layer)
+    else:
+        layers = [target_layer]  # rejected below with the type named
+    if not layers:
+        raise ValueError(
+            "CAMCallback(target_layer=[]): give a layer name, a module, a list of them, or None (auto)"
+        )
+    for layer in layers:
+        if not isinstance(layer, (str, nn.Module)):
+            raise TypeError(
+                f"CAMCallback(target_layer={layer!r}): expected a dotted layer name such as 'layer4', "
+                "a module, or a list of them"
+            )
+    return layers
+
+
+def check_flag(name: str, flag: Any) -> bool:
+    if not isinstance(flag, bool):
+        raise TypeError(f"CAMCallback({name}={flag!r}): expected True or False")
+    return flag
+
+
+def check_mean_std(
+    mean: Any, std: Any, prefix: str = ""
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """Both per-channel normalisation sequences as float tuples, or both ``None``."""
+    if mean is None and std is None:
+        return None, None
+    if mean is None or std is None:
+        raise ValueError(
+            f"CAMCallback: give both {prefix}mean and {prefix}std or neither; got mean={mean!r}, std={std!r}"
+        )
+    m = tuple(float(v) for v in torch.as_tensor(mean, dtype=torch.float64).flatten().tolist())
+    s = tuple(float(v) for v in torch.as_tensor(std, dtype=torch.float64).flatten().tolist())
+    if len(m) != len(s) or not m:
+        raise ValueError(f"CAMCallback: {prefix}mean={mean!r} and {prefix}std={std!r} differ in length")
+    if any(not (v > 0 and math.isfinite(v)) for v in s):
+        raise ValueError(f"CAMCallback({prefix}std={std!r}): every value must be positive")
+    return m, s
+
+
+def check_batch_to_images(batch_to_images: Any) -> BatchToImages | None:
+    if batch_to_images is not None and not callable(batch_to_images):
+        raise TypeError(f"CAMCallback(batch_to_images={batch_to_images!r}): expected a function of the batch")
+    return batch_to_images
+
+
+def check_alpha(alpha: Any) -> float:
+    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"CAMCallback(alpha={alpha!r}): expected a number in [0, 1], e.g. 0.5")
+    return float(alpha)
+
+
+def check_colormap(colormap: str) -> str:
+    colorize(torch.zeros(1, 1, 1), colormap)  # raises ValueError naming the known colour maps
+    return colormap
+
+
+def check_on_error(on_error: Any) -> Literal["warn", "raise"]:
+    if on_error not in ("warn", "raise"):
+        raise ValueError(f"CAMCallback(on_error={on_error!r}): expected 'warn' or 'raise'")
+    return on_error  # type: ignore[no-any-return]
+
+
+def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBatch | None:
+    """The user's ``images`` (with ``boxes``/``masks``) as a :class:`FixedBatch`, or ``None``."""
+    if images is None:
+        return None
+    labels = None
+    if isinstance(images, (tuple, list)):
+        if len(images) != 2 or not isinstance(images[0], Tensor):
+            raise TypeError(
+                "CAMCallback(images=...): expected a (N, C, H, W) tensor or an (images, labels) pair"
+            )
+        images, labels = images
+    if not isinstance(images, Tensor):
+        raise TypeError(f"CAMCallback(images={type(images).__name__}): expected a (N, C, H, W) tensor")
+    if images.dim() == 3:
+        images = images[None]
+    try:
+        batch = FixedBatch(images, labels, boxes, masks)
+    except ValueError as err:
+        raise ValueError(f"CAMCallback(images=/boxes=/masks=): {err}") from err
+    if target == "label" and batch.labels is None:
+        raise ValueError(
+            "CAMCallback(target='label') needs labels: pass images=(images, labels) or use target='pred'"
+        )
+    return batch
+
+
+# ---------------------------------------------------------------------- the Trainer and the model, at setup
+def check_trainer_has_images(trainer: Trainer, stage: str, user_batch: FixedBatch | None) -> None:
+    """Fitting needs validation data or the user's ``images`` to take the fixed batch from."""
+    if stage == TrainerFn.FITTING and user_batch is None and not trainer.enable_validation:
+        raise MisconfigurationException(
+            "CAMCallback has no images to explain: the Trainer has no validation data (no val "
+            "dataloader, no `validation_step`, or `limit_val_batches=0`) and `images` was not given. "
+            "Pass `CAMCallback(images=x)` with a (N, C, H, W) tensor, or give the Trainer val data."
+        )
+
+
+def check_target_layers(pl_module: LightningModule, target_layer: list[LayerSpec] | None) -> None:
+    """Each named layer exists in ``pl_module`` (close matches otherwise), each module is one of its own."""
+    if target_layer is None:
+        return
+    modules = set(pl_module.modules())
+    for layer in target_layer:
+        if isinstance(layer, str):
+            try:
+                cams.find_layer(pl_module, layer)
+            except ValueError as err:
+                raise MisconfigurationException(
+                    f"CAMCallback(target_layer={layer!r}) is not a layer of {type(pl_module).__name__}: {err}"
+                ) from err
+        elif layer not in modules:
+            raise MisconfigurationException(
+                f"CAMCallback(target_layer={type(layer).__name__}(...)) is not a submodule of "
+                f"{type(pl_module).__name__}; pass one of its modules or a dotted name such as 'layer4'"
+            )
+
+
+def session_mean_std(
+    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, datamodule: Any
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    """The normalisation to undo for display: the user's, else ``datamodule.mean``/``.std`` when both exist."""
+    if mean is None and datamodule is not None:
+        dm_mean, dm_std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        if dm_mean is not None and dm_std is not None:
+            return check_mean_std(dm_mean, dm_std, "datamodule.")
+    return mean, std
+
+
+# ---------------------------------------------------------------------- layer names
+def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:
+    """The layers as strings: names as given, modules by their class name."""
+    if layers is None:
+        return None
+    return [layer if isinstance(layer, str) else type(layer).__name__ for layer in layers]
+
+
+def layer_names_of(pl_module: nn.Module, layers: list[LayerSpec]) -> list[str]:
+    """The layers' dotted names in ``pl_module`` (a module not found there: its class name)."""
+    names = {module: name for name, module in pl_module.named_modules()}
+    return [layer if isinstance(layer, str) else names.get(layer, type(layer).__name__) for layer in layers]

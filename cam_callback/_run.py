@@ -1,0 +1,167 @@
+"""What one CAM run computes and logs, besides the maps themselves.
+
+- images: the input grid (once) and one overlay grid per method, under ``cam/``;
+- ``cam_drift/``: each method's drift against the previous and the first run, and the share of changed
+  predictions;
+- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torchvision
+from lightning.pytorch import LightningModule, Trainer
+from torch import Tensor
+
+from cam_callback._batch import FixedBatch
+from cam_callback._checks import Target
+from cam_callback._logging import CamLogWriter
+from cams.overlay import denormalize, overlay
+from cams.state import frozen_model
+
+if TYPE_CHECKING:
+    from cam_callback.callback import CAMCallback
+
+__all__ = [
+    "drift_scalars",
+    "engine_targets",
+    "grid",
+    "log_config_and_input",
+    "log_overlays",
+    "metric_scalars",
+    "predictions",
+]
+
+
+def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> int | Tensor | None:
+    """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, or one class."""
+    if target == "pred":
+        return None
+    if target == "label":
+        assert batch.labels is not None
+        return batch.labels.to(device)
+    return int(target)
+
+
+def predictions(result: Any, target: Target) -> Tensor | None:
+    """Each image's predicted class ``(N,)`` on the CPU, from the engine's logits (or classes for "pred")."""
+    logits = getattr(result, "logits", None)
+    if isinstance(logits, Tensor) and logits.dim() == 2:
+        return logits.detach().argmax(dim=1).cpu()
+    classes = getattr(result, "classes", None)
+    if target == "pred" and isinstance(classes, Tensor):
+        return classes.detach().cpu()
+    return None
+
+
+def grid(images: Tensor) -> Tensor:
+    """``(N, 3, H, W)`` images as one ``(3, H', W')`` grid, at most 8 per row, on the CPU."""
+    return torchvision.utils.make_grid(images.cpu(), nrow=min(8, images.shape[0]), padding=2, pad_value=1.0)
+
+
+def log_config_and_input(
+    writer: CamLogWriter,
+    config_text: str,
+    images: Tensor,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    step: int,
+) -> None:
+    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``), once per session."""
+    writer.text("cam/config", config_text, step)
+    writer.image("cam/input", grid(denormalize(images, mean, std)), step)
+
+
+def log_overlays(
+    writer: CamLogWriter,
+    images: Tensor,
+    maps: dict[str, Tensor],
+    step: int,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    alpha: float,
+    colormap: str,
+) -> None:
+    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid."""
+    shown = denormalize(images, mean, std)
+    for name, cam in maps.items():
+        writer.image(f"cam/{name}", grid(overlay(shown, cam, alpha, colormap)), step)
+
+
+def drift_scalars(
+    maps: dict[str, Tensor],
+    preds: Tensor | None,
+    first: dict[str, Tensor],
+    previous: dict[str, Tensor],
+    previous_preds: Tensor | None,
+) -> dict[str, float]:
+    """``cam_drift/<method>/vs_previous``, ``/vs_first`` and ``cam_drift/pred_changed``, where comparable.
+
+    Args:
+        maps: this run's maps per method, ``(N, H, W)``.
+        preds: this run's predicted classes ``(N,)``, or ``None``.
+        first: the first run's maps per method.
+        previous: the previous run's maps per method.
+        previous_preds: the previous run's predicted classes, or ``None``.
+    """
+    from cams import metrics
+
+    scalars: dict[str, float] = {}
+    for name, cam in maps.items():
+        if name in previous and previous[name].shape == cam.shape:
+            scalars[f"cam_drift/{name}/vs_previous"] = float(metrics.drift(cam, previous[name]))
+        if name in first and first[name].shape == cam.shape:
+            scalars[f"cam_drift/{name}/vs_first"] = float(metrics.drift(cam, first[name]))
+    if preds is not None and previous_preds is not None and previous_preds.shape == preds.shape:
+        scalars["cam_drift/pred_changed"] = float((preds != previous_preds).float().mean())
+    return scalars
+
+
+def metric_scalars(
+    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any
+) -> dict[str, float]:
+    """Localisation, faithfulness and sanity scalars: extra forwards only when asked for.
+
+    Args:
+        callback: the callback, for its settings, fixed batch and resolved layers.
+        trainer: the Trainer, for its precision plugin's forward context.
+        pl_module: the model.
+        x: the fixed batch ``(N, C, H, W)`` as the model takes it.
+        result: the engine's result for ``x``.
+    """
+    assert callback._batch is not None
+    batch = callback._batch
+    if batch.boxes is None and batch.masks is None and not callback.faithfulness and not callback.sanity_check:
+        return {}
+    from cams import metrics
+
+    scalars: dict[str, float] = {}
+    boxes = None if batch.boxes is None else batch.boxes.to(x.device)
+    masks = None if batch.masks is None else batch.masks.to(x.device)
+    classes = result.classes
+    for name in callback.methods:
+        cam = result[name].detach().float()
+        if boxes is not None or masks is not None:
+            pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=callback.pointing_tolerance)
+            energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
+            scalars[f"cam_localisation/{name}/pointing_game"] = float(torch.nanmean(pointing.float()))
+            scalars[f"cam_localisation/{name}/energy"] = float(torch.nanmean(energy.float()))
+        if callback.faithfulness:
+            with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
+                scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
+            for key, value in scores.items():
+                scalars[f"cam_faithfulness/{name}/{key}"] = float(value.float().mean())
+        if callback.sanity_check:
+            with frozen_model(pl_module), trainer.precision_plugin.forward_context():
+                similarity = metrics.sanity_check(
+                    pl_module,
+                    x,
+                    callback._layer_names or None,
+                    method=name,
+                    targets=classes,
+                    reshape_transform=callback.reshape_transform,
+                )
+            scalars[f"cam_sanity/{name}/spearman"] = float(similarity.float().mean())
+    return scalars

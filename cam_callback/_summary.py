@@ -1,0 +1,78 @@
+"""What the callback writes down about itself: the ``cam/config`` table and ``checkpoint["cam_callback"]``.
+
+``checkpoint["cam_callback"]`` is what :func:`cam_callback.explain` reads to rebuild the model and explain
+new images as the callback did; :data:`CHECKPOINT_VERSION` versions it and the callback's ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lightning.pytorch import LightningModule
+
+from cam_callback._checks import layer_key, layer_names_of
+
+if TYPE_CHECKING:
+    from cam_callback.callback import CAMCallback
+
+__all__ = ["CHECKPOINT_VERSION", "checkpoint_summary", "config", "config_markdown"]
+
+#: version of ``checkpoint["cam_callback"]`` and of the callback's ``state_dict``.
+CHECKPOINT_VERSION = 1
+
+
+def config(callback: CAMCallback) -> dict[str, Any]:
+    """The callback's settings and what it resolved (layers, batch size, normalisation), as plain values."""
+    batch = callback._batch
+    return {
+        "methods": list(callback.methods),
+        "target_layers": callback._layer_names
+        if callback._layer_names is not None
+        else layer_key(callback.target_layer),
+        "target": callback.target,
+        "num_images": None if batch is None else len(batch),
+        "input_size": None if batch is None else list(batch.images.shape[1:]),
+        "every_n_epochs": None if callback.every_n_steps is not None else callback.every_n_epochs,
+        "every_n_steps": callback.every_n_steps,
+        "aug_smooth": callback.aug_smooth,
+        "eigen_smooth": callback.eigen_smooth,
+        "mean": None if callback._session_mean is None else list(callback._session_mean),
+        "std": None if callback._session_std is None else list(callback._session_std),
+        "pointing_tolerance": callback.pointing_tolerance,
+        "faithfulness": callback.faithfulness,
+        "sanity_check": callback.sanity_check,
+        "drift": "1 - mean cosine similarity (cams.metrics.drift)",
+    }
+
+
+def config_markdown(settings: dict[str, Any]) -> str:
+    """``settings`` (from :func:`config`) as a two-column markdown table (lists comma-separated)."""
+    rows = "\n".join(
+        f"| {key} | {', '.join(map(str, value)) if isinstance(value, list) else value} |"
+        for key, value in settings.items()
+    )
+    return f"CAMCallback configuration\n\n| setting | value |\n|---|---|\n{rows}"
+
+
+def checkpoint_summary(callback: CAMCallback, pl_module: LightningModule) -> dict[str, Any]:
+    """The ``checkpoint["cam_callback"]`` dict that ``cam_callback.explain`` reads."""
+    cls = type(pl_module)
+    if callback._layer_names is not None:
+        layers: list[str] = list(callback._layer_names)
+    elif callback.target_layer is not None:
+        layers = layer_names_of(pl_module, callback.target_layer)
+    else:
+        layers = []
+    batch = callback._batch
+    return {
+        "version": CHECKPOINT_VERSION,
+        "module_class": f"{cls.__module__}.{cls.__qualname__}",
+        "target_layers": layers,
+        "methods": list(callback.methods),
+        "input_size": None if batch is None else [int(v) for v in batch.images.shape[1:]],
+        "mean": None if callback._session_mean is None else list(callback._session_mean),
+        "std": None if callback._session_std is None else list(callback._session_std),
+        "target": callback.target,
+        "aug_smooth": callback.aug_smooth,
+        "eigen_smooth": callback.eigen_smooth,
+    }
