@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cams import METHODS
-from cams.cli import InputError, OneLineParser, check_output_dir, exit_code
+from cams.io import InputError, OneLineParser, check_output_dir, exit_code
 
 __all__ = ["build_parser", "main"]
 

@@ -19,8 +19,6 @@ import importlib
 import inspect
 import json
 import os
-import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cams.cli import InputError, encode_image, read_image, write_files
+from cams.io import (
+    InputError,
+    UnsafeCheckpointError,
+    encode_image,
+    load_checkpoint,
+    npy_bytes,
+    read_image,
+    write_files,
+)
 
 __all__ = ["Explanation", "InputError", "UnsafeCheckpointError", "explain", "load_checkpoint"]
 
@@ -39,10 +45,6 @@ SUPPORTED_VERSIONS = (1,)
 
 ImageInput = Any
 """A path, a list of paths (or of PIL images / arrays), a PIL image, an ``H×W×3`` uint8 array or a tensor."""
-
-
-class UnsafeCheckpointError(InputError):
-    """The checkpoint holds objects ``torch.load(weights_only=True)`` refuses; ``trusted=True`` opts out."""
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Explanation:
                 files[f"{stem}-{method}-heatmap.png"] = encode_image(heat[i], "PNG")
                 files[f"{stem}-{method}-overlay.png"] = encode_image(self.overlays[method][i], "PNG")
         for method in self.methods:
-            buf = _npy_bytes(self.maps[method].float().numpy())
+            buf = npy_bytes(self.maps[method].float().numpy())
             files[f"{method}.npy"] = buf
         summary = {
             "names": self.names,
@@ -125,64 +127,7 @@ class Explanation:
         return write_files(directory, files)
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- checkpoint and model
-
-
-def load_checkpoint(path: str | os.PathLike[str], *, trusted: bool = False) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU, safely unless ``trusted``.
-
-    Args:
-        path: a ``.ckpt`` written by ``Trainer.save_checkpoint`` / ``ModelCheckpoint`` (or any
-            ``torch.save`` of a dict).
-        trusted: ``False`` (default) loads with ``torch.load(weights_only=True)``: tensors and plain
-            containers only. ``True`` unpickles everything, which can execute code from the file.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the file holds objects safe loading refuses (the message names the first).
-        InputError: the file is not a readable torch checkpoint.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> f = Path(tempfile.mkdtemp()) / "a.ckpt"
-        >>> torch.save({"hyper_parameters": {"root": pathlib.Path("/data")}}, f)
-        >>> load_checkpoint(f)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        cam_callback.explain.UnsafeCheckpointError: checkpoint '...' holds objects ... refuses (pathlib...); ...
-        >>> load_checkpoint(f, trusted=True)["hyper_parameters"]["root"].name
-        'data'
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint '{p}': no such file")
-    if p.is_dir():
-        raise InputError(f"checkpoint '{p}' is a folder, not a checkpoint file")
-    try:
-        checkpoint = torch.load(p, map_location="cpu", weights_only=not trusted)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
-        text = str(exc)
-        if not trusted and "Weights only load failed" in text and zipfile.is_zipfile(p):
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
-            raise UnsafeCheckpointError(
-                f"checkpoint '{p}' holds objects that safe loading (torch.load(weights_only=True)) refuses"
-                f"{what}; if you trust this file, pass trusted=True (command line: --trusted)"
-            ) from exc
-        lines = text.strip().splitlines()
-        reason = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        raise InputError(f"checkpoint '{p}' is not a readable torch checkpoint ({reason})") from exc
-    if not isinstance(checkpoint, dict):
-        raise InputError(f"checkpoint '{p}' holds a {type(checkpoint).__name__}, not a checkpoint dict")
-    return checkpoint
 
 
 def _cam_state(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any] | None:
@@ -463,38 +408,24 @@ def _methods(method: str | None, methods: Sequence[str] | None, state: Mapping[s
     return list(dict.fromkeys(names))
 
 
-def _target(target: Any, state: Mapping[str, Any] | None, batch: int) -> Any:
-    """The class to explain: an explicit target, else the checkpoint's int target, else None (predicted)."""
+def _target(model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, Any] | None) -> Any:
+    """The target to explain (an explicit one, else the checkpoint's int target, else ``None`` = predicted),
+    checked with :func:`cams.targets.resolve_targets` on one image, so a bad class fails here, named.
+    """
     if target is None and state is not None and isinstance(state.get("target"), int):
         target = state["target"]
-    if target is None or callable(target):
-        return target
-    if isinstance(target, bool):
-        raise InputError(f"target must be a class index; got {target!r}")
-    if isinstance(target, int):
-        return target
-    classes = torch.as_tensor(target)
-    if classes.dim() != 1 or classes.numel() != batch or classes.is_floating_point():
-        raise InputError(f"target: give one int, or one class index per image ({batch}); got {target!r}")
-    return classes.long()
-
-
-def _check_target(model: nn.Module, x: torch.Tensor, target: Any) -> None:
-    """Class indices out of range fail here with the class count, not deep inside the engine."""
-    if target is None or callable(target):
-        return
+    if target is None:
+        return None
     from cams.state import frozen_model
+    from cams.targets import resolve_targets
 
     with torch.no_grad(), frozen_model(model):
         out = model(x[:1])
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        return
-    classes = torch.as_tensor(target).reshape(-1)
-    bad = classes[(classes < 0) | (classes >= out.shape[1])]
-    if bad.numel():
-        raise InputError(
-            f"class {int(bad[0])} is out of range: the model has {out.shape[1]} classes (0..{out.shape[1] - 1})"
-        )
+    try:
+        resolve_targets(target, x.shape[0], out if isinstance(out, torch.Tensor) and out.dim() == 2 else None)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"target: {exc}") from exc
+    return target
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -612,8 +543,7 @@ def explain(
             find_layer(net, name)
         except ValueError as exc:
             raise InputError(f"target_layer: {exc}") from exc
-    classes = _target(target, state, x.shape[0])
-    _check_target(net, x, classes)
+    classes = _target(net, x, target, state)
 
     engine = CamEngine(net, target_layers=layers)
     result = engine(x, methods=tuple(names), targets=classes, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)

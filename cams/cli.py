@@ -24,52 +24,49 @@ Bad input (missing or unreadable image or weights, unknown network/method/layer,
 range, CUDA asked for but absent) prints one line on stderr and exits with code 2; the output
 directory is only touched once every image has been computed, and then all files are moved in together.
 
-The small helpers here (:class:`InputError`, :func:`read_image`, :func:`encode_image`,
-:func:`write_files`) are shared with ``cam-callback explain``.
+File reading and writing and the one-line errors come from :mod:`cams.io`.
 """
+
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import io
 import os
-import shutil
 import sys
-import tempfile
-import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from cams.io import (
+    InputError,
+    OneLineParser,
+    check_output_dir,
+    close_matches,
+    encode_image,
+    exit_code,
+    first_line,
+    load_state_dict,
+    read_image,
+    write_files,
+)
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NETWORKS",
-    "InputError",
     "NetworkSpec",
     "build_network",
-    "encode_image",
-    "load_state_dict",
+    "load_input",
     "main",
-    "read_image",
-    "write_files",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class InputError(ValueError):
-    """Bad input a user can fix (a path, a name, a number); the command lines print it and exit with 2.
-
-    The message is one line naming the argument, the bad value and, where possible, a suggestion.
-    """
 
 
 @dataclass(frozen=True)
@@ -111,173 +108,6 @@ NETWORKS: dict[str, NetworkSpec] = {
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-
-def close_matches(value: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'a' or 'b'?)`` for a mistyped name, or ``''``.
-
-    Example:
-        >>> close_matches("resnet5", ["resnet50", "vgg16"])
-        " (did you mean 'resnet50'?)"
-    """
-    found = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.5)
-    return f" (did you mean {' or '.join(repr(f) for f in found)}?)" if found else ""
-
-
-def read_image(path: str | os.PathLike[str], what: str = "image") -> Any:
-    """Open an image file with Pillow, fully decoded → ``PIL.Image.Image`` (mode as stored).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist (the message names ``what`` and the path).
-        InputError: ``path`` is a folder or not an image Pillow can decode.
-
-    Example:
-        >>> read_image("/nonexistent.png")
-        Traceback (most recent call last):
-        ...
-        FileNotFoundError: image '/nonexistent.png': no such file
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{what} '{p}': no such file")
-    if p.is_dir():
-        raise InputError(f"{what} '{p}' is a folder, not an image file")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{what} '{p}' is not an image Pillow can read ({reason})") from exc
-
-
-def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    """Encode one (H, W, 3) uint8 RGB array as ``"PNG"`` or ``"JPEG"`` (quality 95) bytes.
-
-    Example:
-        >>> encode_image(np.zeros((4, 4, 3), np.uint8), "PNG")[:4]
-        b'\\x89PNG'
-    """
-    from PIL import Image
-
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8; got {image.dtype} {image.shape}")
-    buf = io.BytesIO()
-    options = {"quality": 95} if fmt.upper() in ("JPG", "JPEG") else {}
-    Image.fromarray(image).save(buf, format="JPEG" if fmt.upper() == "JPG" else fmt.upper(), **options)
-    return buf.getvalue()
-
-
-def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -> Path:
-    """Fail early (before any computing) if ``path`` cannot become the output folder.
-
-    Example:
-        >>> check_output_dir("/tmp/some-results").name
-        'some-results'
-    """
-    out = Path(path).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{flag} '{path}' exists and is not a folder")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{flag} '{path}': '{parent}' is a file, not a folder")
-            break
-    return out
-
-
-def write_files(output_dir: str | os.PathLike[str], files: Mapping[str, bytes]) -> list[Path]:
-    """Write ``files`` (name → bytes) into ``output_dir`` all together, never half of them.
-
-    Everything is first written into a temporary folder next to ``output_dir`` (same file system);
-    a new ``output_dir`` is then that folder renamed, an existing one receives each file by
-    ``os.replace``. On any error the temporary folder is removed and ``output_dir`` is untouched.
-
-    Returns:
-        The written paths, in the order of ``files``.
-
-    Example:
-        >>> import tempfile
-        >>> out = Path(tempfile.mkdtemp()) / "results"
-        >>> [p.name for p in write_files(out, {"a.txt": b"1", "b.txt": b"2"})]
-        ['a.txt', 'b.txt']
-    """
-    out = check_output_dir(output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage: Path | None = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        for name, data in files.items():
-            (stage / name).write_bytes(data)
-        if not out.exists():
-            umask = os.umask(0)
-            os.umask(umask)
-            stage.chmod(0o777 & ~umask)  # mkdtemp made it private; a new output folder gets the usual mode
-            os.replace(stage, out)
-            stage = None
-        else:
-            for name in files:
-                os.replace(stage / name, out / name)
-    finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
-    return [out / name for name in files]
-
-
-def load_state_dict(path: str | os.PathLike[str], what: str = "--weight-path") -> dict[str, torch.Tensor]:
-    """Read a ``state_dict`` file safely (``torch.load(weights_only=True)``) on the CPU.
-
-    Accepts a bare ``state_dict``, a dict holding one under ``"state_dict"`` or ``"model"`` (a
-    Lightning checkpoint's keys keep their attribute prefix), and strips a ``module.`` prefix left by
-    ``DataParallel``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        InputError: not a torch file, a pickled whole model, or no tensors in it.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{what} '{p}': no such file")
-    if p.is_dir():
-        raise InputError(f"{what} '{p}' is a folder, not a weights file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, UnpicklingError, ...
-        if "Weights only load failed" in str(exc) and zipfile.is_zipfile(p):
-            raise InputError(
-                f"{what} '{p}' holds Python objects, not just tensors (a pickled model?); "
-                "save `model.state_dict()` with torch.save and pass that file"
-            ) from exc
-        raise InputError(f"{what} '{p}' is not a readable torch file ({_first_line(exc)})") from exc
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{what} '{p}' is not a state_dict (a dict of parameter name to tensor)")
-    keys = list(obj)
-    if all(k.startswith("module.") for k in keys):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def exit_code(exc: SystemExit) -> int:
-    """The process exit code argparse meant by raising ``exc`` (0 for --help, 2 for usage errors)."""
-    return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose usage errors are one line on stderr (exit code 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 # --------------------------------------------------------------------------- networks
@@ -330,7 +160,7 @@ def build_network(
                 f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
                 f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
                 if missing or unexpected
-                else _first_line(exc)
+                else first_line(exc)
             )
             raise InputError(f"--weight-path does not fit {name}: {detail}") from exc
     return model.eval(), spec, num_classes

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from cams.engine import _grad_capable, _prepare
+from cams.hooks import grad_capable, prepare
 from cams.state import frozen_model, model_device
 from cams.targets import Targets, resolve_targets
 
@@ -58,12 +58,12 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets: Targets = None) 
 
     x = _check_input(x)
     out_device = x.device
-    with _grad_capable(), frozen_model(model):
-        inp = _prepare(x, model_device(model)).clone().requires_grad_(True)
+    with grad_capable(), frozen_model(model):
+        inp = prepare(x, model_device(model)).clone().requires_grad_(True)
         with _GuidedReLU():
             output = model(inp)
-            scorer = resolve_targets(targets, output, inp.shape[0])
-            scores = scorer(output, torch.arange(inp.shape[0], device=inp.device), main=True)
+            target = resolve_targets(targets, inp.shape[0], output)
+            scores = target(output, torch.arange(inp.shape[0], device=inp.device))
             (grad,) = torch.autograd.grad(scores.sum(), inp)
     return grad.float().to(out_device)
 

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EigenSign", "first_principal_component", "minmax", "resize", "sum_or_project"]
+__all__ = ["EigenSign", "first_principal_component", "minmax", "resize", "spatial_dims", "sum_or_project"]
 
 EigenSign = Literal["max", "none"]
 
@@ -18,8 +18,18 @@ EigenSign = Literal["max", "none"]
 _MINMAX_EPS = 1e-7
 
 
+def spatial_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The spatial dimensions of a ``(B, C, *spatial)`` tensor: ``(2, 3)`` for images, ``(2, 3, 4)`` for volumes.
+
+    Example:
+        >>> spatial_dims(torch.zeros(1, 2, 3, 4, 5))
+        (2, 3, 4)
+    """
+    return tuple(range(2, t.dim()))
+
+
 def minmax(cams: torch.Tensor) -> torch.Tensor:
-    """Scale each map of ``cams`` (B, H, W) to [0, 1]: ``(c - min) / (max(c - min) + 1e-7)``.
+    """Scale each map of ``cams`` (B, H, W) (or (B, D, H, W)) to [0, 1]: ``(c - min) / (max(c - min) + 1e-7)``.
 
     A constant map becomes all zeros.
 
@@ -33,22 +43,26 @@ def minmax(cams: torch.Tensor) -> torch.Tensor:
     return scaled.view_as(cams)
 
 
-def resize(cams: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resize maps (B, h, w) to ``size`` = (H, W), half-pixel centres, no antialiasing.
+def resize(cams: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Resize maps (B, h, w) to ``size`` = (H, W) bilinearly, or (B, d, h, w) to (D, H, W) trilinearly.
 
-    This is the sampling of ``cv2.resize(..., interpolation=INTER_LINEAR)`` that the reference uses.
+    Half-pixel centres, no antialiasing: the sampling of ``cv2.resize(..., interpolation=INTER_LINEAR)``
+    that the reference uses (and of ``scipy.ndimage.zoom``-free trilinear resizing for volumes).
 
     Example:
         >>> resize(torch.ones(2, 7, 7), (224, 224)).shape
         torch.Size([2, 224, 224])
+        >>> resize(torch.ones(1, 2, 3, 4), (8, 12, 16)).shape
+        torch.Size([1, 8, 12, 16])
     """
-    if tuple(cams.shape[-2:]) == tuple(size):
+    if tuple(cams.shape[1:]) == tuple(size):
         return cams
-    return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    mode = {2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(cams[:, None], size=tuple(size), mode=mode, align_corners=False)[:, 0]
 
 
 def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max") -> torch.Tensor:
-    """Project (B, C, h, w) activations on their first principal component → (B, h, w).
+    """Project (B, C, h, w) activations on their first principal component → (B, h, w) ((B, C, d, h, w) → (B, d, h, w)).
 
     Each image's ``(h·w, C)`` matrix is centred per channel and projected on its first right
     singular vector ``v₁``: ``P = (A - Ā) v₁ = u₁ σ₁`` (Eigen-CAM, Muhammad & Yeasin 2020,
@@ -66,8 +80,8 @@ def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max"
     """
     if sign not in ("max", "none"):
         raise ValueError(f"eigen_sign must be 'max' or 'none'; got {sign!r}")
-    b, c, h, w = activations.shape
-    mat = torch.nan_to_num(activations.detach().to(torch.float64), nan=0.0).reshape(b, c, h * w)
+    b, c, *spatial = activations.shape
+    mat = torch.nan_to_num(activations.detach().to(torch.float64), nan=0.0).reshape(b, c, -1)
     mat = mat.transpose(1, 2)
     mat = mat - mat.mean(dim=1, keepdim=True)
     u, s, _ = torch.linalg.svd(mat, full_matrices=False)
@@ -75,11 +89,11 @@ def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max"
     if sign == "max":
         flip = projection.max(dim=1).values.abs() < projection.min(dim=1).values.abs()
         projection = torch.where(flip[:, None], -projection, projection)
-    return projection.reshape(b, h, w).to(torch.float32)
+    return projection.reshape(b, *spatial).to(torch.float32)
 
 
 def sum_or_project(weighted: torch.Tensor, project: bool, sign: EigenSign = "max") -> torch.Tensor:
-    """Collapse weighted activations (B, C, h, w) to maps (B, h, w): channel sum, or first component."""
+    """Collapse weighted activations (B, C, *spatial) to maps (B, *spatial): channel sum, or first component."""
     if project:
         return first_principal_component(weighted, sign)
     return weighted.sum(dim=1)

@@ -18,6 +18,7 @@ from PIL import Image
 
 import cam_callback.cli
 import cams.cli
+import cams.io
 from cam_callback.explain import explain
 from cams import CamEngine, find_layer
 from cams.overlay import colorize, to_uint8
@@ -125,7 +126,7 @@ def _unsafe(ckpt: Path, tmp_path: Path) -> str:
         ("not an image", r"notes.png' is not an image"),
         ("unknown method", r"'gradcamm' is not a known CAM method; did you mean 'gradcam'"),
         ("unknown layer", r"target_layer: .*'features.9'.*did you mean"),
-        ("class id out of range", r"class 7 is out of range: the model has 3 classes \(0..2\)"),
+        ("class id out of range", r"target: targets \[7\] out of range for a model with 3 classes: class index 7"),
         ("unknown flag", r"unrecognized arguments: --colour"),
     ],
 )
@@ -303,7 +304,7 @@ def test_default_layer_is_the_block_holding_the_last_convolution(name):
 
 def test_write_files_is_all_or_nothing(tmp_path):
     with pytest.raises(FileNotFoundError):
-        cams.cli.write_files(tmp_path / "out", {"a.jpg": b"1", "missing-folder/b.jpg": b"2"})
+        cams.io.write_files(tmp_path / "out", {"a.jpg": b"1", "missing-folder/b.jpg": b"2"})
     assert list(tmp_path.iterdir()) == []  # neither the output folder nor the staging folder
-    written = cams.cli.write_files(tmp_path / "out", {"a.jpg": b"1", "b.jpg": b"2"})
+    written = cams.io.write_files(tmp_path / "out", {"a.jpg": b"1", "b.jpg": b"2"})
     assert [p.read_bytes() for p in written] == [b"1", b"2"]

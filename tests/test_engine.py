@@ -299,8 +299,8 @@ def test_a_module_from_another_model_is_rejected(net):
         CamEngine(net, nn.Conv2d(1, 1, 1))
 
 
-@pytest.mark.parametrize("bad", [torch.randn(3, 16, 16), torch.randn(1, 1, 3, 16, 16)])
-def test_input_that_is_not_4d_is_rejected_with_its_shape(net, bad):
+@pytest.mark.parametrize("bad", [torch.randn(3, 16, 16), torch.randn(1, 1, 1, 3, 16, 16)])  # 5-D = volumes
+def test_input_that_is_neither_images_nor_volumes_is_rejected_with_its_shape(net, bad):
     with pytest.raises(ValueError, match=r"x must have shape \(B, C, H, W\)"):
         CamEngine(net, "features")(bad)
 

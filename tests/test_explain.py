@@ -101,7 +101,7 @@ def test_explicit_target_is_the_class_explained(ckpt, x):
 
 
 def test_class_out_of_range_names_the_class_count(ckpt, x):
-    with pytest.raises(InputError, match=r"class 3 is out of range: the model has 3 classes"):
+    with pytest.raises(InputError, match=r"target: targets \[3\] out of range for a model with 3 classes"):
         explain(ckpt, x[:1], target=3)
 
 

@@ -30,7 +30,9 @@ from cams.methods.perturbation import ablation_cam, score_cam
 __all__ = ["METHODS", "CamMethod", "get_method"]
 
 Family = Literal["gradient", "perturbation", "eigen"]
-Perturbation = Literal["mask_input", "ablate_channel"]
+
+#: inputs that need no target score (every other input is about the explained class)
+_TARGET_FREE = frozenset({"acts"})
 
 
 @dataclass(frozen=True)
@@ -39,30 +41,43 @@ class CamMethod:
 
     Attributes:
         name: registry key, e.g. ``"gradcam++"``.
-        weigh: gradient/eigen methods: ``(acts, grads) -> weighted``; perturbation methods:
-            ``(acts, channel_scores, base_scores) -> weighted``; all (B, C, h, w).
+        weigh: ``weigh(*inputs) -> weighted activations (B, C, *spatial)``, called with the inputs named
+            in ``inputs``, in that order.
+        inputs: what ``weigh`` takes, by name (see :mod:`cams.passes`): ``"acts"``, ``"grads"``,
+            ``"scores"``, ``"mask_scores"``, ``"ablation_scores"``, ...
         family: ``"gradient"``, ``"perturbation"`` or ``"eigen"``.
-        needs_grads: whether the shared backward pass is needed.
         project: always take the first principal component (Eigen-CAM family).
-        perturbation: which per-channel scores a perturbation method needs.
         cost: forwards/backwards per image, for the README table.
         paper: link to the paper.
+        title: the paper's name of the method (also accepted as an alias).
     """
 
     name: str
     weigh: Callable[..., torch.Tensor]
+    inputs: tuple[str, ...]
     family: Family
-    needs_grads: bool
     cost: str
     paper: str
     project: bool = False
-    perturbation: Perturbation | None = None
     title: str = ""
 
+    @property
+    def needs_grads(self) -> bool:
+        """Whether the shared backward pass is needed."""
+        return "grads" in self.inputs
 
-def _m(name: str, title: str, weigh: Callable[..., torch.Tensor], family: Family, needs_grads: bool,
+    @property
+    def needs_target(self) -> bool:
+        """Whether the method explains a target (class) score."""
+        return any(name not in _TARGET_FREE for name in self.inputs)
+
+
+_GRADIENT = ("acts", "grads")
+
+
+def _m(name: str, title: str, weigh: Callable[..., torch.Tensor], family: Family, inputs: tuple[str, ...],
        cost: str, paper: str, **kw: object) -> CamMethod:
-    return CamMethod(name=name, title=title, weigh=weigh, family=family, needs_grads=needs_grads,
+    return CamMethod(name=name, title=title, weigh=weigh, family=family, inputs=inputs,
                      cost=cost, paper=paper, **kw)  # type: ignore[arg-type]
 
 
@@ -71,26 +86,27 @@ _SHARED = "1 forward + 1 partial backward (shared)"
 METHODS: dict[str, CamMethod] = {
     m.name: m
     for m in (
-        _m("gradcam", "Grad-CAM", grad_cam, "gradient", True, _SHARED, "https://arxiv.org/abs/1610.02391"),
-        _m("gradcam++", "Grad-CAM++", grad_cam_plus_plus, "gradient", True, _SHARED,
+        _m("gradcam", "Grad-CAM", grad_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/1610.02391"),
+        _m("gradcam++", "Grad-CAM++", grad_cam_plus_plus, "gradient", _GRADIENT, _SHARED,
            "https://arxiv.org/abs/1710.11063"),
-        _m("xgradcam", "XGrad-CAM", xgrad_cam, "gradient", True, _SHARED, "https://arxiv.org/abs/2008.02312"),
-        _m("layercam", "Layer-CAM", layer_cam, "gradient", True, _SHARED,
+        _m("xgradcam", "XGrad-CAM", xgrad_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/2008.02312"),
+        _m("layercam", "Layer-CAM", layer_cam, "gradient", _GRADIENT, _SHARED,
            "http://mftp.mmcheng.net/Papers/21TIP_LayerCAM.pdf"),
-        _m("hirescam", "HiResCAM", hires_cam, "gradient", True, _SHARED, "https://arxiv.org/abs/2011.08891"),
-        _m("gradcamelementwise", "Grad-CAM element-wise", grad_cam_elementwise, "gradient", True, _SHARED,
+        _m("hirescam", "HiResCAM", hires_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/2011.08891"),
+        _m("gradcamelementwise", "Grad-CAM element-wise", grad_cam_elementwise, "gradient", _GRADIENT, _SHARED,
            "https://github.com/jacobgil/pytorch-grad-cam"),
-        _m("eigencam", "Eigen-CAM", eigen_cam, "eigen", False, "1 forward (shared) + SVD",
+        _m("eigencam", "Eigen-CAM", eigen_cam, "eigen", ("acts",), "1 forward (shared) + SVD",
            "https://arxiv.org/abs/2008.00299", project=True),
-        _m("eigengradcam", "Eigen-Grad-CAM", eigen_grad_cam, "eigen", True, _SHARED + " + SVD",
+        _m("eigengradcam", "Eigen-Grad-CAM", eigen_grad_cam, "eigen", _GRADIENT, _SHARED + " + SVD",
            "https://github.com/jacobgil/pytorch-grad-cam", project=True),
-        _m("scorecam", "Score-CAM", score_cam, "perturbation", False, "1 + C full forwards (C = channels)",
-           "https://arxiv.org/abs/1910.01279", perturbation="mask_input"),
-        _m("ablationcam", "Ablation-CAM", ablation_cam, "perturbation", False,
+        _m("scorecam", "Score-CAM", score_cam, "perturbation", ("acts", "mask_scores", "scores"),
+           "1 + C full forwards (C = channels)",
+           "https://arxiv.org/abs/1910.01279"),
+        _m("ablationcam", "Ablation-CAM", ablation_cam, "perturbation", ("acts", "ablation_scores", "scores"),
            "1 + C forwards of the layers after the target only",
            "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_"
            "Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf",
-           perturbation="ablate_channel"),
+           ),
     )
 }
 

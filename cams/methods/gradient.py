@@ -1,18 +1,18 @@
 """Gradient-weighted methods: each turns captured ``(activations, gradients)`` into weighted activations.
 
-Shapes: ``acts`` and ``grads`` are (B, C, h, w) float32, the activations of the target layer and the
-gradient of the target score with respect to them. Each function returns the weighted
-activations (B, C, h, w) whose channel sum (or first principal component, with ``eigen_smooth``)
-is the map before ReLU and normalisation.
+Shapes: ``acts`` and ``grads`` are (B, C, *spatial) float32 — (B, C, h, w) for images, (B, C, d, h, w)
+for volumes — the activations of the target layer and the gradient of the target score with respect
+to them. Each function returns the weighted activations, same shape, whose channel sum (or first
+principal component, with ``eigen_smooth``) is the map before ReLU and normalisation.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["grad_cam", "grad_cam_elementwise", "grad_cam_plus_plus", "hires_cam", "layer_cam", "xgrad_cam"]
+from cams.ops import spatial_dims
 
-_SPATIAL = (2, 3)
+__all__ = ["grad_cam", "grad_cam_elementwise", "grad_cam_plus_plus", "hires_cam", "layer_cam", "xgrad_cam"]
 
 
 def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,7 @@ def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         >>> grad_cam(torch.ones(1, 2, 3, 3), torch.ones(1, 2, 3, 3)).sum(1)[0, 0, 0].item()
         2.0
     """
-    return grads.mean(dim=_SPATIAL, keepdim=True) * acts
+    return grads.mean(dim=spatial_dims(acts), keepdim=True) * acts
 
 
 def grad_cam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -39,10 +39,10 @@ def grad_cam_plus_plus(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     """
     g2 = grads.pow(2)
     g3 = g2 * grads
-    sum_acts = acts.sum(dim=_SPATIAL, keepdim=True)
+    sum_acts = acts.sum(dim=spatial_dims(acts), keepdim=True)
     aij = g2 / (2 * g2 + sum_acts * g3 + 1e-6)
     aij = torch.where(grads != 0, aij, torch.zeros_like(aij))
-    weights = (grads.clamp_min(0) * aij).sum(dim=_SPATIAL, keepdim=True)
+    weights = (grads.clamp_min(0) * aij).sum(dim=spatial_dims(acts), keepdim=True)
     return weights * acts
 
 
@@ -55,8 +55,8 @@ def xgrad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
         >>> round(xgrad_cam(torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2)).sum().item(), 4)
         4.0
     """
-    sum_acts = acts.sum(dim=_SPATIAL, keepdim=True)
-    weights = (grads * acts / (sum_acts + 1e-7)).sum(dim=_SPATIAL, keepdim=True)
+    sum_acts = acts.sum(dim=spatial_dims(acts), keepdim=True)
+    weights = (grads * acts / (sum_acts + 1e-7)).sum(dim=spatial_dims(acts), keepdim=True)
     return weights * acts
 
 

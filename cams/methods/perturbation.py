@@ -3,7 +3,7 @@
 The engine measures ``channel_scores`` (B, C) — the target score with the input masked by each
 upsampled channel (Score-CAM) or with each channel ablated (Ablation-CAM) — in batched forwards
 that reuse the captured activations, and ``base_scores`` (B,) from the plain forward. These functions
-turn them into weighted activations (B, C, h, w).
+turn them into weighted activations (B, C, *spatial).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def score_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: tor
         [0.5, 0.5]
     """
     weights = torch.softmax(channel_scores, dim=1)
-    return weights[:, :, None, None] * acts
+    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts
 
 
 def ablation_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
@@ -41,4 +41,4 @@ def ablation_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: 
         [0.5, 0.0]
     """
     weights = (base_scores[:, None] - channel_scores) / base_scores[:, None]
-    return weights[:, :, None, None] * acts
+    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts

@@ -1,0 +1,164 @@
+"""Hooks on target layers: find a layer, record one forward, choose a layer automatically.
+
+Every hook registered here lives inside a context manager or a ``try/finally`` and is removed before
+the function returns, also on error: a CAM call leaves no hook behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Records", "auto_layer", "capture", "find_layer", "grad_capable", "prepare", "replacing_output"]
+
+_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
+          nn.AdaptiveMaxPool3d)  # fmt: skip
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module of ``model`` called ``name`` (dotted, as in ``model.named_modules()``).
+
+    Raises:
+        ValueError: naming the bad value and the closest layer names.
+
+    Example:
+        >>> find_layer(nn.Sequential(nn.Conv2d(1, 1, 1)), "0")
+        Conv2d(1, 1, kernel_size=(1, 1), stride=(1, 1))
+    """
+    modules = dict(model.named_modules())
+    if name in modules and name != "":
+        return modules[name]
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.4)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"target_layers: {type(model).__name__} has no layer named {name!r}{hint}")
+
+
+def prepare(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A normal (not inference-mode) tensor on ``device`` that autograd may save."""
+    x = x.detach().to(device)
+    return x.clone() if x.is_inference() else x
+
+
+@contextlib.contextmanager
+def grad_capable() -> Iterator[None]:
+    """Leave ``no_grad``/``inference_mode`` (as Lightning validation uses) for the duration."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+class Records:
+    """What one forward captured per target layer: the outputs (for gradients) and their final values."""
+
+    def __init__(self, n: int) -> None:
+        self.outputs: list[Any] = [None] * n
+        self.values: list[Any] = [None] * n
+
+
+@contextlib.contextmanager
+def capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[Records]:
+    """Record each module's output for one forward; hooks are removed on exit, also on error.
+
+    With ``grad`` the forward runs under ``no_grad`` and a pre-hook switches autograd on when the
+    first target layer starts, so no graph is built for the layers before it and the backward
+    stops at the target layers.
+
+    A clone of the layer output travels on through the network. Gradients are taken with respect to
+    the output itself; the activation *values* are read from the clone when the forward is over, so
+    they include what in-place ops downstream did to them (DenseNet's ``F.relu(features, inplace=True)``),
+    exactly as pytorch-grad-cam sees them.
+
+    Raises:
+        TypeError: a target layer returned something other than a tensor.
+        RuntimeError: a target layer did not run during the forward.
+    """
+    records = Records(len(modules))
+    handles = []
+
+    def pre_hook(module: nn.Module, args: Any) -> None:
+        torch.set_grad_enabled(True)
+
+    def make_hook(i: int) -> Callable[..., torch.Tensor]:
+        def hook(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(
+                    f"target layer {names[i]!r} returned a {type(output).__name__}; CAMs need a tensor "
+                    "output — choose a layer that returns one"
+                )
+            if grad and not output.requires_grad:
+                output = output.detach().requires_grad_()
+            records.outputs[i] = output
+            records.values[i] = output.clone()
+            return records.values[i]
+
+        return hook
+
+    try:
+        for i, module in enumerate(modules):
+            if grad:
+                handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(make_hook(i)))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [names[i] for i, r in enumerate(records.outputs) if r is None]
+    if missing:
+        raise RuntimeError(f"target layer(s) {missing} did not run during the forward pass")
+
+
+@contextlib.contextmanager
+def replacing_output(module: nn.Module, replacement: torch.Tensor) -> Iterator[None]:
+    """Make ``module`` return ``replacement`` instead of its output while the block runs."""
+    handle = module.register_forward_hook(lambda mod, args, out: replacement)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
+    """The last module (in forward order) whose output is a feature map like ``x``: same number of
+    dimensions (``(B, C, h, w)`` for images, ``(B, C, d, h, w)`` for volumes), spatial size > 1; adaptive
+    pooling layers are skipped. Found with one forward of ``x``.
+
+    Raises:
+        ValueError: no such layer, with a hint to pass ``target_layers``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        >>> auto_layer(net, torch.randn(1, 3, 8, 8))[0]
+        '1'
+    """
+    names: dict[int, str] = {}
+    for name, module in model.named_modules():
+        names.setdefault(id(module), name)
+    chosen: list[nn.Module] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if (
+            isinstance(output, torch.Tensor)
+            and output.dim() == x.dim()
+            and output.shape[2:].numel() > 1
+            and not isinstance(module, _POOLS)
+        ):
+            chosen.append(module)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not chosen:
+        kind = "4-D feature map (B, C, h, w)" if x.dim() == 4 else f"{x.dim()}-D feature map"
+        raise ValueError(
+            f"target_layers=None: no layer of {type(model).__name__} produced a {kind} with "
+            "spatial size > 1; pass target_layers explicitly"
+        )
+    return names[id(chosen[-1])], chosen[-1]

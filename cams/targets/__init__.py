@@ -1,0 +1,116 @@
+"""What to explain: one model of targets for the engine, the metrics and ``explain``.
+
+A :class:`Target` maps a model output and the source image of each row to one score per row
+(see :mod:`cams.targets.base`). :func:`resolve_targets` turns every form a user may pass into one.
+
+Example:
+    >>> import torch
+    >>> target = resolve_targets(None, 2, output=torch.tensor([[0.1, 0.9], [0.8, 0.2]]))
+    >>> target.classes.tolist()
+    [1, 0]
+    >>> target(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.arange(2)).tolist()
+    [0.8999999761581421, 0.800000011920929]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
+from cams.targets.classification import ClassTarget, check_classes, logits_of
+
+__all__ = [
+    "ClassTarget",
+    "FunctionTarget",
+    "PerImageTargets",
+    "Target",
+    "Targets",
+    "logits_of",
+    "resolve_targets",
+    "select_rows",
+]
+
+
+def resolve_targets(targets: Targets, batch: int, output: Any = None, *, softmax: bool = False) -> Target:
+    """Build the :class:`Target` for ``targets`` and a batch of ``batch`` source images.
+
+    Args:
+        targets: ``None`` (each image's predicted class: needs ``output``), an int (NumPy ints too) for every
+            image, one class per image (sequence, 1-D integer tensor or NumPy array), a callable
+            ``output -> (N,)`` scores, one callable per image (pytorch-grad-cam's ``ClassifierOutputTarget``
+            style), or a :class:`Target` (returned as is).
+        batch: the number of source images.
+        output: the model's output for the source images; needed for ``targets=None`` and used to check
+            class indices against the number of classes.
+        softmax: class and callable targets score softmax probabilities instead of the raw output.
+
+    Raises:
+        TypeError: an unsupported ``targets`` type, or class targets on a model whose output is not
+            ``(B, classes)``.
+        ValueError: a class index out of range, or a wrong number of targets.
+    """
+    if isinstance(targets, Target):
+        return targets
+    if callable(targets) and not isinstance(targets, torch.Tensor):
+        return FunctionTarget(targets, softmax=softmax)
+    if (
+        isinstance(targets, Sequence)
+        and not isinstance(targets, str)
+        and len(targets) > 0
+        and all(callable(t) for t in targets)
+    ):
+        if len(targets) != batch:
+            raise ValueError(f"targets: got {len(targets)} callables for a batch of {batch} images")
+        return PerImageTargets(targets)
+    if targets is None:
+        if output is None:
+            raise ValueError("targets=None explains the predicted class, which needs the model output")
+        classes = logits_of(output, "targets").detach().argmax(dim=1)
+        return ClassTarget(classes.clone(), softmax=softmax)
+    classes = _class_indices(targets, batch)
+    if output is not None:
+        logits = logits_of(output, "targets")
+        check_classes(classes, logits.shape[1])
+        classes = classes.to(logits.device)
+    return ClassTarget(classes, softmax=softmax)
+
+
+def _class_indices(targets: Any, batch: int) -> torch.Tensor:
+    """``(batch,)`` long class indices from an int, a sequence, a tensor or a NumPy array of ints."""
+    if isinstance(targets, (bool, np.bool_, str)):
+        raise TypeError(
+            f"targets must be None, an int, one int per image, or a callable; got {type(targets).__name__} "
+            f"{targets!r}"
+        )
+    if isinstance(targets, (np.ndarray, np.generic)):
+        targets = torch.from_numpy(np.asarray(targets))
+    if isinstance(targets, torch.Tensor):
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"targets: class indices must be integers; got a tensor of dtype {targets.dtype}")
+        classes = targets.detach().reshape(-1).long()
+    elif isinstance(targets, int):
+        classes = torch.tensor([targets], dtype=torch.long)
+    elif isinstance(targets, Sequence):
+        values = list(targets)
+        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+            raise TypeError(
+                f"targets: a sequence must hold one int class index per image; got {values!r}"
+            )
+        classes = torch.tensor([int(v) for v in values], dtype=torch.long)
+    else:
+        raise TypeError(
+            f"targets must be None, an int, one int per image, or a callable; got {type(targets).__name__} "
+            f"{targets!r}"
+        )
+    if classes.numel() == 1:
+        classes = classes.expand(batch)
+    if classes.numel() != batch:
+        raise ValueError(
+            f"targets: got {classes.numel()} class indices for a batch of {batch} images; give one class "
+            f"index per image ({batch}), or one int for all"
+        )
+    return classes.clone()
