@@ -165,9 +165,18 @@ def _expand_rows(output: Any, n: int) -> Any:
 
 
 def ablated_scores(
-    model: nn.Module, module: nn.Module, x: torch.Tensor, raw: torch.Tensor, target: Target, batch_size: int
+    model: nn.Module,
+    module: nn.Module,
+    x: torch.Tensor,
+    raw: torch.Tensor,
+    target: Target,
+    batch_size: int,
+    fill: float | None = None,
 ) -> torch.Tensor:
     """Ablation-CAM: target score with each channel of ``module``'s output ablated → (B, C).
+
+    An ablated channel is set to ``fill``; by default to 0, or to ``min - 1e7`` in an image whose layer
+    output has no zero (the reference's rule). XGrad-CAM's sensitivity axiom removes channels: ``fill=0``.
 
     The ablated copies replace the layer's output through a temporary forward hook while the model
     runs on the single source image: the layers before the target run once per chunk instead of once
@@ -180,7 +189,10 @@ def ablated_scores(
     with torch.no_grad():
         for b in range(batch):
             source = raw[b]
-            value = 0.0 if bool(source.min() == 0) else float(source.min()) - 1e7
+            if fill is not None:
+                value = float(fill)
+            else:
+                value = 0.0 if bool(source.min() == 0) else float(source.min()) - 1e7
             for start in range(0, channels, batch_size):
                 index = torch.arange(start, min(channels, start + batch_size), device=x.device)
                 ablated = source.expand(len(index), *source.shape).clone()

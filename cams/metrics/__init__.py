@@ -11,15 +11,20 @@ float in ``[0, 1]`` as returned by :class:`cams.CamEngine`.
   Grad-CAM++), :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al., 2018, RISE) and
   :func:`faithfulness`, which computes all four from one shared, batched set of forwards.
 - Sanity: :func:`sanity_check` (Adebayo et al., 2018, cascading model-parameter randomisation).
+- ROAD: :func:`road` (Rong et al., 2022, remove and debias) and its :func:`noisy_linear_imputation`.
+- Axioms: :func:`conservation`, :func:`sensitivity` and :func:`axioms` (Fu et al., 2020, XGrad-CAM).
+- Baselines to score beside a method: :func:`centre_map`, :func:`random_map` (seeded).
 
 Functions that run the model do so under :func:`torch.inference_mode` inside
 :func:`cams.state.frozen_model`: the model is left as found (modes, BatchNorm buffers, ``.grad``,
 global RNG).
 
 To add a measure, open the module of its subject (``similarity``, ``localisation``, ``faithfulness``,
-``sanity``) and add it to ``__all__`` there and here.
+``road``, ``axioms``, ``sanity``, ``baselines``) and add it to ``__all__`` there and here.
 """
 
+from cams.metrics.axioms import axioms, conservation, sensitivity
+from cams.metrics.baselines import centre_map, random_map
 from cams.metrics.faithfulness import (
     average_drop,
     deletion_auc,
@@ -29,11 +34,15 @@ from cams.metrics.faithfulness import (
     insertion_auc,
 )
 from cams.metrics.localisation import energy_pointing_game, pointing_game
+from cams.metrics.road import noisy_linear_imputation, road
 from cams.metrics.sanity import randomized_copy, sanity_check
 from cams.metrics.similarity import cosine_similarity, drift, spearman
 
 __all__ = [
     "average_drop",
+    "axioms",
+    "centre_map",
+    "conservation",
     "cosine_similarity",
     "deletion_auc",
     "drift",
@@ -42,8 +51,12 @@ __all__ = [
     "gaussian_blur",
     "increase_in_confidence",
     "insertion_auc",
+    "noisy_linear_imputation",
     "pointing_game",
+    "random_map",
     "randomized_copy",
+    "road",
     "sanity_check",
+    "sensitivity",
     "spearman",
 ]
