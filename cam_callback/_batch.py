@@ -6,6 +6,8 @@ Batches may be tensors, ``(x, y, ...)`` tuples or lists, or dicts. Dict keys rec
 - labels: ``"label"``, ``"labels"``, ``"y"``, ``"target"``, ``"targets"``
 - boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels)
 - masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, non-zero inside the object)
+- spurious regions: ``"spurious_mask"``, ``"spurious_masks"`` (``(B, H, W)``, non-zero on a cue the model
+  should not use, e.g. a watermark; all zero where an image has none)
 
 Anything else goes through a user ``batch_to_images`` function first. :func:`choose_batch` picks the
 callback's batch from the Trainer's first validation dataloader or the user's ``images``.
@@ -32,6 +34,7 @@ __all__ = [
     "IMAGE_KEYS",
     "LABEL_KEYS",
     "MASK_KEYS",
+    "SPURIOUS_KEYS",
     "FixedBatch",
     "choose_batch",
     "ensure_val_dataloaders",
@@ -43,6 +46,7 @@ IMAGE_KEYS = ("image", "images", "x", "input")
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 BOX_KEYS = ("box", "boxes")
 MASK_KEYS = ("mask", "masks")
+SPURIOUS_KEYS = ("spurious_mask", "spurious_masks")
 
 BatchToImages = Callable[[Any], Any]
 
@@ -56,12 +60,15 @@ class FixedBatch:
         labels: ``(N,)`` long class labels, or ``None``.
         boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels, or ``None``.
         masks: ``(N, H, W)`` bool object masks, or ``None``.
+        spurious: ``(N, H, W)`` bool masks of regions marked spurious (``CAMCallback(spurious_masks=...)``),
+            or ``None``.
     """
 
     images: Tensor
     labels: Tensor | None = None
     boxes: Tensor | None = None
     masks: Tensor | None = None
+    spurious: Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, Tensor) or self.images.dim() != 4:
@@ -92,20 +99,35 @@ class FixedBatch:
             if masks.shape != (n, h, w):
                 raise ValueError(f"masks must be (N, H, W) = ({n}, {h}, {w}); got {tuple(masks.shape)}")
             self.masks = _own(masks != 0)
+        if self.spurious is not None:
+            spurious = torch.as_tensor(self.spurious)
+            if spurious.dim() == 4 and spurious.shape[1] == 1:
+                spurious = spurious[:, 0]
+            if spurious.shape != (n, h, w):
+                raise ValueError(
+                    f"spurious masks must be (N, H, W) = ({n}, {h}, {w}); got {tuple(spurious.shape)}"
+                )
+            self.spurious = _own(spurious != 0)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def to_state(self) -> dict[str, Tensor | None]:
         """Plain tensors for a checkpoint (``weights_only`` loadable)."""
-        return {"images": self.images, "labels": self.labels, "boxes": self.boxes, "masks": self.masks}
+        return {
+            "images": self.images,
+            "labels": self.labels,
+            "boxes": self.boxes,
+            "masks": self.masks,
+            "spurious": self.spurious,
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Tensor | None]) -> FixedBatch:
         """Inverse of :meth:`to_state`."""
         images = state["images"]
         assert images is not None
-        return cls(images, state.get("labels"), state.get("boxes"), state.get("masks"))
+        return cls(images, state.get("labels"), state.get("boxes"), state.get("masks"), state.get("spurious"))
 
 
 def _own(t: Tensor) -> Tensor:
@@ -122,7 +144,7 @@ def _first_key(batch: Mapping[str, Any], keys: Iterable[str]) -> Any:
 
 
 def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dict[str, Any]:
-    """Split one batch into ``images``, ``labels``, ``boxes`` and ``masks`` (missing ones ``None``).
+    """Split one batch into ``images``, ``labels``, ``boxes``, ``masks`` and ``spurious`` (missing ones ``None``).
 
     Args:
         batch: a tensor, an ``(x, y, ...)`` tuple or list, or a dict with the documented keys.
@@ -139,7 +161,7 @@ def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dic
     """
     if batch_to_images is not None:
         batch = batch_to_images(batch)
-    found: dict[str, Any] = {"images": None, "labels": None, "boxes": None, "masks": None}
+    found: dict[str, Any] = {"images": None, "labels": None, "boxes": None, "masks": None, "spurious": None}
     if isinstance(batch, Tensor):
         found["images"] = batch
     elif isinstance(batch, Mapping):
@@ -147,6 +169,7 @@ def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dic
         found["labels"] = _first_key(batch, LABEL_KEYS)
         found["boxes"] = _first_key(batch, BOX_KEYS)
         found["masks"] = _first_key(batch, MASK_KEYS)
+        found["spurious"] = _first_key(batch, SPURIOUS_KEYS)
     elif isinstance(batch, (tuple, list)) and batch:
         found["images"] = batch[0]
         if len(batch) > 1 and isinstance(batch[1], Tensor):
@@ -226,6 +249,7 @@ def take_first(dataloader: Iterable[Any], n: int, batch_to_images: BatchToImages
         labels=_concat(parts, "labels", n),
         boxes=_concat(parts, "boxes", n),
         masks=_concat(parts, "masks", n),
+        spurious=_concat(parts, "spurious", n),
     )
 
 
@@ -248,6 +272,7 @@ def choose_batch(
     boxes: Tensor | None,
     masks: Tensor | None,
     target: str | int,
+    spurious: Tensor | None = None,
 ) -> FixedBatch:
     """The callback's fixed batch: ``user_batch``, else the first ``n`` samples of the first val dataloader.
 
@@ -259,10 +284,11 @@ def choose_batch(
         boxes: ``(N, 4)`` boxes given to the callback, replacing the batch's own; or ``None``.
         masks: ``(N, H, W)`` masks given to the callback, replacing the batch's own; or ``None``.
         target: the callback's ``target``; ``"label"`` needs labels.
+        spurious: ``(N, H, W)`` spurious-region masks given to the callback, replacing the batch's own.
 
     Raises:
-        MisconfigurationException: with no validation dataloader, boxes/masks that do not fit, or no
-            labels for ``target="label"``.
+        MisconfigurationException: with no validation dataloader, boxes/masks that do not fit, no
+            labels for ``target="label"``, or spurious regions without an object to compare them with.
     """
     if user_batch is not None:
         batch = user_batch
@@ -279,10 +305,18 @@ def choose_batch(
         batch = take_first(loaders, n, batch_to_images)
     boxes = boxes if boxes is not None else batch.boxes
     masks = masks if masks is not None else batch.masks
+    spurious = spurious if spurious is not None else batch.spurious
     try:
-        batch = FixedBatch(batch.images, batch.labels, boxes, masks)
+        batch = FixedBatch(batch.images, batch.labels, boxes, masks, spurious)
     except ValueError as err:
-        raise MisconfigurationException(f"CAMCallback(boxes=/masks=) do not fit the fixed batch: {err}") from err
+        raise MisconfigurationException(
+            f"CAMCallback(boxes=/masks=/spurious_masks=) do not fit the fixed batch: {err}"
+        ) from err
+    if batch.spurious is not None and batch.boxes is None and batch.masks is None:
+        raise MisconfigurationException(
+            "CAMCallback has spurious regions (spurious_masks= or a 'spurious_mask' batch key) but no object to "
+            "compare them with: give the object's boxes= or masks= (or a 'box'/'mask' batch key)."
+        )
     if target == "label" and batch.labels is None:
         raise MisconfigurationException(
             "CAMCallback(target='label') but the fixed batch has no class labels: yield (x, y) batches "

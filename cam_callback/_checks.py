@@ -25,18 +25,23 @@ __all__ = [
     "LayerSpec",
     "Target",
     "check_alpha",
+    "check_axioms",
     "check_batch_to_images",
     "check_colormap",
     "check_flag",
     "check_images",
     "check_layers",
+    "check_max_overhead",
     "check_mean_std",
     "check_methods",
+    "check_noise_floor",
     "check_on_error",
     "check_pointing_tolerance",
     "check_positive_int",
+    "check_shortcut_ratio",
     "check_target",
     "check_target_layers",
+    "check_timeline_rows",
     "check_trainer_has_images",
     "layer_key",
     "layer_names_of",
@@ -174,8 +179,69 @@ def check_on_error(on_error: Any) -> Literal["warn", "raise"]:
     return on_error  # type: ignore[no-any-return]
 
 
-def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBatch | None:
-    """The user's ``images`` (with ``boxes``/``masks``) as a :class:`FixedBatch`, or ``None``."""
+def check_shortcut_ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < math.inf):
+        raise ValueError(
+            f"CAMCallback(shortcut_ratio={value!r}): expected a positive number, e.g. 1.0 (warn when the spurious "
+            "region gets more attention than the object)"
+        )
+    return float(value)
+
+
+def check_timeline_rows(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"CAMCallback(timeline_rows={value!r}): expected how many of the latest runs to show beside the first, "
+            "e.g. 8, or None for no timeline"
+        )
+    return value
+
+
+def check_noise_floor(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) <= 1):
+        raise ValueError(
+            f"CAMCallback(noise_floor={value!r}): expected the perturbation's size as a fraction of the images' "
+            "pixel standard deviation in (0, 1], e.g. 0.01, or None to skip the noise floor"
+        )
+    return float(value)
+
+
+def check_max_overhead(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) <= 1):
+        raise ValueError(
+            f"CAMCallback(max_overhead={value!r}): expected a fraction of the training wall time in (0, 1], "
+            "e.g. 0.05, or None for no limit"
+        )
+    return float(value)
+
+
+def check_axioms(axioms: bool, methods: Sequence[str], layers: list[LayerSpec] | None) -> bool:
+    """``axioms=True`` needs one target layer and at least one method that sums weighted channels."""
+    if not axioms:
+        return False
+    if layers is not None and len(layers) > 1:
+        raise ValueError(
+            f"CAMCallback(axioms=True, target_layer={layer_key(layers)!r}): the axioms are defined for one layer; "
+            "pass a single target_layer"
+        )
+    if all(cams.get_method(name).project for name in methods):
+        raise ValueError(
+            f"CAMCallback(axioms=True, methods={list(methods)!r}): the axioms concern methods that sum weighted "
+            "channels; add one such as 'gradcam' or 'xgradcam'"
+        )
+    return True
+
+
+def check_images(
+    images: Any, boxes: Any, masks: Any, target: Target, spurious: Any = None
+) -> FixedBatch | None:
+    """The user's ``images`` (with ``boxes``/``masks``/``spurious_masks``) as a :class:`FixedBatch`, or ``None``."""
     if images is None:
         return None
     labels = None
@@ -190,9 +256,14 @@ def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBa
     if images.dim() == 3:
         images = images[None]
     try:
-        batch = FixedBatch(images, labels, boxes, masks)
+        batch = FixedBatch(images, labels, boxes, masks, spurious)
     except ValueError as err:
-        raise ValueError(f"CAMCallback(images=/boxes=/masks=): {err}") from err
+        raise ValueError(f"CAMCallback(images=/boxes=/masks=/spurious_masks=): {err}") from err
+    if batch.spurious is not None and batch.boxes is None and batch.masks is None:
+        raise ValueError(
+            "CAMCallback(spurious_masks=...) compares attention on the spurious region with attention on the "
+            "object: give the object's boxes= or masks= too"
+        )
     if target == "label" and batch.labels is None:
         raise ValueError(
             "CAMCallback(target='label') needs labels: pass images=(images, labels) or use target='pred'"

@@ -41,6 +41,14 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "pointing_tolerance": callback.pointing_tolerance,
         "faithfulness": callback.faithfulness,
         "sanity_check": callback.sanity_check,
+        "spurious_regions": batch is not None and batch.spurious is not None,
+        "shortcut_ratio": callback.shortcut_ratio,
+        "baselines": callback.baselines,
+        "road": callback.road,
+        "axioms": callback.axioms,
+        "noise_floor": callback.noise_floor,
+        "timeline_rows": callback.timeline_rows,
+        "max_overhead": callback.max_overhead,
         "drift": "1 - mean cosine similarity (cams.metrics.drift)",
     }
 

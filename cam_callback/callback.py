@@ -1,12 +1,16 @@
 """``CAMCallback``: watch where an image classifier looks while it trains, in TensorBoard.
 
 The class holds the hooks and the state; the rest lives beside it: argument and setup checks in
-``_checks``, the fixed batch in ``_batch``, the schedule in ``_schedule``, what a run logs in ``_run``,
-where it goes in ``_logging``, and the configuration and checkpoint summary in ``_summary``.
+``_checks``, the fixed batch in ``_batch``, the schedule in ``_schedule``, what a run logs in ``_run``
+and ``_measures`` (baselines, ROAD, axioms, noise floor), the shortcut watch in ``_shortcut``, the
+attention timeline in ``_timeline``, the cost budget in ``_budget``, where scalars go (loggers and
+``trainer.callback_metrics``, at Lightning's step) in ``_publish`` and ``_logging``, and the configuration
+and checkpoint summary in ``_summary``.
 """
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -22,27 +26,35 @@ from typing_extensions import override
 
 import cams
 from cam_callback._batch import BatchToImages, FixedBatch, choose_batch, ensure_val_dataloaders
+from cam_callback._budget import CostBudget
 from cam_callback._checks import (
     LayerSpec,
     Target,
     check_alpha,
+    check_axioms,
     check_batch_to_images,
     check_colormap,
     check_flag,
     check_images,
     check_layers,
+    check_max_overhead,
     check_mean_std,
     check_methods,
+    check_noise_floor,
     check_on_error,
     check_pointing_tolerance,
     check_positive_int,
+    check_shortcut_ratio,
     check_target,
     check_target_layers,
+    check_timeline_rows,
     check_trainer_has_images,
     layer_key,
     session_mean_std,
 )
 from cam_callback._logging import CamLogWriter
+from cam_callback._measures import measure_scalars, noise_floor_scalars
+from cam_callback._publish import from_rank_zero, log_step, publish
 from cam_callback._run import (
     drift_scalars,
     engine_targets,
@@ -52,9 +64,11 @@ from cam_callback._run import (
     predictions,
 )
 from cam_callback._schedule import due_after_epoch, due_after_step, due_after_validation
+from cam_callback._shortcut import ShortcutWarning, ShortcutWatch
 from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown
+from cam_callback._timeline import Timeline, log_timeline, render_for, run_title
 
-__all__ = ["CAMCallback"]
+__all__ = ["CAMCallback", "ShortcutWarning"]
 
 
 class CAMCallback(Callback):
@@ -63,20 +77,40 @@ class CAMCallback(Callback):
     At the start of fitting the callback picks a fixed batch once (the first ``num_images`` samples of
     the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU. It
     explains that batch before the first training step (the baseline), then at the end of every
-    ``every_n_epochs``-th validation epoch (or every ``every_n_steps`` optimizer steps), and logs, at
-    ``trainer.global_step``:
+    ``every_n_epochs``-th validation epoch (or every ``every_n_steps`` optimizer steps), and logs, at the
+    step Lightning logs its own metrics at (``val_loss`` and the CAM scalars of an epoch share one step):
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
       method's maps, as one image grid each;
+    - ``cam/<method>/timeline``: one image whose rows are the runs so far (the first run and the last
+      ``timeline_rows``) and whose columns are the first 8 fixed images, boxes/masks outlined in green,
+      spurious regions in magenta, the predicted (and true) class under each tile;
     - ``cam_drift/<method>/vs_previous`` and ``cam_drift/<method>/vs_first``: ``1 - mean cosine
       similarity`` between this run's maps (B, H, W) and the previous/first run's
-      (:func:`cams.metrics.drift`); ``cam_drift/pred_changed``: share of images whose predicted class
-      changed since the previous run;
+      (:func:`cams.metrics.drift`); ``cam_drift/<method>/noise_floor``: the drift under a tiny seeded
+      perturbation of the input with the same weights (drift near it is noise); ``cam_drift/pred_changed``:
+      share of images whose predicted class changed since the previous run;
     - with boxes or masks: ``cam_localisation/<method>/pointing_game`` and ``/energy``; with
       ``faithfulness=True``: ``cam_faithfulness/<method>/{average_drop, increase_in_confidence,
-      deletion_auc, insertion_auc}``; with ``sanity_check=True``: ``cam_sanity/<method>/spearman``
-      (rank correlation with the maps of a re-initialised copy: high means the map ignores the weights);
+      deletion_auc, insertion_auc}``; with ``road=True``: ``cam_faithfulness/<method>/road_{morf, lerf,
+      combined}`` (:func:`cams.metrics.road`); each also for a centre map and a seeded random map, under
+      ``baseline_centre`` and ``baseline_random`` in place of ``<method>`` (``baselines=True``);
+    - with spurious regions: ``cam_shortcut/<method>/energy`` (share of the map on them) and
+      ``/vs_object`` (that share over the share on the object); a :class:`ShortcutWarning` says, once per
+      method, when ``vs_object`` exceeds ``shortcut_ratio`` after the baseline;
+    - with ``axioms=True``: ``cam_axioms/<method>/conservation`` and ``/sensitivity`` (XGrad-CAM's
+      axioms as relative errors, :func:`cams.metrics.axioms`); with ``sanity_check=True``:
+      ``cam_sanity/<method>/spearman`` (rank correlation with the maps of a re-initialised copy: high
+      means the map ignores the weights);
+    - ``cam_cost/overhead``: the share of the training wall time spent in CAM runs so far;
     - ``cam/config``: the run's configuration, once, as text.
+
+    Every scalar is also in ``trainer.callback_metrics``, so ``ModelCheckpoint(monitor=
+    "cam_localisation/gradcam/pointing_game", mode="max")`` or ``EarlyStopping(monitor=
+    "cam_shortcut/gradcam/vs_object", mode="min", divergence_threshold=1.0)`` can act on it: runs at the
+    end of an epoch log through ``pl_module.log`` (on every rank under DDP, with rank 0's values); the
+    baseline and ``every_n_steps`` runs go to the loggers directly and into rank 0's
+    ``callback_metrics``.
 
     TensorBoard loggers get images through ``logger.experiment``; other loggers with a ``log_image``
     method (W&B) get the grids through it; with no such logger PNGs go under ``<trainer.log_dir>/cams/``
@@ -117,18 +151,39 @@ class CAMCallback(Callback):
             (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
         sanity_check: also log the parameter-randomisation similarity of each method's maps.
+        spurious_masks: ``(N, H, W)`` masks of regions the model should not rely on (a watermark, a ruler,
+            a hospital tag) in the fixed batch (else taken from the batch's ``"spurious_mask"`` key when
+            present; all-zero where an image has none). Needs the object's boxes or masks too.
+        shortcut_ratio: warn when the attention on the spurious region exceeds this multiple of the
+            attention on the object (``cam_shortcut/<method>/vs_object``).
+        baselines: also score a centre map and a seeded random map wherever methods are scored
+            (localisation, shortcut, faithfulness, ROAD).
+        road: also log ROAD (remove and debias, Rong et al. 2022) per method: ``2 x 9`` imputed copies of
+            each image, scored by the model.
+        axioms: also log XGrad-CAM's conservation and sensitivity errors per channel-sum method (one
+            target layer; one forward per channel of the layer).
+        noise_floor: size of the input perturbation for ``cam_drift/<method>/noise_floor``, as a fraction
+            of the fixed images' pixel standard deviation (``0.01``: below one grey level); ``None`` skips it
+            (it costs one more engine call per run).
+        timeline_rows: how many of the latest runs the timeline shows beside the first; ``None`` for no
+            timeline.
+        max_overhead: skip scheduled runs (never the baseline) that would take the CAM runs' share of the
+            training wall time over this fraction (e.g. ``0.05``), with one warning; ``None``: no limit.
         alpha: weight of the colour map in the overlays, in ``[0, 1]``.
         colormap: OpenCV colour map name for the overlays (``"jet"``, ``"turbo"``, ``"viridis"``, ...).
         on_error: ``"warn"`` reports a failing CAM run once, with its traceback, and skips it;
             ``"raise"`` stops training with the error.
 
     Raises:
-        ValueError: for an unknown method (with close matches) or an invalid argument value.
+        ValueError: for an unknown method (with close matches) or an invalid argument value (also
+            ``spurious_masks`` with ``images`` but without ``boxes``/``masks``, ``axioms=True`` with several
+            target layers or only Eigen methods).
         TypeError: for an argument of the wrong type.
         MisconfigurationException: at ``setup`` when there is nothing to explain (no validation data
             and no ``images``) or the target layer does not exist (with close matches; checked at fit
             start instead for modules that build layers in ``setup``/``configure_model``); before the first
-            training step when ``target="label"`` but the batch has no labels.
+            training step when ``target="label"`` but the batch has no labels, or the batch has spurious
+            regions but no object boxes/masks.
         TypeError: before the first training step when a validation batch has no image tensor (pass
             ``batch_to_images``).
 
@@ -170,6 +225,14 @@ class CAMCallback(Callback):
         pointing_tolerance: int = 15,
         faithfulness: bool = False,
         sanity_check: bool = False,
+        spurious_masks: Tensor | None = None,
+        shortcut_ratio: float = 1.0,
+        baselines: bool = True,
+        road: bool = False,
+        axioms: bool = False,
+        noise_floor: float | None = 0.01,
+        timeline_rows: int | None = 8,
+        max_overhead: float | None = None,
         alpha: float = 0.5,
         colormap: str = "jet",
         on_error: Literal["warn", "raise"] = "warn",
@@ -186,15 +249,23 @@ class CAMCallback(Callback):
         self.eigen_smooth = check_flag("eigen_smooth", eigen_smooth)
         self.faithfulness = check_flag("faithfulness", faithfulness)
         self.sanity_check = check_flag("sanity_check", sanity_check)
+        self.shortcut_ratio = check_shortcut_ratio(shortcut_ratio)
+        self.baselines = check_flag("baselines", baselines)
+        self.road = check_flag("road", road)
+        self.axioms = check_axioms(check_flag("axioms", axioms), self.methods, self.target_layer)
+        self.noise_floor = check_noise_floor(noise_floor)
+        self.timeline_rows = check_timeline_rows(timeline_rows)
+        self.max_overhead = check_max_overhead(max_overhead)
         self.mean, self.std = check_mean_std(mean, std)
         self.batch_to_images = check_batch_to_images(batch_to_images)
         self.reshape_transform = reshape_transform
         self.alpha = check_alpha(alpha)
         self.colormap = check_colormap(colormap)
         self.on_error = check_on_error(on_error)
-        self._user_batch = check_images(images, boxes, masks, self.target)
+        self._user_batch = check_images(images, boxes, masks, self.target, spurious_masks)
         self._boxes = None if boxes is None else torch.as_tensor(boxes)
         self._masks = None if masks is None else torch.as_tensor(masks)
+        self._spurious = None if spurious_masks is None else torch.as_tensor(spurious_masks)
 
         # resumable state (state_dict / load_state_dict)
         self._batch: FixedBatch | None = None
@@ -204,6 +275,7 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self.runs = 0
         self._last_step = -1
+        self._timeline = None if self.timeline_rows is None else Timeline(self.timeline_rows)
         # per fit/validate session
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
@@ -213,6 +285,8 @@ class CAMCallback(Callback):
         self._defer_layer_check = False
         self._session_mean: tuple[float, ...] | None = self.mean
         self._session_std: tuple[float, ...] | None = self.std
+        self._budget = CostBudget(self.max_overhead)
+        self._shortcuts = ShortcutWatch(self.shortcut_ratio)
 
     # ------------------------------------------------------------------ public read-only views
     @property
@@ -251,6 +325,22 @@ class CAMCallback(Callback):
         """Dotted names (relative to the LightningModule) of the explained layers, once resolved."""
         return None if self._layer_names is None else list(self._layer_names)
 
+    @property
+    def shortcut_alerts(self) -> dict[str, str]:
+        """Methods whose :class:`ShortcutWarning` was given this session, with when (``"After epoch 2 ..."``)."""
+        return dict(self._shortcuts.alerts)
+
+    @property
+    def skipped_runs(self) -> int:
+        """Scheduled runs skipped this session because they would have exceeded ``max_overhead``."""
+        return self._budget.skipped
+
+    def timeline_image(self, method: str) -> Tensor | None:
+        """The ``cam/<method>/timeline`` image as last logged, ``(3, H, W)`` float in [0, 1] (``None`` before a run)."""
+        if self._timeline is None or self._batch is None:
+            return None
+        return render_for(self._timeline, method, self._batch)
+
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -269,6 +359,7 @@ class CAMCallback(Callback):
         ensure_val_dataloaders(trainer, self._user_batch)  # every rank: Lightning's data setup has a barrier
         if not trainer.is_global_zero:
             return
+        self._budget.start()
         self._start(trainer, pl_module, baseline=True)
 
     @override
@@ -279,23 +370,15 @@ class CAMCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (
-            trainer.sanity_checking
-            or not trainer.is_global_zero
-            or not due_after_validation(trainer, self.every_n_epochs, self.every_n_steps)
-        ):
+        if trainer.sanity_checking or not due_after_validation(trainer, self.every_n_epochs, self.every_n_steps):
             return
-        self._run(trainer, pl_module)
+        self._run_on_every_rank(trainer, pl_module, "on_validation_epoch_end")
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (
-            not trainer.is_global_zero
-            or trainer.enable_validation
-            or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
-        ):
+        if trainer.enable_validation or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps):
             return
-        self._run(trainer, pl_module)
+        self._run_on_every_rank(trainer, pl_module, "on_train_epoch_end")
 
     @override
     def on_train_batch_end(
@@ -303,7 +386,7 @@ class CAMCallback(Callback):
     ) -> None:
         if not trainer.is_global_zero or not due_after_step(trainer, self.every_n_steps, self._last_step):
             return
-        self._run(trainer, pl_module)
+        self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_batch_end"), "on_train_batch_end")
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -321,6 +404,7 @@ class CAMCallback(Callback):
             "layer_names": self._layer_names,
             "runs": self.runs,
             "last_step": self._last_step,
+            "timeline": None if self._timeline is None else self._timeline.state_dict(),
         }
 
     @override
@@ -333,6 +417,8 @@ class CAMCallback(Callback):
         self._layer_names = state_dict.get("layer_names")
         self.runs = int(state_dict.get("runs", 0))
         self._last_step = int(state_dict.get("last_step", -1))
+        if self._timeline is not None and state_dict.get("timeline") is not None:
+            self._timeline.load_state_dict(state_dict["timeline"])
 
     @override
     def on_save_checkpoint(
@@ -355,6 +441,7 @@ class CAMCallback(Callback):
         self._engine = self._engine_module = None
         self._logged_input = False
         self._writer = None
+        self._shortcuts = ShortcutWatch(self.shortcut_ratio)
         if trainer.is_global_zero:
             self._writer = CamLogWriter(trainer.loggers, log_dir)
             if self._writer.png_dir is not None:
@@ -369,18 +456,41 @@ class CAMCallback(Callback):
         if self._batch is None:
             self._batch = self._choose_batch(trainer)
         if baseline and not self._first:
-            self._run(trainer, pl_module)
+            self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_start"), "on_train_start")
 
     def _choose_batch(self, trainer: Trainer) -> FixedBatch:
         return choose_batch(
-            trainer, self._user_batch, self.num_images, self.batch_to_images, self._boxes, self._masks, self.target
+            trainer,
+            self._user_batch,
+            self.num_images,
+            self.batch_to_images,
+            self._boxes,
+            self._masks,
+            self.target,
+            self._spurious,
         )
 
-    def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """One CAM run; a failure is reported once and skipped (``on_error="warn"``) or raised."""
+    def _run_on_every_rank(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
+        """Rank 0 runs; every rank logs rank 0's scalars (monitoring callbacks run on every rank)."""
+        scalars = self._run(trainer, pl_module, hook) if trainer.is_global_zero else None
+        self._publish(trainer, pl_module, from_rank_zero(trainer, scalars), hook)
+
+    def _publish(self, trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float], hook: str) -> None:
+        publish(trainer, pl_module, self._writer, scalars, log_step(trainer, hook), hook)
+
+    def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
+        """One CAM run within the cost budget; a failure is reported once and skipped (``on_error="warn"``) or
+        raised. Returns the run's scalars (empty when skipped or failed)."""
+        fitting = trainer.state.fn == TrainerFn.FITTING and self._budget.started is not None
+        if fitting and hook != "on_train_start" and not self._budget.allows():
+            message = self._budget.skip(trainer.global_step)
+            if message is not None:
+                rank_zero_warn(message, category=UserWarning)
+            return {}
+        started = time.perf_counter()
         try:
             with torch.inference_mode(False):  # what is kept must not be an inference tensor
-                self._explain_and_log(trainer, pl_module)
+                scalars = self._explain_and_log(trainer, pl_module, hook)
         except Exception as err:
             if self.on_error == "raise":
                 raise
@@ -393,22 +503,28 @@ class CAMCallback(Callback):
                     f"are skipped silently.\n{traceback.format_exc()}",
                     category=RuntimeWarning,
                 )
+            return {}
+        if fitting:
+            self._budget.record(time.perf_counter() - started)
+            scalars["cam_cost/overhead"] = self._budget.share()
+        return scalars
 
-    def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Explain the fixed batch, log images and scalars, and remember the maps for the next drift."""
+    def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
+        """Explain the fixed batch, log images, remember the maps for the next drift; return the scalars."""
         if self._batch is None:
             self._batch = self._choose_batch(trainer)
         if self._writer is None:
             self._writer = CamLogWriter(trainer.loggers, None)
-        batch, writer, step = self._batch, self._writer, trainer.global_step
+        batch, writer, step = self._batch, self._writer, log_step(trainer, hook)
         plugin = trainer.precision_plugin
         x = plugin.convert_input(batch.images.to(pl_module.device))
         engine = self._get_engine(pl_module)
+        targets = engine_targets(batch, self.target, x.device)
         with plugin.forward_context():
             result = engine(
                 x,
                 methods=self.methods,
-                targets=engine_targets(batch, self.target, x.device),
+                targets=targets,
                 aug_smooth=self.aug_smooth,
                 eigen_smooth=self.eigen_smooth,
             )
@@ -423,15 +539,26 @@ class CAMCallback(Callback):
         log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap)
         scalars = self._drift_scalars(maps, preds)
         scalars.update(metric_scalars(self, trainer, pl_module, x, result))
-        writer.scalars(scalars, step)
+        scalars.update(measure_scalars(self, trainer, pl_module, x, result))
+        if self.noise_floor is not None:
+            scalars.update(noise_floor_scalars(self, trainer, engine, x, result, targets))
+        if self._timeline is not None:
+            display = {"mean": mean, "std": std, "alpha": self.alpha, "colormap": self.colormap}
+            log_timeline(self._timeline, writer, batch, maps, preds, step, run_title(trainer, hook), display)
+        if hook != "on_train_start" and batch.spurious is not None:  # the baseline's weights are random
+            title, _, detail = run_title(trainer, hook).partition("\n")
+            when = f"{title} (global {detail})" if detail else title
+            for message in self._shortcuts.check(scalars, self.methods, when):
+                rank_zero_warn(message, category=ShortcutWarning)
         writer.flush()
 
         for name, cam in maps.items():
             self._first.setdefault(name, cam)
         self._previous = maps
         self._previous_preds = preds
-        self._last_step = step
+        self._last_step = trainer.global_step
         self.runs += 1
+        return scalars
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:

@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent(
     model = TinyNet()
     trainer.fit(model, datamodule=QuadrantData())
     result = {"rank": trainer.global_rank, "runs": cam.runs, "has_batch": cam.fixed_images is not None,
-              "world_size": trainer.world_size}
+              "world_size": trainer.world_size,
+              "cam_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("cam_drift/")}}
     if cam.fixed_images is not None:
         fresh = CamEngine(model, cam.layer_names)(cam.fixed_images, methods=cam.methods)
         result["max_abs_diff"] = max(float((fresh[m] - cam.last_maps[m]).abs().max()) for m in cam.methods)
@@ -72,9 +73,11 @@ def test_ddp_on_two_cpu_processes_completes_and_only_rank_zero_explains_and_logs
     assert rank1["runs"] == 0 and not rank1["has_batch"]  # rank 1 never computes
     assert rank0["expected_batch"]  # the dataset's first samples, not rank 0's shard of the sampler
     assert rank0["max_abs_diff"] < 1e-6  # the maps are the unwrapped module's
+    # rank 0's scalars reach every rank's callback_metrics (a ModelCheckpoint monitoring them runs on each rank)
+    assert rank0["cam_metrics"] and rank0["cam_metrics"] == rank1["cam_metrics"]
 
     event_files = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert len(event_files) == 1  # only rank 0 writes
     events = EventAccumulator(str(event_files[0].parent), size_guidance={"images": 0})
     events.Reload()
-    assert [image.step for image in events.Images("cam/gradcam")] == [0, 2, 4]  # 64 samples / 2 ranks / 16
+    assert [image.step for image in events.Images("cam/gradcam")] == [0, 1, 3]  # 64 samples / 2 ranks / 16

@@ -89,7 +89,7 @@ def test_tensorboard_event_files_hold_grids_drift_scalars_and_config(make_traine
     width, height = 4 * (16 + 2) + 2, 16 + 2 + 2  # make_grid: one row of four 16x16 tiles, padding 2
     for tag in ("cam/gradcam", "cam/xgradcam"):
         images = events.Images(tag)
-        assert [image.step for image in images] == [0, 4, 8, 12]  # baseline, then after each epoch
+        assert [image.step for image in images] == [0, 3, 7, 11]  # baseline, then with each epoch's val_loss
         assert all((image.width, image.height) == (width, height) for image in images)
     (shown,) = events.Images("cam/input")  # once
     expected = denormalize(cam.fixed_images, MEAN, STD)  # datamodule.mean/std undone for display
@@ -100,13 +100,14 @@ def test_tensorboard_event_files_hold_grids_drift_scalars_and_config(make_traine
     for name in ("gradcam", "xgradcam"):
         previous = events.Scalars(f"cam_drift/{name}/vs_previous")
         first = events.Scalars(f"cam_drift/{name}/vs_first")
-        assert [s.step for s in previous] == [s.step for s in first] == [4, 8, 12]
+        assert [s.step for s in previous] == [s.step for s in first] == [3, 7, 11]
         for k, (p, f) in enumerate(zip(previous, first, strict=True), start=1):
             now = history.history[k][name]
             assert p.value == pytest.approx(float(metrics.drift(now, history.history[k - 1][name])), abs=1e-6)
             assert f.value == pytest.approx(float(metrics.drift(now, history.history[0][name])), abs=1e-6)
     changed = events.Scalars("cam_drift/pred_changed")
-    assert [s.step for s in changed] == [4, 8, 12]
+    assert [s.step for s in changed] == [3, 7, 11]
+    assert [s.step for s in events.Scalars("val_loss")] == [3, 7, 11]  # Lightning's own, at the same steps
     assert all(s.value in (0.0, 0.25, 0.5, 0.75, 1.0) for s in changed)
     assert "cam/config/text_summary" in tags["tensors"]
     text = events.Tensors("cam/config/text_summary")[0].tensor_proto.string_val[0].decode()
@@ -117,12 +118,14 @@ def test_a_logger_with_log_image_gets_uint8_grids_and_scalars(make_trainer) -> N
     recorder = RecordingLogger()
     cam = CAMCallback(num_images=3)
     make_trainer([cam], logger=recorder, max_epochs=2).fit(TinyNet(), datamodule=QuadrantData())
-    keys = [(key, step) for key, step, _ in recorder.images]
-    assert keys == [("cam/input", 0), ("cam/gradcam", 0), ("cam/gradcam", 4), ("cam/gradcam", 8)]
-    for _, _, images in recorder.images:
+    keys = [(key, step) for key, step, _ in recorder.images if not key.endswith("/timeline")]
+    assert keys == [("cam/input", 0), ("cam/gradcam", 0), ("cam/gradcam", 3), ("cam/gradcam", 7)]
+    for key, _, images in recorder.images:
+        if key.endswith("/timeline"):
+            continue
         (array,) = images
         assert array.dtype == np.uint8 and array.shape == (20, 3 * 18 + 2, 3)
-    assert [step for step, _ in recorder.metrics["cam_drift/gradcam/vs_first"]] == [4, 8]
+    assert [step for step, _ in recorder.metrics["cam_drift/gradcam/vs_first"]] == [3, 7]
 
 
 def test_without_an_image_logger_pngs_go_under_log_dir_with_a_warning(make_trainer, tmp_path: Path) -> None:
@@ -134,12 +137,12 @@ def test_without_an_image_logger_pngs_go_under_log_dir_with_a_warning(make_train
     out = Path(trainer.log_dir) / "cams"
     assert any(str(out) in str(w.message) and "PNG" in str(w.message) for w in caught)
     assert (out / "input" / "input.png").exists()
-    assert sorted(p.name for p in (out / "gradcam").iterdir()) == ["step_0000000.png", "step_0000004.png"]
-    assert Image.open(out / "gradcam" / "step_0000004.png").size == (2 * 18 + 2, 20)
+    assert sorted(p.name for p in (out / "gradcam").iterdir()) == ["step_0000000.png", "step_0000003.png"]
+    assert Image.open(out / "gradcam" / "step_0000003.png").size == (2 * 18 + 2, 20)
     assert "gradcam" in (out / "config.md").read_text()
     with open(Path(trainer.log_dir) / "metrics.csv") as handle:  # scalars still go through the logger
         rows = [r for r in csv.DictReader(handle) if r.get("cam_drift/gradcam/vs_first")]
-    assert [int(r["step"]) for r in rows] == [4]
+    assert [int(r["step"]) for r in rows] == [3]
 
 
 def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tmp_path: Path) -> None:
@@ -150,8 +153,9 @@ def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tm
     with open(out / "scalars.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["tag"] for r in rows} == {"cam_drift/gradcam/vs_previous", "cam_drift/gradcam/vs_first",
-                                        "cam_drift/pred_changed"}
-    assert (out / "gradcam" / "step_0000008.png").exists()
+                                        "cam_drift/pred_changed", "cam_drift/gradcam/noise_floor",
+                                        "cam_cost/overhead"}
+    assert (out / "gradcam" / "step_0000007.png").exists()
 
 
 def test_boxes_in_dict_batches_give_localisation_scalars(make_trainer) -> None:
@@ -164,7 +168,7 @@ def test_boxes_in_dict_batches_give_localisation_scalars(make_trainer) -> None:
     for name in ("gradcam", "xgradcam"):
         pointing = recorder.metrics[f"cam_localisation/{name}/pointing_game"]
         energy = recorder.metrics[f"cam_localisation/{name}/energy"]
-        assert [step for step, _ in pointing] == [step for step, _ in energy] == [0, 4, 8]
+        assert [step for step, _ in pointing] == [step for step, _ in energy] == [0, 3, 7]
         maps = cam.last_maps[name]
         assert pointing[-1][1] == pytest.approx(float(metrics.pointing_game(maps, boxes=boxes).mean()))
         assert energy[-1][1] == pytest.approx(float(metrics.energy_pointing_game(maps, boxes=boxes).mean()))
@@ -191,7 +195,7 @@ def test_faithfulness_scalars_are_logged_per_method_on_the_schedule(make_trainer
     for name in ("gradcam", "eigencam"):
         for key in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"):
             values = recorder.metrics[f"cam_faithfulness/{name}/{key}"]
-            assert [step for step, _ in values] == [0, 4]
+            assert [step for step, _ in values] == [0, 3]
     model.eval()
     with torch.no_grad():
         classes = model(cam.fixed_images).argmax(1)
@@ -207,7 +211,7 @@ def test_sanity_check_similarity_is_logged_per_method(make_trainer) -> None:
     make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=QuadrantData())
     for name in ("gradcam", "xgradcam"):
         values = recorder.metrics[f"cam_sanity/{name}/spearman"]
-        assert [step for step, _ in values] == [0, 4]
+        assert [step for step, _ in values] == [0, 3]
         assert all(-1.0 <= v <= 1.0 for _, v in values)
 
 

@@ -31,6 +31,8 @@ NUM_IMAGES = 8
 CANVAS = 64
 #: ``make_grid(nrow=8, padding=2)`` of eight 64×64 images: one row of cells 66 px apart, 2 px border.
 GRID_SIZE = (NUM_IMAGES * (CANVAS + 2) + 2, CANVAS + 4)
+TIMELINES = ("cam/gradcam/timeline", "cam/xgradcam/timeline")
+TAGS = ("cam/input", "cam/gradcam", "cam/xgradcam", *TIMELINES)
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +56,23 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def dashboard(logdir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
     out = tmp_path_factory.mktemp("shot") / "tensorboard.png"
-    cards = shot.screenshot_images_dashboard(
-        logdir, out, expect_tags=("cam/input", "cam/gradcam", "cam/xgradcam"), timeout=90
-    )
+    cards = shot.screenshot_images_dashboard(logdir, out, expect_tags=TAGS, timeout=90)
     return cards, out
 
 
 def test_images_dashboard_renders_a_card_for_every_cam_tag(dashboard: tuple[list[dict], Path]) -> None:
     cards, _ = dashboard
     loaded = {card["tag"] for card in cards if card["loaded"]}
-    assert loaded == {"cam/input", "cam/gradcam", "cam/xgradcam"}
+    assert loaded == set(TAGS)
 
 
 def test_dashboard_shows_the_grids_at_the_size_the_callback_logged(dashboard: tuple[list[dict], Path]) -> None:
     cards, _ = dashboard
     for card in cards:
-        assert (card["width"], card["height"]) == GRID_SIZE, card
+        if card["tag"] in TIMELINES:  # two rows (before training, epoch 1) of eight 128-pixel tiles
+            assert card["width"] == 150 + NUM_IMAGES * (128 + 6) and card["height"] == 28 + 2 * (128 + 20 + 6), card
+        else:
+            assert (card["width"], card["height"]) == GRID_SIZE, card
 
 
 def test_screenshot_shows_colour_mapped_overlays(dashboard: tuple[list[dict], Path]) -> None:

@@ -1,0 +1,94 @@
+"""Where a run's scalars go: the loggers, at the step of Lightning's own metrics, and ``trainer.callback_metrics``.
+
+Runs at the end of a validation epoch (or of a training epoch without validation) log their scalars with
+``pl_module.log(..., on_epoch=True)``: Lightning then writes them in the same ``log_metrics`` call, at the
+same step, as the epoch's own metrics (``val_loss``, ...), they land in ``trainer.callback_metrics`` and
+``trainer.logged_metrics``, and ``ModelCheckpoint(monitor=...)``/``EarlyStopping(monitor=...)`` can act on
+them. Under DDP only global rank 0 computes them; it broadcasts them so that every rank logs the same
+values (a monitoring callback runs on every rank). Runs Lightning gives no epoch-level logging slot to
+(the baseline before the first step, runs every ``n`` steps) go to the loggers directly at Lightning's
+step and into rank 0's ``trainer.callback_metrics``.
+
+Images use the same step (:func:`log_step`), so an overlay and the validation accuracy it goes with share
+one step in TensorBoard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+from cam_callback._logging import CamLogWriter
+
+__all__ = ["EPOCH_END_HOOKS", "from_rank_zero", "log_step", "publish"]
+
+EPOCH_END_HOOKS = frozenset({"on_validation_epoch_end", "on_train_epoch_end"})
+"""Hooks whose runs log through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
+
+
+def log_step(trainer: Trainer, hook: str) -> int:
+    """The step Lightning logs the metrics of ``hook`` at.
+
+    Lightning counts logging steps in ``fit_loop.epoch_loop._batches_that_stepped`` (its own
+    ``LearningRateMonitor`` and ``DeviceStatsMonitor`` log at it); at the end of a training epoch the
+    epoch metrics go one step back (``fit_loop.on_advance_end``). That is ``global_step - 1`` after an epoch
+    for a single optimizer, and 0 before the first step. Falls back to ``trainer.global_step``.
+    """
+    stepped = getattr(getattr(trainer.fit_loop, "epoch_loop", None), "_batches_that_stepped", None)
+    if not isinstance(stepped, int):
+        return int(trainer.global_step)
+    if hook == "on_train_epoch_end":
+        stepped -= 1
+    return max(stepped, 0)
+
+
+def from_rank_zero(trainer: Trainer, scalars: Mapping[str, float] | None) -> dict[str, float]:
+    """Rank 0's scalars on every rank (every rank must call this at the same hook)."""
+    if trainer.world_size <= 1:
+        return dict(scalars or {})
+    shared = trainer.strategy.broadcast(dict(scalars or {}), src=0)
+    return dict(shared or {})
+
+
+def publish(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    writer: CamLogWriter | None,
+    scalars: Mapping[str, float],
+    step: int,
+    hook: str,
+) -> None:
+    """Log ``scalars`` where Lightning and its callbacks see them (see the module docstring).
+
+    Args:
+        trainer: the Trainer.
+        pl_module: the LightningModule (its ``log`` is used at the end of epochs).
+        writer: rank 0's writer (the CSV fallback without loggers); ``None`` on other ranks.
+        scalars: tag -> value.
+        step: the step from :func:`log_step`.
+        hook: the hook the run happened in.
+    """
+    if not scalars:
+        return
+    if hook in EPOCH_END_HOOKS:
+        distributed = trainer.world_size > 1
+        for key, value in scalars.items():
+            pl_module.log(
+                key,
+                float(value),
+                on_step=False,
+                on_epoch=True,
+                prog_bar=False,
+                logger=True,
+                sync_dist=distributed,  # identical on every rank: "max" gives it back exactly
+                reduce_fx="max",
+                batch_size=1,
+            )
+        if writer is not None and not writer.loggers:
+            writer.scalars(scalars, step)  # no logger: the CSV beside the PNGs
+        return
+    if writer is not None:
+        writer.scalars(scalars, step)
+    trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in scalars.items()})
