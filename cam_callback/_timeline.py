@@ -294,15 +294,16 @@ def render_timeline(
     return array.permute(2, 0, 1).float() / 255
 
 
-def run_title(trainer: Trainer, hook: str) -> str:
-    """How a run is named in the timeline and the warnings: ``before training``, ``epoch 3\nstep 120``, ..."""
+def run_title(trainer: Trainer, hook: str, step: int) -> str:
+    """How a run's row is named: ``before training``, ``epoch 3\nstep 119`` (``step``: the logging step, the
+    one TensorBoard's slider shows), ``validate\nstep 0``, ``step 120`` (runs every ``n`` steps)."""
     if hook == "on_train_start":
         return "before training"
     if trainer.state.fn == TrainerFn.VALIDATING:
-        return f"validate\nstep {trainer.global_step}"
+        return f"validate\nstep {step}"
     if hook == "on_train_batch_end":
-        return f"step {trainer.global_step}"
-    return f"epoch {trainer.current_epoch + 1}\nstep {trainer.global_step}"
+        return f"step {step}"
+    return f"epoch {trainer.current_epoch + 1}\nstep {step}"
 
 
 def render_for(timeline: Timeline, method: str, batch: FixedBatch) -> Tensor | None:

@@ -544,10 +544,10 @@ class CAMCallback(Callback):
             scalars.update(noise_floor_scalars(self, trainer, engine, x, result, targets))
         if self._timeline is not None:
             display = {"mean": mean, "std": std, "alpha": self.alpha, "colormap": self.colormap}
-            log_timeline(self._timeline, writer, batch, maps, preds, step, run_title(trainer, hook), display)
+            log_timeline(self._timeline, writer, batch, maps, preds, step, run_title(trainer, hook, step), display)
         if hook != "on_train_start" and batch.spurious is not None:  # the baseline's weights are random
-            title, _, detail = run_title(trainer, hook).partition("\n")
-            when = f"{title} (global {detail})" if detail else title
+            title = run_title(trainer, hook, step).split("\n")[0]
+            when = f"{title} (global step {trainer.global_step})"
             for message in self._shortcuts.check(scalars, self.methods, when):
                 rank_zero_warn(message, category=ShortcutWarning)
         writer.flush()

@@ -57,7 +57,7 @@ def test_the_timeline_keeps_the_first_run_and_the_last_k_and_stops_growing(make_
     assert heights[0] < heights[1] < heights[2] < heights[3] == heights[4] == heights[5]
     assert len({image.width for image in images}) == 1
     assert cam._timeline is not None
-    assert cam._timeline.titles("gradcam") == ["before training", "epoch 4\nstep 16", "epoch 5\nstep 20"]
+    assert cam._timeline.titles("gradcam") == ["before training", "epoch 4\nstep 15", "epoch 5\nstep 19"]
 
 
 def test_timeline_tiles_are_the_overlays_with_boxes_outlined_and_classes_written(make_trainer) -> None:
@@ -258,6 +258,16 @@ def test_the_shortcut_warning_fires_once_per_method_after_the_baseline(make_trai
     ratio = recorder.metrics["cam_shortcut/gradcam/vs_object"][-1][1]
     object_energy = recorder.metrics["cam_localisation/gradcam/energy"][-1][1]
     assert ratio == pytest.approx(1.0 / object_energy)
+
+
+def test_early_stopping_on_the_shortcut_ratio_stops_a_run_that_learns_a_shortcut(make_trainer) -> None:
+    cam = CAMCallback(num_images=4, spurious_masks=_everywhere(4), **QUIET)
+    stop = EarlyStopping(monitor="cam_shortcut/gradcam/vs_object", mode="min", divergence_threshold=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ShortcutWarning)
+        trainer = make_trainer([cam, stop], max_epochs=5)
+        trainer.fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
+    assert trainer.current_epoch == 1 and float(trainer.callback_metrics["cam_shortcut/gradcam/vs_object"]) > 1
 
 
 def test_no_shortcut_warning_below_the_ratio_and_spurious_regions_need_an_object(make_trainer) -> None:
