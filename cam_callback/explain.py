@@ -440,7 +440,8 @@ def _target(model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, 
     with torch.no_grad(), frozen_model(model):
         out = model(x[:1])
     try:
-        resolved = resolve_targets(target, 1, out if isinstance(out, torch.Tensor) and out.dim() == 2 else None)
+        logits = out if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+        resolved = resolve_targets(target, x.shape[0], logits)
         if isinstance(target, Target):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the real call warns, once

@@ -151,7 +151,8 @@ class CamEngine:
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
                 class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
                 ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
-                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target`. Perturbation methods
+                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target` (segmentation,
+                detection, multi-label, embeddings: see :mod:`cams.targets`). Perturbation methods
                 call a batch callable on chunks of perturbed rows, so it must act row by row.
             aug_smooth: average over the six test-time augmentations of the reference (horizontal
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.

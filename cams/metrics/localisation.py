@@ -32,9 +32,10 @@ def _maps_and_objects(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) 
         boxes = torch.as_tensor(boxes)
     if masks is not None:
         masks = torch.as_tensor(masks)
+    # (B, D, H, W) with D > 1 is a volume; (B, 1, H, W) is a map with a channel unless the objects are 3-D
     volume = isinstance(maps, Tensor) and maps.dim() == 4 and (
-        (boxes is not None and boxes.dim() == 2 and boxes.shape[1] == 6)
-        or (masks is not None and masks.dim() == 4 and maps.shape[1] != 1)
+        maps.shape[1] != 1
+        or (boxes is not None and boxes.dim() == 2 and boxes.shape[1] == 6)
     )
     maps = as_maps(maps, volumes=volume)
     batch, *spatial = maps.shape
