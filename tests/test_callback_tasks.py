@@ -127,7 +127,17 @@ def test_segmentation_target_reaches_the_checkpoint_explain_and_the_command_line
     from cam_callback import explain
     from cam_callback.cli import main
 
-    cam, _, trainer = _segmentation_fit(make_trainer)
+    cam, model, trainer = _segmentation_fit(make_trainer, faithfulness=True, sanity_check=True)
+    events = _events(trainer.log_dir)
+    model.eval()
+    with torch.no_grad():  # faithfulness scores the mask the maps explain: class 1 where predicted at the run
+        fixed = SegmentationTarget(1).fixed(model(cam.fixed_images))
+        expected = metrics.faithfulness(model, cam.fixed_images, cam.last_maps["gradcam"], targets=fixed)
+    drop = events.Scalars("cam_faithfulness/gradcam/average_drop")
+    assert [s.step for s in drop] == [0, 4, 8]
+    assert drop[-1].value == pytest.approx(float(expected["average_drop"].mean()), rel=1e-4, abs=1e-4)
+    assert all(-1 <= s.value <= 1 for s in events.Scalars("cam_sanity/gradcam/spearman"))
+
     ckpt = tmp_path / "seg.ckpt"
     trainer.save_checkpoint(ckpt)
     assert torch.load(ckpt, weights_only=True)["cam_callback"]["target"] == "seg:1"
