@@ -8,7 +8,8 @@ the checkpoint) and the display normalisation a session uses (``session_mean_std
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 import cams
+import cams.targets
 from cam_callback._batch import BatchToImages, FixedBatch
 from cams.overlay import colorize
 
@@ -26,6 +28,7 @@ __all__ = [
     "Target",
     "check_alpha",
     "check_axioms",
+    "check_batch_settings",
     "check_batch_to_images",
     "check_colormap",
     "check_flag",
@@ -34,6 +37,7 @@ __all__ = [
     "check_max_overhead",
     "check_mean_std",
     "check_methods",
+    "check_name",
     "check_noise_floor",
     "check_on_error",
     "check_pointing_tolerance",
@@ -43,13 +47,15 @@ __all__ = [
     "check_target_layers",
     "check_timeline_rows",
     "check_trainer_has_images",
+    "instance_names",
     "layer_key",
     "layer_names_of",
     "session_mean_std",
+    "target_key",
 ]
 
 LayerSpec = str | nn.Module
-Target = Literal["pred", "label"] | int
+Target = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -96,11 +102,14 @@ def check_pointing_tolerance(value: Any) -> int:
 
 
 def check_target(target: Any) -> Target:
+    if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
+        return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
     if isinstance(target, str):
         if target not in ("pred", "label"):
             raise ValueError(
                 f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label) or a class index"
+                "sample's label), a class index, or a target from cams.targets (SegmentationTarget(3), "
+                "MultiLabelTarget(), ...)"
             )
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
@@ -271,7 +280,65 @@ def check_images(
     return batch
 
 
+def check_batch_settings(batch: FixedBatch, faithfulness: bool, road: bool = False) -> None:
+    """What the fixed batch allows: the faithfulness metrics and ROAD perturb 2-D images only."""
+    if batch.images.dim() == 5 and faithfulness:
+        raise MisconfigurationException(
+            "CAMCallback(faithfulness=True): the fixed batch holds volumes (N, C, D, H, W), and the faithfulness "
+            "metrics (Average Drop, deletion/insertion) perturb 2-D images only; pass faithfulness=False (drift "
+            "and the 3-D pointing game are logged for volumes)"
+        )
+    if batch.images.dim() == 5 and road:
+        raise MisconfigurationException(
+            "CAMCallback(road=True): the fixed batch holds volumes (N, C, D, H, W), and ROAD imputes pixels of 2-D "
+            "images only; pass road=False"
+        )
+
+
+def check_name(name: Any) -> str | None:
+    """``None``, or a name usable inside a tag and a file name (letters, digits, ``_ . + -``)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ValueError(
+            f"CAMCallback(name={name!r}): expected a short name of letters, digits, '_', '.', '+' or '-', "
+            "e.g. 'val' or 'ood'"
+        )
+    return name
+
+
 # ---------------------------------------------------------------------- the Trainer and the model, at setup
+def instance_names(configs: Sequence[tuple[str | None, str]]) -> list[str]:
+    """One distinct name per CAMCallback of a Trainer, from ``(name=, name derived from the configuration)``.
+
+    A ``name=`` given is kept (two equal ones are an error); a derived name that another instance already
+    has gets ``-2``, ``-3``, ... in the order of ``trainer.callbacks``.
+
+    Raises:
+        MisconfigurationException: two callbacks were given the same ``name``.
+
+    Example:
+        >>> instance_names([(None, "gradcam"), ("ood", "gradcam"), (None, "gradcam")])
+        ['gradcam', 'ood', 'gradcam-2']
+    """
+    given = [name for name, _ in configs if name is not None]
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise MisconfigurationException(
+            f"Several CAMCallbacks in one Trainer have name={repeated[0]!r}; give each a different name"
+        )
+    names: list[str] = []
+    for name, derived in configs:
+        if name is None:
+            name, count = derived, 1
+            while name in names or name in given:
+                count += 1
+                name = f"{derived}-{count}"
+        names.append(name)
+    return names
+
+
+
 def check_trainer_has_images(trainer: Trainer, stage: str, user_batch: FixedBatch | None) -> None:
     """Fitting needs validation data or the user's ``images`` to take the fixed batch from."""
     if stage == TrainerFn.FITTING and user_batch is None and not trainer.enable_validation:
@@ -314,6 +381,18 @@ def session_mean_std(
 
 
 # ---------------------------------------------------------------------- layer names
+def target_key(target: Target) -> str | int:
+    """The target as plain data for the state key, the config and the checkpoint.
+
+    ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form
+    (``"seg:3"``, which ``explain`` reads back) or their repr.
+    """
+    if isinstance(target, (str, int)):
+        return target
+    spec = getattr(target, "spec", None)
+    return spec if isinstance(spec, str) else repr(target)
+
+
 def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:
     """The layers as strings: names as given, modules by their class name."""
     if layers is None:

@@ -40,8 +40,8 @@ RANDOM_CELLS = 7
 """Grid side of the random baseline map before upsampling (a ResNet's 7 x 7 at 224²)."""
 
 
-def baseline_maps(shape: tuple[int, int, int], device: torch.device) -> dict[str, Tensor]:
-    """The centre and seeded random maps ``(N, H, W)`` for a batch of that shape, on ``device``."""
+def baseline_maps(shape: tuple[int, ...], device: torch.device) -> dict[str, Tensor]:
+    """The centre and seeded random maps ``(N, H, W)`` (``(N, D, H, W)``) for maps of that shape, on ``device``."""
     from cams import metrics
 
     generator = torch.Generator().manual_seed(NOISE_SEED)
@@ -65,7 +65,7 @@ def _localisation(name: str, cam: Tensor, batch: FixedBatch, tolerance: int) -> 
 
 
 def measure_scalars(
-    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any
+    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any, target: Any = None
 ) -> dict[str, float]:
     """Baselines, shortcut energies, ROAD and axioms for one run (each only when it applies).
 
@@ -75,6 +75,7 @@ def measure_scalars(
         pl_module: the model.
         x: the fixed batch ``(N, C, H, W)`` as the model takes it.
         result: the engine's result for ``x``.
+        target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
     """
     from cams import metrics
 
@@ -84,7 +85,7 @@ def measure_scalars(
     has_object = batch.boxes is not None or batch.masks is not None
     wants_baselines = callback.baselines and (has_object or callback.faithfulness or callback.road)
     base = baseline_maps(tuple(next(iter(maps.values())).shape), x.device) if wants_baselines else {}
-    classes = result.classes
+    classes = result.classes if target is None else target
     context = trainer.precision_plugin.forward_context
 
     scalars: dict[str, float] = {}

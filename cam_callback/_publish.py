@@ -1,16 +1,14 @@
 """Where a run's scalars go: the loggers, at the step of Lightning's own metrics, and ``trainer.callback_metrics``.
 
-Runs at the end of a validation epoch (or of a training epoch without validation) log their scalars with
-``pl_module.log(..., on_epoch=True)``: Lightning then writes them in the same ``log_metrics`` call, at the
-same step, as the epoch's own metrics (``val_loss``, ...), they land in ``trainer.callback_metrics`` and
-``trainer.logged_metrics``, and ``ModelCheckpoint(monitor=...)``/``EarlyStopping(monitor=...)`` can act on
-them. Under DDP only global rank 0 computes them; it broadcasts them so that every rank logs the same
-values (a monitoring callback runs on every rank). Runs Lightning gives no epoch-level logging slot to
-(the baseline before the first step, runs every ``n`` steps) go to the loggers directly at Lightning's
-step and into rank 0's ``trainer.callback_metrics``.
-
-Images use the same step (:func:`log_step`), so an overlay and the validation accuracy it goes with share
-one step in TensorBoard.
+The loggers get every scalar from the callback's writer (each logger's own key rules, the callback's name in
+the tag) at :func:`log_step`: the step Lightning logs its own metrics of that moment at, so an epoch's
+``val_loss``, its CAM scalars and its images share one step. ``trainer.callback_metrics`` gets the same
+tags: runs at the end of a validation epoch (or of a training epoch) put them there with
+``pl_module.log(..., logger=False, on_epoch=True)``, where ``ModelCheckpoint(monitor=...)`` and
+``EarlyStopping(monitor=...)`` read them; under DDP only global rank 0 computes them and broadcasts them,
+so every rank logs the same values (a monitoring callback runs on every rank). Runs Lightning gives no
+epoch-level logging slot to (the baseline before the first step, runs every ``n`` steps) go into rank 0's
+``trainer.callback_metrics`` directly.
 """
 
 from __future__ import annotations
@@ -20,12 +18,12 @@ from collections.abc import Mapping
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from cam_callback._logging import CamLogWriter
+from cam_callback._logging import CamLogWriter, prefixed
 
 __all__ = ["EPOCH_END_HOOKS", "from_rank_zero", "log_step", "publish"]
 
 EPOCH_END_HOOKS = frozenset({"on_validation_epoch_end", "on_train_epoch_end"})
-"""Hooks whose runs log through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
+"""Hooks whose runs fill ``callback_metrics`` through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
 
 
 def log_step(trainer: Trainer, hook: str) -> int:
@@ -59,36 +57,38 @@ def publish(
     scalars: Mapping[str, float],
     step: int,
     hook: str,
+    name: str | None = None,
 ) -> None:
-    """Log ``scalars`` where Lightning and its callbacks see them (see the module docstring).
+    """Log ``scalars`` where the loggers, Lightning and its callbacks see them (see the module docstring).
 
     Args:
         trainer: the Trainer.
         pl_module: the LightningModule (its ``log`` is used at the end of epochs).
-        writer: rank 0's writer (the CSV fallback without loggers); ``None`` on other ranks.
+        writer: rank 0's writer; ``None`` on other ranks.
         scalars: tag -> value.
         step: the step from :func:`log_step`.
         hook: the hook the run happened in.
+        name: the callback's name in its tags (``cam_drift/<name>/...``), or ``None``.
     """
     if not scalars:
         return
+    if writer is not None:
+        writer.scalars(scalars, step)
+        writer.flush()
+    tagged = {prefixed(tag, name): float(value) for tag, value in scalars.items()}
     if hook in EPOCH_END_HOOKS:
         distributed = trainer.world_size > 1
-        for key, value in scalars.items():
+        for key, value in tagged.items():
             pl_module.log(
                 key,
-                float(value),
+                value,
                 on_step=False,
                 on_epoch=True,
                 prog_bar=False,
-                logger=True,
+                logger=False,  # the writer logs them, with each logger's own key rules
                 sync_dist=distributed,  # identical on every rank: "max" gives it back exactly
                 reduce_fx="max",
                 batch_size=1,
             )
-        if writer is not None and not writer.loggers:
-            writer.scalars(scalars, step)  # no logger: the CSV beside the PNGs
         return
-    if writer is not None:
-        writer.scalars(scalars, step)
-    trainer.callback_metrics.update({key: torch.tensor(float(value)) for key, value in scalars.items()})
+    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in tagged.items()})

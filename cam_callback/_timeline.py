@@ -24,9 +24,10 @@ from torch import Tensor
 
 from cam_callback._batch import FixedBatch
 from cam_callback._logging import CamLogWriter
+from cam_callback._volumes import volume_panels
 from cams.overlay import denormalize, overlay
 
-__all__ = ["COLUMNS", "TILE", "Timeline", "log_timeline", "render_timeline", "run_title"]
+__all__ = ["COLUMNS", "TILE", "Timeline", "draw_row", "log_timeline", "render_for", "run_title", "tile_size"]
 
 COLUMNS = 8
 """Fixed images shown per row (the first ``COLUMNS`` of the fixed batch), like the overlay grids."""
@@ -42,6 +43,7 @@ _LABEL_WIDTH = 150
 _CAPTION = 20
 _GAP = 6
 _HEADER = 28
+_SKIPPED = 18
 
 
 def tile_size(height: int, width: int) -> tuple[int, int]:
@@ -70,21 +72,26 @@ def _to_tiles(overlays: Tensor, size: tuple[int, int]) -> Tensor:
 
 @dataclass
 class _Rows:
-    """One method's rows: slot 0 the first run, slots 1.. a ring of the latest runs."""
+    """One method's rows, each drawn once when added: slot 0 the first run, slots 1.. a ring of the latest."""
 
-    tiles: Tensor  # (rows + 1, N, 3, h, w) uint8
-    preds: Tensor  # (rows + 1, N) long, -1 where unknown
+    strips: Tensor  # (rows + 1, 3, row height, width) uint8: tiles, outlines, captions, title
+    header: str
     titles: list[str] = field(default_factory=list)
     order: list[int] = field(default_factory=list)  # slots in chronological order
     runs: int = 0
+    header_strip: Tensor | None = field(default=None, repr=False)  # drawn once
 
     def state(self) -> dict[str, Any]:
-        return {"tiles": self.tiles, "preds": self.preds, "titles": list(self.titles), "order": list(self.order),
-                "runs": self.runs}
+        return {"strips": self.strips, "header": self.header, "titles": list(self.titles),
+                "order": list(self.order), "runs": self.runs}  # fmt: skip
 
 
 class Timeline:
     """The rows of every method's timeline, bounded to the first run and the last ``rows`` runs.
+
+    Each row is drawn once, when its run is added (tiles, outlines, captions, title), into a buffer
+    allocated at the first run; :meth:`render` stacks the rows kept, so a run costs one row whatever the
+    number of rows shown.
 
     Args:
         rows: how many of the latest runs to keep beside the first one.
@@ -103,17 +110,37 @@ class Timeline:
         self.rows = rows
         self._methods: dict[str, _Rows] = {}
 
-    def add(self, method: str, overlays: Tensor, title: str, preds: Tensor | None) -> None:
-        """Append one run: ``overlays`` ``(N, 3, H, W)`` in [0, 1] (the first :data:`COLUMNS` are kept)."""
+    def add(
+        self,
+        method: str,
+        overlays: Tensor,
+        title: str,
+        preds: Tensor | None,
+        *,
+        labels: Tensor | None = None,
+        boxes: Tensor | None = None,
+        masks: Tensor | None = None,
+        spurious: Tensor | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
+        """Append one run's row: ``overlays`` ``(N, 3, H, W)`` in [0, 1] (the first :data:`COLUMNS` are kept).
+
+        Args:
+            method: the method's name.
+            overlays: the run's overlays.
+            title: the row's title (:func:`run_title`).
+            preds: the run's predicted classes ``(N,)``, or ``None``.
+            labels, boxes, masks, spurious, image_size: see :func:`draw_row`.
+        """
         overlays = overlays[:COLUMNS]
-        size = tile_size(*overlays.shape[-2:])
+        strip = draw_row(overlays, title, preds, labels=labels, boxes=boxes, masks=masks, spurious=spurious,
+                         image_size=image_size)  # fmt: skip
         rows = self._methods.get(method)
-        count = overlays.shape[0]
-        if rows is None or rows.tiles.shape[1:] != (count, 3, *size):
-            rows = _Rows(
-                tiles=torch.zeros(self.rows + 1, count, 3, *size, dtype=torch.uint8),
-                preds=torch.full((self.rows + 1, count), -1, dtype=torch.long),
-            )
+        if rows is None or rows.strips.shape[1:] != strip.shape:
+            header = f"{method}: one row per CAM run"
+            if labels is not None:
+                header += " · under each image: predicted class (true class)"
+            rows = _Rows(strips=torch.zeros(self.rows + 1, *strip.shape, dtype=torch.uint8), header=header)
             rows.titles = [""] * (self.rows + 1)
             self._methods[method] = rows
         if rows.runs == 0:
@@ -122,8 +149,7 @@ class Timeline:
             slot = 1 + (rows.runs - 1) % self.rows
             if len(rows.order) == self.rows + 1:
                 rows.order.pop(1)  # the oldest row after the first
-        rows.tiles[slot] = _to_tiles(overlays, size)
-        rows.preds[slot] = -1 if preds is None else preds[:count].long().cpu()
+        rows.strips[slot] = strip
         rows.titles[slot] = title
         rows.order.append(slot)
         rows.runs += 1
@@ -138,41 +164,38 @@ class Timeline:
         rows = self._methods.get(method)
         return 0 if rows is None else rows.runs
 
-    def render(
-        self,
-        method: str,
-        labels: Tensor | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        spurious: Tensor | None = None,
-        image_size: tuple[int, int] | None = None,
-    ) -> Tensor:
-        """The timeline image of ``method``, ``(3, H, W)`` float in [0, 1] (see :func:`render_timeline`)."""
+    def render(self, method: str) -> Tensor:
+        """The timeline image of ``method``: header, the first row, a line saying how many runs are not
+        shown (when some are not), the latest rows; ``(3, H, W)`` float in [0, 1]."""
+        return self.render_uint8(method).float() / 255
+
+    def render_uint8(self, method: str) -> Tensor:
+        """:meth:`render` as ``(3, H, W)`` uint8 (what loggers encode: no float round trip)."""
         rows = self._methods[method]
-        return render_timeline(
-            rows.tiles[rows.order],
-            [rows.titles[slot] for slot in rows.order],
-            rows.preds[rows.order],
-            method=method,
-            labels=labels,
-            boxes=boxes,
-            masks=masks,
-            spurious=spurious,
-            image_size=image_size,
-            skipped=rows.runs - len(rows.order),
-        )
+        width = rows.strips.shape[-1]
+        if rows.header_strip is None:
+            rows.header_strip = _text_strip(rows.header, width, _HEADER, 15, "black")
+        parts = [rows.header_strip]
+        skipped = rows.runs - len(rows.order)
+        for i, slot in enumerate(rows.order):
+            if i == 1 and skipped > 0:
+                note = f"… {skipped} run{'s' if skipped > 1 else ''} not shown …"
+                parts.append(_text_strip(note, width, _SKIPPED, 12, "dimgray"))
+            parts.append(rows.strips[slot])
+        return torch.cat(parts, dim=1)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain tensors, lists and ints (``weights_only`` loadable)."""
+        """Plain tensors, lists, strings and ints (``weights_only`` loadable)."""
         return {"rows": self.rows, "methods": {name: rows.state() for name, rows in self._methods.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the rows of :meth:`state_dict` (kept only if they fit this timeline's ``rows``)."""
         if int(state.get("rows", -1)) != self.rows:
             return
+        methods = {name: value for name, value in state.get("methods", {}).items() if "strips" in value}
         self._methods = {
-            name: _Rows(value["tiles"], value["preds"], list(value["titles"]), list(value["order"]), int(value["runs"]))
-            for name, value in state.get("methods", {}).items()
+            name: _Rows(v["strips"], str(v["header"]), list(v["titles"]), list(v["order"]), int(v["runs"]))
+            for name, v in methods.items()
         }
 
 
@@ -183,6 +206,21 @@ def _font(size: int) -> Any:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def _to_tensor(image: Any) -> Tensor:
+    """A PIL RGB image → ``(3, H, W)`` uint8."""
+    array = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3)
+    return array.permute(2, 0, 1).contiguous()
+
+
+def _text_strip(text: str, width: int, height: int, size: int, colour: str) -> Tensor:
+    """A white ``(3, height, width)`` uint8 strip with ``text`` on it."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(strip).text((8, (height - size) // 2 - 1), text, fill=colour, font=_font(size))
+    return _to_tensor(strip)
 
 
 def _outline(region: Tensor, size: tuple[int, int]) -> Tensor:
@@ -201,102 +239,75 @@ def _box_region(box: Tensor, image_size: tuple[int, int]) -> Tensor:
     return (xs >= math.floor(x0)) & (xs < math.ceil(x1)) & (ys >= math.floor(y0)) & (ys < math.ceil(y1))
 
 
-def render_timeline(
-    tiles: Tensor,
-    titles: list[str],
-    preds: Tensor,
+def draw_row(
+    overlays: Tensor,
+    title: str,
+    preds: Tensor | None,
     *,
-    method: str = "",
     labels: Tensor | None = None,
     boxes: Tensor | None = None,
     masks: Tensor | None = None,
     spurious: Tensor | None = None,
     image_size: tuple[int, int] | None = None,
-    skipped: int = 0,
 ) -> Tensor:
-    """Compose the rows into one image with outlines and captions.
+    """One run's row of the timeline: its title, the tiles with outlines, a caption under each.
 
     Args:
-        tiles: ``(R, N, 3, h, w)`` uint8 overlay tiles, one row per run, oldest first.
-        titles: one title per row (``"before training"``, ``"epoch 3"``, ...); a second line after ``"\n"``
-            is written smaller (``"epoch 3\nstep 120"``).
-        preds: ``(R, N)`` predicted class per tile (``-1``: not known).
-        method: the method's name, for the header.
+        overlays: ``(N, 3, H, W)`` float in [0, 1], one tile each, enlarged or reduced to :func:`tile_size`.
+        title: the row's title; a second line after a newline is written smaller (``"epoch 3\\nstep 119"``).
+        preds: ``(N,)`` predicted classes (``-1`` or ``None``: not known).
         labels: ``(N', )`` true classes of the fixed images (``N' >= N``), or ``None``.
-        boxes: ``(N', 4)`` object boxes ``x0, y0, x1, y1`` in image pixels, or ``None``.
-        masks: ``(N', H, W)`` object masks, or ``None``.
-        spurious: ``(N', H, W)`` spurious-region masks, or ``None``.
-        image_size: ``(H, W)`` of the fixed images (needed for boxes when there are no masks).
-        skipped: runs between the first row and the second that are no longer shown.
+        boxes: ``(N', 4)`` object boxes ``x0, y0, x1, y1`` in image pixels (outlined in green), or ``None``.
+        masks: ``(N', H, W)`` object masks (outlined in green, instead of the boxes), or ``None``.
+        spurious: ``(N', H, W)`` spurious-region masks (outlined in magenta), or ``None``.
+        image_size: ``(H, W)`` of the fixed images (default: the overlays').
 
     Returns:
-        ``(3, H, W)`` float32 in [0, 1].
+        ``(3, tile height + caption + gap, label column + N (tile width + gap))`` uint8.
     """
     from PIL import Image, ImageDraw
 
-    count_rows, count, _, tile_h, tile_w = tiles.shape
-    tiles = tiles.clone()
-    size = (tile_h, tile_w)
-    if image_size is None:
-        regions = masks if masks is not None else spurious
-        image_size = size if regions is None else (int(regions.shape[-2]), int(regions.shape[-1]))
-    outlines: list[Tensor | None] = []
+    count = overlays.shape[0]
+    size = tile_size(*overlays.shape[-2:])
+    tiles = _to_tiles(overlays, size)
+    image_size = tuple(overlays.shape[-2:]) if image_size is None else image_size  # type: ignore[assignment]
+    colours = torch.tensor([_OBJECT, _SPURIOUS], dtype=torch.uint8).view(2, 3, 1)
     for i in range(count):
-        ring = torch.zeros(size, dtype=torch.bool)
-        magenta = torch.zeros(size, dtype=torch.bool)
+        ring = None
         if masks is not None:
-            ring |= _outline(masks[i].bool().cpu(), size)
+            ring = _outline(masks[i].bool().cpu(), size)
         elif boxes is not None:
-            ring |= _outline(_box_region(boxes[i].cpu(), image_size), size)  # type: ignore[arg-type]
+            ring = _outline(_box_region(boxes[i].cpu(), image_size), size)  # type: ignore[arg-type]
+        if ring is not None and bool(ring.any()):
+            tiles[i][:, ring] = colours[0]
         if spurious is not None and bool(spurious[i].any()):
-            magenta = _outline(spurious[i].bool().cpu(), size)
-        outlines.append(torch.stack([ring, magenta]))
-    colours = torch.tensor([_OBJECT, _SPURIOUS], dtype=torch.uint8)
-    for i, both in enumerate(outlines):
-        assert both is not None
-        for which in range(2):
-            where = both[which]
-            if bool(where.any()):
-                tiles[:, i, :, where] = colours[which].view(1, 3, 1)
+            tiles[i][:, _outline(spurious[i].bool().cpu(), size)] = colours[1]
 
-    gap_rows = 1 if skipped > 0 and count_rows > 1 else 0
-    cell_h = tile_h + _CAPTION + _GAP
+    tile_h, tile_w = size
     width = _LABEL_WIDTH + count * (tile_w + _GAP)
-    height = _HEADER + count_rows * cell_h + gap_rows * 18
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
+    row = Image.new("RGB", (width, tile_h + _CAPTION + _GAP), "white")
+    draw = ImageDraw.Draw(row)
     font, small = _font(15), _font(12)
-    header = f"{method}: one row per CAM run" if method else "one row per CAM run"
-    if labels is not None:
-        header += " · under each image: predicted class (true class)"
-    draw.text((8, 6), header, fill="black", font=font)
-    y = _HEADER
-    for r in range(count_rows):
-        if r == 1 and gap_rows:
-            draw.text((8, y), f"… {skipped} run{'s' if skipped > 1 else ''} not shown …", fill="dimgray", font=small)
-            y += 18
-        title, _, detail = titles[r].partition("\n")
-        draw.text((8, y + tile_h // 2 - 18), title, fill="black", font=font)
-        if detail:
-            draw.text((8, y + tile_h // 2 + 2), detail, fill="dimgray", font=small)
-        for i in range(count):
-            x = _LABEL_WIDTH + i * (tile_w + _GAP)
-            canvas.paste(Image.fromarray(tiles[r, i].permute(1, 2, 0).numpy()), (x, y))
-            pred = int(preds[r, i])
-            if pred < 0:
-                continue
-            true = None if labels is None else int(labels[i])
-            text = f"pred {pred}" if true is None else f"pred {pred} (true {true})"
-            colour = "black" if true is None else _RIGHT if pred == true else _WRONG
-            draw.text((x + 2, y + tile_h + 3), text, fill=colour, font=small)
-        y += cell_h
-    array = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(height, width, 3)
-    return array.permute(2, 0, 1).float() / 255
+    heading, _, detail = title.partition("\n")
+    draw.text((8, tile_h // 2 - 18), heading, fill="black", font=font)
+    if detail:
+        draw.text((8, tile_h // 2 + 2), detail, fill="dimgray", font=small)
+    for i in range(count):
+        x = _LABEL_WIDTH + i * (tile_w + _GAP)
+        row.paste(Image.fromarray(tiles[i].permute(1, 2, 0).numpy()), (x, 0))
+        pred = -1 if preds is None else int(preds[i])
+        if pred < 0:
+            continue
+        true = None if labels is None else int(labels[i])
+        text = f"pred {pred}" if true is None else f"pred {pred} (true {true})"
+        colour = "black" if true is None else _RIGHT if pred == true else _WRONG
+        draw.text((x + 2, tile_h + 3), text, fill=colour, font=small)
+    return _to_tensor(row)
 
 
 def run_title(trainer: Trainer, hook: str, step: int) -> str:
-    """How a run's row is named: ``before training``, ``epoch 3\nstep 119`` (``step``: the logging step, the
-    one TensorBoard's slider shows), ``validate\nstep 0``, ``step 120`` (runs every ``n`` steps)."""
+    """How a run's row is named: ``before training``, ``epoch 3\\nstep 119`` (``step``: the logging step, the
+    one TensorBoard's slider shows), ``validate\\nstep 0``, ``step 120`` (runs every ``n`` steps)."""
     if hook == "on_train_start":
         return "before training"
     if trainer.state.fn == TrainerFn.VALIDATING:
@@ -306,12 +317,9 @@ def run_title(trainer: Trainer, hook: str, step: int) -> str:
     return f"epoch {trainer.current_epoch + 1}\nstep {step}"
 
 
-def render_for(timeline: Timeline, method: str, batch: FixedBatch) -> Tensor | None:
-    """``method``'s timeline for the fixed ``batch`` (its labels, boxes, masks, spurious regions), or ``None``."""
-    if timeline.runs(method) == 0:
-        return None
-    size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
-    return timeline.render(method, batch.labels, batch.boxes, batch.masks, batch.spurious, size)
+def render_for(timeline: Timeline, method: str) -> Tensor | None:
+    """``method``'s timeline image, or ``None`` before its first run."""
+    return timeline.render(method) if timeline.runs(method) else None
 
 
 def log_timeline(
@@ -336,9 +344,18 @@ def log_timeline(
         title: the row's title (:func:`run_title`).
         display: ``mean``, ``std``, ``alpha``, ``colormap`` of the overlays.
     """
-    shown = denormalize(batch.images[:COLUMNS], display["mean"], display["std"])
+    images = batch.images[:COLUMNS]
+    volumes = images.dim() == 5
+    shown = None if volumes else denormalize(images, display["mean"], display["std"])
+    regions: dict[str, Any] = {"labels": batch.labels}
+    if not volumes:  # outlines on 2-D tiles only (volumes show slices through each map's peak)
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        regions.update(boxes=batch.boxes, masks=batch.masks, spurious=batch.spurious, image_size=size)
     for name, cam in maps.items():
-        timeline.add(name, overlay(shown, cam[: len(shown)], display["alpha"], display["colormap"]), title, preds)
-        image = render_for(timeline, name, batch)
-        if image is not None:
-            writer.image(f"cam/{name}/timeline", image, step)
+        if shown is None:
+            tiles = volume_panels(images, cam[: len(images)], display["mean"], display["std"], display["alpha"],
+                                  display["colormap"])  # fmt: skip
+        else:
+            tiles = overlay(shown, cam[: len(shown)], display["alpha"], display["colormap"])
+        timeline.add(name, tiles, title, preds, **regions)
+        writer.image(f"cam/{name}/timeline", timeline.render_uint8(name), step)

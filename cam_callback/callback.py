@@ -10,6 +10,7 @@ and checkpoint summary in ``_summary``.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -19,8 +20,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -32,6 +34,7 @@ from cam_callback._checks import (
     Target,
     check_alpha,
     check_axioms,
+    check_batch_settings,
     check_batch_to_images,
     check_colormap,
     check_flag,
@@ -40,6 +43,7 @@ from cam_callback._checks import (
     check_max_overhead,
     check_mean_std,
     check_methods,
+    check_name,
     check_noise_floor,
     check_on_error,
     check_pointing_tolerance,
@@ -49,11 +53,14 @@ from cam_callback._checks import (
     check_target_layers,
     check_timeline_rows,
     check_trainer_has_images,
+    instance_names,
     layer_key,
     session_mean_std,
+    target_key,
 )
-from cam_callback._logging import CamLogWriter
+from cam_callback._logging import CamLogWriter, destination, png_run_dir
 from cam_callback._measures import measure_scalars, noise_floor_scalars
+from cam_callback._probe import probe_model
 from cam_callback._publish import from_rank_zero, log_step, publish
 from cam_callback._run import (
     drift_scalars,
@@ -63,10 +70,18 @@ from cam_callback._run import (
     metric_scalars,
     predictions,
 )
-from cam_callback._schedule import due_after_epoch, due_after_step, due_after_validation
+from cam_callback._schedule import (
+    due_after_epoch,
+    due_after_step,
+    due_after_validation,
+    never_fires,
+    repeats,
+    weights_fingerprint,
+)
 from cam_callback._shortcut import ShortcutWarning, ShortcutWatch
-from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown
+from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown, derived_name
 from cam_callback._timeline import Timeline, log_timeline, render_for, run_title
+from cam_callback._volumes import fixed_target
 
 __all__ = ["CAMCallback", "ShortcutWarning"]
 
@@ -75,13 +90,20 @@ class CAMCallback(Callback):
     """Log class activation maps of a fixed batch of images while a model trains.
 
     At the start of fitting the callback picks a fixed batch once (the first ``num_images`` samples of
-    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU. It
-    explains that batch before the first training step (the baseline), then at the end of every
-    ``every_n_epochs``-th validation epoch (or every ``every_n_steps`` optimizer steps), and logs, at the
-    step Lightning logs its own metrics at (``val_loss`` and the CAM scalars of an epoch share one step):
+    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU, then
+    probes the model: it explains the first image with the callback's methods and target, and a model it
+    cannot explain (no feature-map layer, a target layer with a ``(B, C)`` output, an output the target
+    cannot read, a class out of range, images of the wrong shape, ``mean``/``std`` that do not fit the
+    channels) stops the fit there with a ``MisconfigurationException``, before any training step. It
+    explains the batch before the first training step (the baseline), then after every
+    ``every_n_epochs``-th training epoch (at the end of the validation that follows the epoch's last
+    batch, or at the end of the epoch when there is none; mid-epoch validations do not count), or every
+    ``every_n_steps`` optimizer steps, and logs, at the step Lightning logs its own metrics at (an epoch's
+    ``val_loss`` and its CAM scalars and images share one step):
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
-      method's maps, as one image grid each;
+      method's maps, as one image grid each (volumes ``(N, C, D, H, W)``: the axial, coronal and sagittal
+      slices through each map's peak; a segmentation target: the explained mask's outline beside each);
     - ``cam/<method>/timeline``: one image whose rows are the runs so far (the first run and the last
       ``timeline_rows``) and whose columns are the first 8 fixed images, boxes/masks outlined in green,
       spurious regions in magenta, the predicted (and true) class under each tile;
@@ -105,19 +127,29 @@ class CAMCallback(Callback):
     - ``cam_cost/overhead``: the share of the training wall time spent in CAM runs so far;
     - ``cam/config``: the run's configuration, once, as text.
 
-    Every scalar is also in ``trainer.callback_metrics``, so ``ModelCheckpoint(monitor=
-    "cam_localisation/gradcam/pointing_game", mode="max")`` or ``EarlyStopping(monitor=
-    "cam_shortcut/gradcam/vs_object", mode="min", divergence_threshold=1.0)`` can act on it: runs at the
-    end of an epoch log through ``pl_module.log`` (on every rank under DDP, with rank 0's values); the
-    baseline and ``every_n_steps`` runs go to the loggers directly and into rank 0's
+    Every scalar is also in ``trainer.callback_metrics`` (under the same tag as in the loggers), so
+    ``ModelCheckpoint(monitor="cam_localisation/gradcam/pointing_game", mode="max")`` or
+    ``EarlyStopping(monitor="cam_shortcut/gradcam/vs_object", mode="min", divergence_threshold=1.0)`` can
+    act on it: runs at the end of an epoch put them there with ``pl_module.log`` (on every rank under DDP,
+    with rank 0's values); the baseline and ``every_n_steps`` runs put them into rank 0's
     ``callback_metrics``.
 
-    TensorBoard loggers get images through ``logger.experiment``; other loggers with a ``log_image``
-    method (W&B) get the grids through it; with no such logger PNGs go under ``<trainer.log_dir>/cams/``
-    and a warning says so. Only global rank zero computes and logs, on the unwrapped LightningModule.
-    The maps never change training: no ``.grad`` writes, no hooks left behind, modes, BatchNorm buffers
-    and the global RNG as found (the :mod:`cams` engine guarantees it). ``trainer.validate`` with the
-    callback attached explains the batch once at the end of validation.
+    Each logger gets the images through its own API: TensorBoard ``add_image``, MLflow ``log_image``
+    on the logger's run, Comet ``log_image``, others with a ``log_image`` method (W&B) through it; with
+    no such logger PNGs go under ``<run folder>/cams/`` (the logger's own version folder, or a new
+    ``<default_root_dir>/cams/version_<n>``), and a warning says so. Only global rank zero computes and
+    logs, on the unwrapped LightningModule. The maps never change training: no ``.grad`` writes, no
+    hooks left behind, modes, BatchNorm buffers and the global RNG as found (the :mod:`cams` engine
+    guarantees it). ``trainer.validate`` with the callback attached explains the batch once at the end
+    of validation, and adds nothing when the same weights were already logged to the same loggers
+    (``validate`` right after ``fit``). A schedule that cannot log anything after the baseline within
+    ``max_epochs``/``max_steps`` is reported by a warning at fit start.
+
+    Several CAMCallbacks can share a Trainer: each gets a name (``name=``, else one derived from
+    its configuration, e.g. ``gradcam+xgradcam-label``) that goes into its tags (``cam/<name>/gradcam``,
+    ``cam_drift/<name>/...``) and keys its checkpoint summary ``checkpoint["cam_callbacks"][name]``
+    (``explain(..., callback=name)``). A callback alone in its Trainer keeps the plain tags unless
+    given a ``name``.
 
     Args:
         method: one CAM method name (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``, ``"scorecam"``, ...;
@@ -129,12 +161,15 @@ class CAMCallback(Callback):
         every_n_steps: explain every n optimizer steps instead of per epoch.
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
-            or ``(images, labels)``.
+            or volumes ``(N, C, D, H, W)``, or ``(images, labels)``.
         target_layer: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
             spatial size > 1.
-        target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
-            (the sample's label from the batch) or a fixed class index.
+        target: what each map explains: ``"pred"`` (the model's current prediction), ``"label"``
+            (the sample's label from the batch), a fixed class index, a task target from :mod:`cams.targets`
+            (``SegmentationTarget(3)``: class 3 over its predicted mask, whose outline is logged beside each
+            overlay; ``MultiLabelTarget()``: every class above 0.5; ``DetectionTarget()``, ``EmbeddingTarget``),
+            or a callable ``output -> (N,)`` scores.
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
         eigen_smooth: keep the first principal component of the weighted activations.
         mean: per-channel normalisation mean to undo for display (default: ``datamodule.mean`` when it
@@ -144,9 +179,10 @@ class CAMCallback(Callback):
             ``image``/``label``/``boxes``/``masks``, for dataloaders whose batches are not a tensor, a
             tuple or such a dict.
         reshape_transform: passed to :class:`cams.CamEngine` (for transformers' token outputs).
-        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (else taken
-            from the batch's ``"boxes"`` key when present).
-        masks: ``(N, H, W)`` object masks for the fixed batch (else from the batch's ``"masks"`` key).
+        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels; else taken from the batch's ``"boxes"`` key when present).
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) object masks for the fixed batch (else from the
+            batch's ``"masks"`` key).
         pointing_tolerance: pixels around the object that still count as a hit in the pointing game
             (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
@@ -159,7 +195,7 @@ class CAMCallback(Callback):
         baselines: also score a centre map and a seeded random map wherever methods are scored
             (localisation, shortcut, faithfulness, ROAD).
         road: also log ROAD (remove and debias, Rong et al. 2022) per method: ``2 x 9`` imputed copies of
-            each image, scored by the model.
+            each image, scored by the model (2-D images).
         axioms: also log XGrad-CAM's conservation and sensitivity errors per channel-sum method (one
             target layer; one forward per channel of the layer).
         noise_floor: size of the input perturbation for ``cam_drift/<method>/noise_floor``, as a fraction
@@ -171,8 +207,10 @@ class CAMCallback(Callback):
             training wall time over this fraction (e.g. ``0.05``), with one warning; ``None``: no limit.
         alpha: weight of the colour map in the overlays, in ``[0, 1]``.
         colormap: OpenCV colour map name for the overlays (``"jet"``, ``"turbo"``, ``"viridis"``, ...).
-        on_error: ``"warn"`` reports a failing CAM run once, with its traceback, and skips it;
-            ``"raise"`` stops training with the error.
+        on_error: for a CAM run that fails after the fit-start probe passed: ``"warn"`` reports it once,
+            with its traceback, and skips it; ``"raise"`` stops training with the error.
+        name: a short name (letters, digits, ``_ . + -``) for this callback's tags and checkpoint summary;
+            needed only to tell several CAMCallbacks apart by a name of your choice.
 
     Raises:
         ValueError: for an unknown method (with close matches) or an invalid argument value (also
@@ -182,8 +220,9 @@ class CAMCallback(Callback):
         MisconfigurationException: at ``setup`` when there is nothing to explain (no validation data
             and no ``images``) or the target layer does not exist (with close matches; checked at fit
             start instead for modules that build layers in ``setup``/``configure_model``); before the first
-            training step when ``target="label"`` but the batch has no labels, or the batch has spurious
-            regions but no object boxes/masks.
+            training step when ``target="label"`` but the batch has no labels, when ``mean``/``std`` do not
+            fit the images' channels, when the batch has spurious regions but no object boxes/masks, or when
+            the probe cannot explain the first image (the engine's message, with the callback's settings).
         TypeError: before the first training step when a validation batch has no image tensor (pass
             ``batch_to_images``).
 
@@ -236,6 +275,7 @@ class CAMCallback(Callback):
         alpha: float = 0.5,
         colormap: str = "jet",
         on_error: Literal["warn", "raise"] = "warn",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         self.methods: tuple[str, ...] = check_methods(method, methods)
@@ -266,6 +306,8 @@ class CAMCallback(Callback):
         self._boxes = None if boxes is None else torch.as_tensor(boxes)
         self._masks = None if masks is None else torch.as_tensor(masks)
         self._spurious = None if spurious_masks is None else torch.as_tensor(spurious_masks)
+        self.name = check_name(name)
+        self._images_digest = None if self._user_batch is None else _digest(self._user_batch.images)
 
         # resumable state (state_dict / load_state_dict)
         self._batch: FixedBatch | None = None
@@ -275,12 +317,18 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self.runs = 0
         self._last_step = -1
+        self._last_fingerprint: Tensor | None = None  # the weights and the loggers of the latest run
+        self._last_destination: str | None = None
         self._timeline = None if self.timeline_rows is None else Timeline(self.timeline_rows)
         # per fit/validate session
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
         self._writer: CamLogWriter | None = None
-        self._logged_input = False
+        self._input_logged_to: str | None = None  # destination that got cam/input and cam/config
+        self._destination: str | None = None
+        self._tag_name: str | None = self.name  # the name in this Trainer's tags (None: plain "cam/...")
+        self._summary_name: str = self.name or derived_name(self)
+        self._only_one = True  # the only CAMCallback of its Trainer
         self._reported: set[str] = set()
         self._defer_layer_check = False
         self._session_mean: tuple[float, ...] | None = self.mean
@@ -292,13 +340,31 @@ class CAMCallback(Callback):
     @property
     def state_key(self) -> str:
         """Unique per configuration, so several ``CAMCallback`` instances keep separate state."""
+        extra: dict[str, Any] = {}  # only what differs from the defaults: keys of 0.1 configurations are unchanged
+        if self.name is not None:
+            extra["name"] = self.name
+        if self.every_n_epochs != 1:
+            extra["every_n_epochs"] = self.every_n_epochs
+        if self.every_n_steps is not None:
+            extra["every_n_steps"] = self.every_n_steps
+        if self._images_digest is not None:
+            extra["images"] = self._images_digest
+        elif self.num_images != 8:
+            extra["num_images"] = self.num_images
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layer),
-            target=self.target,
+            target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
+            **extra,
         )
+
+    @property
+    def tag_name(self) -> str | None:
+        """The name in this callback's tags (``cam/<name>/gradcam``): ``name=``, or with several CAMCallbacks
+        in the Trainer one derived from the configuration; ``None`` (plain ``cam/gradcam``) otherwise."""
+        return self._tag_name
 
     @property
     def fixed_images(self) -> Tensor | None:
@@ -327,7 +393,7 @@ class CAMCallback(Callback):
 
     @property
     def shortcut_alerts(self) -> dict[str, str]:
-        """Methods whose :class:`ShortcutWarning` was given this session, with when (``"After epoch 2 ..."``)."""
+        """Methods whose :class:`ShortcutWarning` was given this session, with when (``"epoch 2 (global step 40)"``)."""
         return dict(self._shortcuts.alerts)
 
     @property
@@ -337,9 +403,7 @@ class CAMCallback(Callback):
 
     def timeline_image(self, method: str) -> Tensor | None:
         """The ``cam/<method>/timeline`` image as last logged, ``(3, H, W)`` float in [0, 1] (``None`` before a run)."""
-        if self._timeline is None or self._batch is None:
-            return None
-        return render_for(self._timeline, method, self._batch)
+        return None if self._timeline is None else render_for(self._timeline, method)
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -357,16 +421,21 @@ class CAMCallback(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ensure_val_dataloaders(trainer, self._user_batch)  # every rank: Lightning's data setup has a barrier
+        self._prepare(trainer, pl_module)  # every rank: all fail alike
         if not trainer.is_global_zero:
             return
+        problem = never_fires(trainer, self.every_n_epochs, self.every_n_steps)
+        if problem is not None:
+            rank_zero_warn(problem, category=UserWarning)
         self._budget.start()
-        self._start(trainer, pl_module, baseline=True)
+        if not self._first:  # the baseline, unless resuming
+            self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_start"), "on_train_start")
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
+        if trainer.state.fn != TrainerFn.VALIDATING:
             return
-        self._start(trainer, pl_module, baseline=False)
+        self._prepare(trainer, pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -376,7 +445,10 @@ class CAMCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.enable_validation or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps):
+        if (
+            trainer.global_step == self._last_step  # explained after this epoch's validation already
+            or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
+        ):
             return
         self._run_on_every_rank(trainer, pl_module, "on_train_epoch_end")
 
@@ -404,6 +476,8 @@ class CAMCallback(Callback):
             "layer_names": self._layer_names,
             "runs": self.runs,
             "last_step": self._last_step,
+            "last_fingerprint": self._last_fingerprint,
+            "last_destination": self._last_destination,
             "timeline": None if self._timeline is None else self._timeline.state_dict(),
         }
 
@@ -417,6 +491,8 @@ class CAMCallback(Callback):
         self._layer_names = state_dict.get("layer_names")
         self.runs = int(state_dict.get("runs", 0))
         self._last_step = int(state_dict.get("last_step", -1))
+        self._last_fingerprint = state_dict.get("last_fingerprint")
+        self._last_destination = state_dict.get("last_destination")
         if self._timeline is not None and state_dict.get("timeline") is not None:
             self._timeline.load_state_dict(state_dict["timeline"])
 
@@ -424,7 +500,11 @@ class CAMCallback(Callback):
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["cam_callback"] = checkpoint_summary(self, pl_module)
+        summary = checkpoint_summary(self, pl_module)
+        if self._only_one:  # the layout explain has always read
+            checkpoint["cam_callback"] = summary
+        else:  # one summary per CAMCallback: explain(..., callback=name) chooses
+            checkpoint.setdefault("cam_callbacks", {})[self._summary_name] = summary
 
     # ------------------------------------------------------------------ helpers
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -435,28 +515,56 @@ class CAMCallback(Callback):
         )
         if not self._defer_layer_check:
             check_target_layers(pl_module, self.target_layer)
+        siblings = [cb for cb in trainer.callbacks if isinstance(cb, CAMCallback)]
+        names = instance_names([(cb.name, derived_name(cb)) for cb in siblings])
+        self._only_one = len(siblings) <= 1
+        mine = [n for cb, n in zip(siblings, names, strict=True) if cb is self]
+        self._summary_name = mine[0] if mine else self.name or derived_name(self)
+        self._tag_name = self.name if self._only_one else self._summary_name
         datamodule = getattr(trainer, "datamodule", None)
         self._session_mean, self._session_std = session_mean_std(self.mean, self.std, datamodule)
-        log_dir = trainer.log_dir  # every rank: it broadcasts
         self._engine = self._engine_module = None
-        self._logged_input = False
         self._writer = None
+        self._destination = None
         self._shortcuts = ShortcutWatch(self.shortcut_ratio)
         if trainer.is_global_zero:
-            self._writer = CamLogWriter(trainer.loggers, log_dir)
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
             if self._writer.png_dir is not None:
                 rank_zero_warn(
-                    "CAMCallback: no logger takes images (TensorBoardLogger or one with `log_image`); "
+                    "CAMCallback: no logger takes images (TensorBoard, MLflow, Comet or one with `log_image`); "
                     f"the CAM grids are written as PNG files under {self._writer.png_dir}",
                     category=UserWarning,
                 )
 
-    def _start(self, trainer: Trainer, pl_module: LightningModule, baseline: bool) -> None:
-        """Choose the fixed batch once; explain it before the first training step unless resuming."""
-        if self._batch is None:
-            self._batch = self._choose_batch(trainer)
-        if baseline and not self._first:
-            self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_start"), "on_train_start")
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Choose the fixed batch once and probe the model with it on global rank zero (see ``_probe``);
+        call on every rank: a failure on rank zero is raised on every rank, before any training step."""
+        error: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                if self._batch is None:
+                    self._batch = self._choose_batch(trainer)
+                check_batch_settings(self._batch, self.faithfulness, self.road)
+                probe_model(self, trainer, pl_module)
+            except Exception as err:
+                error = err
+        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise MisconfigurationException(f"CAMCallback failed on global rank 0: {message}")
+
+    def _repeats(self, pl_module: LightningModule) -> bool:
+        """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit."""
+        if not repeats(weights_fingerprint(pl_module), self._destination or "", self._last_fingerprint,
+                       self._last_destination):  # fmt: skip
+            return False
+        rank_zero_info(
+            f"CAMCallback: the weights have not changed since the run at global step {self._last_step}, which "
+            "these loggers already have; nothing new to log"
+        )
+        return True
 
     def _choose_batch(self, trainer: Trainer) -> FixedBatch:
         return choose_batch(
@@ -471,12 +579,17 @@ class CAMCallback(Callback):
         )
 
     def _run_on_every_rank(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
-        """Rank 0 runs; every rank logs rank 0's scalars (monitoring callbacks run on every rank)."""
-        scalars = self._run(trainer, pl_module, hook) if trainer.is_global_zero else None
+        """Rank 0 runs (unless ``validate`` would only repeat the latest run); every rank then logs rank 0's
+        scalars into its ``callback_metrics`` (monitoring callbacks run on every rank) and records the step."""
+        scalars = None
+        if trainer.is_global_zero and not (trainer.state.fn == TrainerFn.VALIDATING and self._repeats(pl_module)):
+            scalars = self._run(trainer, pl_module, hook)
         self._publish(trainer, pl_module, from_rank_zero(trainer, scalars), hook)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._last_step = trainer.global_step  # on every rank, so every rank takes the same decisions
 
     def _publish(self, trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float], hook: str) -> None:
-        publish(trainer, pl_module, self._writer, scalars, log_step(trainer, hook), hook)
+        publish(trainer, pl_module, self._writer, scalars, log_step(trainer, hook), hook, self._tag_name)
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
         """One CAM run within the cost budget; a failure is reported once and skipped (``on_error="warn"``) or
@@ -514,7 +627,8 @@ class CAMCallback(Callback):
         if self._batch is None:
             self._batch = self._choose_batch(trainer)
         if self._writer is None:
-            self._writer = CamLogWriter(trainer.loggers, None)
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
         batch, writer, step = self._batch, self._writer, log_step(trainer, hook)
         plugin = trainer.precision_plugin
         x = plugin.convert_input(batch.images.to(pl_module.device))
@@ -522,24 +636,21 @@ class CAMCallback(Callback):
         targets = engine_targets(batch, self.target, x.device)
         with plugin.forward_context():
             result = engine(
-                x,
-                methods=self.methods,
-                targets=targets,
-                aug_smooth=self.aug_smooth,
-                eigen_smooth=self.eigen_smooth,
+                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
             )
+        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
         self._layer_names = list(engine.layer_names) or None
         maps = {m: result[m].detach().float().cpu() for m in self.methods}
         preds = predictions(result, self.target)
 
         mean, std = self._session_mean, self._session_std
-        if not self._logged_input:
+        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
             log_config_and_input(writer, config_markdown(config(self)), batch.images, mean, std, step)
-            self._logged_input = True
-        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap)
+            self._input_logged_to = self._destination
+        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap, fixed)
         scalars = self._drift_scalars(maps, preds)
-        scalars.update(metric_scalars(self, trainer, pl_module, x, result))
-        scalars.update(measure_scalars(self, trainer, pl_module, x, result))
+        scalars.update(metric_scalars(self, trainer, pl_module, x, result, None if fixed is targets else fixed))
+        scalars.update(measure_scalars(self, trainer, pl_module, x, result, None if fixed is targets else fixed))
         if self.noise_floor is not None:
             scalars.update(noise_floor_scalars(self, trainer, engine, x, result, targets))
         if self._timeline is not None:
@@ -557,6 +668,8 @@ class CAMCallback(Callback):
         self._previous = maps
         self._previous_preds = preds
         self._last_step = trainer.global_step
+        self._last_fingerprint = weights_fingerprint(pl_module)
+        self._last_destination = self._destination
         self.runs += 1
         return scalars
 
@@ -569,3 +682,9 @@ class CAMCallback(Callback):
 
     def _drift_scalars(self, maps: dict[str, Tensor], preds: Tensor | None) -> dict[str, float]:
         return drift_scalars(maps, preds, self._first, self._previous, self._previous_preds)
+
+
+def _digest(images: Tensor) -> str:
+    """A short, stable digest of a tensor's values (the ``state_key`` of ``images=``)."""
+    raw = images.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]

@@ -167,13 +167,6 @@ def test_runs_every_n_steps_share_the_step_of_the_training_loss(make_trainer) ->
     assert "cam_drift/gradcam/vs_first" in trainer.callback_metrics
 
 
-def test_trainer_validate_returns_the_cam_scalars(make_trainer) -> None:
-    cam = CAMCallback(num_images=4, target="label", **QUIET)
-    trainer = make_trainer([cam])
-    (result,) = trainer.validate(TinyNet(), datamodule=QuadrantData(as_dict=True), verbose=False)
-    assert "val_loss" in result and "cam_localisation/gradcam/pointing_game" in result
-
-
 # ---------------------------------------------------------------------------------------------- baselines
 def test_baselines_are_scored_like_the_methods_beside_them(make_trainer) -> None:
     recorder = RecordingLogger()

@@ -109,7 +109,8 @@ def axioms(
     Args:
         model: the classifier; run in eval mode and left as found (modes, ``.grad``, hooks, global RNG).
         x: images ``(B, C, H, W)`` as the model takes them.
-        target_layer: the layer (a module or a dotted name) whose output is ``(B, C, h, w)``.
+        target_layer: the layer (a module or a dotted name) whose output is ``(B, C, h, w)`` (volumes:
+            ``(B, C, d, h, w)``).
         method: a method that weighs channels and sums them (not Eigen-CAM's projection).
         targets: as in :class:`cams.CamEngine` (``None``: each image's predicted class).
         batch_size: ablated copies per forward (default: up to 256 MiB of them).
@@ -151,8 +152,11 @@ def axioms(
             (grad,) = torch.autograd.grad(score.sum(), records.outputs, allow_unused=True)
             grads = [torch.zeros_like(records.outputs[0]) if grad is None else grad.float()]
         raw = records.values[0].detach()
-        if raw.dim() != 4:
-            raise ValueError(f"target_layer={name!r} gives {tuple(raw.shape)}; the axioms need (B, C, h, w)")
+        if raw.dim() != x.dim():
+            raise ValueError(
+                f"target_layer={name!r} gives {tuple(raw.shape)}; the axioms need feature maps (B, C, *spatial) "
+                f"like the input {tuple(x.shape)}"
+            )
         scores = score.detach().float()
         state = Pass(model, x, [(name, module)], [raw], [raw.float()], grads, target, scores, batch_size)
         weighted = spec.weigh(*(state.get(input_name, 0) for input_name in spec.inputs))
