@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,8 +35,8 @@ from torch import nn
 
 from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
 from cams.methods import CamMethod, get_method
-from cams.ops import EigenSign, minmax, resize, sum_or_project
-from cams.passes import Pass, score_rows
+from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
+from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, score_rows
 from cams.state import frozen_model, model_device
 from cams.targets import Target, Targets, resolve_targets
 
@@ -126,19 +127,21 @@ class CamEngine:
     def __call__(
         self,
         x: torch.Tensor,
-        methods: str | Sequence[str] = "gradcam",
+        methods: str | CamMethod | Sequence[str | CamMethod] = "gradcam",
         targets: Targets = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         batch_size: int | None = None,
         eigen_sign: EigenSign = "max",
+        seed: int | torch.Generator = 0,
     ) -> CamMaps:
         """Compute maps for every method in ``methods`` on the batch ``x`` (B, C, H, W) or (B, C, D, H, W).
 
         Args:
             x: input batch on any device (moved to the model's device; maps come back on ``x.device``).
                 Works inside ``torch.no_grad()``/``torch.inference_mode()`` and on inference tensors.
-            methods: one name or several (see :data:`cams.METHODS`).
+            methods: one name or several (see :data:`cams.METHODS`), or methods with options
+                (:meth:`cams.CamMethod.with_options`).
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
                 class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
                 ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
@@ -153,6 +156,10 @@ class CamEngine:
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (the solver's sign, as the reference).
+            seed: where the randomised methods (Smooth Grad-CAM++, SS-CAM, RandomCAM, ...) draw from: an int
+                (default 0: the same maps at every call), or a ``torch.Generator``, from which one number is
+                drawn per call (successive calls then differ). Each random input gets its own generator
+                derived from it; the global RNG is never used.
 
         Returns:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
@@ -164,17 +171,24 @@ class CamEngine:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if eigen_sign not in ("max", "none"):
             raise ValueError(f"eigen_sign must be 'max' or 'none'; got {eigen_sign!r}")
+        base_seed = _seed(seed)
         out_device = x.device
         device = model_device(self.model)
         with grad_capable(), frozen_model(self.model):
             x = prepare(x, device)
-            if self._layers is None:
+            if self._layers is None and any(s.needs_layers for s in specs):
                 self._layers = [auto_layer(self.model, x[:1])]
+            for spec in specs:
+                if spec.needs_layers and len(self._layers or []) < spec.min_layers:
+                    raise ValueError(
+                        f"{spec.name} combines the maps of at least {spec.min_layers} target layers; got "
+                        f"{self.layer_names}: pass target_layers=[...] with more layers"
+                    )
             batch = x.shape[0]
             if aug_smooth:
                 x = torch.cat([_augment(x, flip, f) for flip in (False, True) for f in _AUG_FACTORS])
                 targets = _repeat_targets(targets, len(_AUG_FACTORS) * 2, batch)
-            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch)
+            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed)
             if aug_smooth:
                 maps = {k: _deaugment(v, batch) for k, v in maps.items()}
                 plain = slice(batch, 2 * batch)  # (no flip, factor 1.0)
@@ -194,14 +208,23 @@ class CamEngine:
         batch_size: int | None,
         sign: EigenSign,
         block: int,
+        seed: int = 0,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
-        assert self._layers is not None
-        modules = [m for _, m in self._layers]
+        layer_list = self._layers if any(s.needs_layers for s in specs) else []
+        assert layer_list is not None
+        modules = [m for _, m in layer_list]
+        inputs = {name for s in specs for name in s.inputs}
         needs_grads = any(s.needs_grads for s in specs)
         needs_target = any(s.needs_target for s in specs)
+        keep_graph = bool(inputs & GRAPH_INPUTS)
+        second_order = bool(inputs & SECOND_ORDER_INPUTS)
         rows = torch.arange(x.shape[0], device=x.device)
 
-        with capture(modules, self.layer_names, grad=needs_grads) as records, torch.no_grad():
+        with contextlib.ExitStack() as stack:
+            names = [name for name, _ in layer_list]
+            records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
+            taps = {name: stack.enter_context(TAPS[name](self.model, layer_list)) for name in inputs & TAPS.keys()}
+            stack.enter_context(torch.no_grad())
             output = self.model(x)
         logits = output.detach().float() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
 
@@ -212,29 +235,37 @@ class CamEngine:
             target = resolve_targets(targets, x.shape[0], output)
             score_per_row = score_rows(target, output, rows, block)
             if needs_grads:
-                grads = _gradients(score_per_row, records.outputs, self.layer_names)
+                grads = _gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [v.detach() for v in records.values]
+        needs_maps = bool(inputs - MAP_FREE_INPUTS)
         state = Pass(
             model=self.model,
             x=x,
-            layers=self._layers,
+            layers=layer_list,
             raw=raw,
-            acts=[self._feature_map(v).float() for v in raw],
-            grads=[self._feature_map(g).float() for g in grads] if grads is not None else None,
+            acts=[self._feature_map(v).float() for v in raw] if needs_maps else [],
+            grads=[self._feature_map(g.detach()).float() for g in grads] if grads is not None else None,
             target=target,
             scores=scores,
             batch_size=batch_size,
             to_feature_map=self.reshape_transform,
+            output=output,
+            outputs=records.outputs,
+            graph_grads=grads if second_order else None,
+            taps=taps,
+            seed=seed,
+            block=block,
+            eigen_smooth=eigen_smooth,
+            eigen_sign=sign,
         )
 
-        per_method: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}
-        for i in range(len(self._layers)):
-            for spec in specs:
-                weighted = spec.weigh(*(state.get(name, i) for name in spec.inputs))
-                cam = sum_or_project(weighted, spec.project or eigen_smooth, sign).clamp_min(0)
-                per_method[spec.name].append(resize(minmax(cam), tuple(x.shape[2:])))
-        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)) for k, v in per_method.items()}
+        size = tuple(x.shape[2:])
+        maps = {}
+        for spec in specs:
+            layers = range(len(layer_list)) if spec.per_layer else range(1)
+            per_layer = [_layer_map(spec, state, i, size, eigen_smooth, sign) for i in layers]
+            maps[spec.name] = aggregate_layers(per_layer, spec.aggregate)
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
@@ -252,16 +283,42 @@ class CamEngine:
 
 
 # ---------------------------------------------------------------------- helpers
-def _methods(methods: str | Sequence[str]) -> list[CamMethod]:
-    names = [methods] if isinstance(methods, str) else list(methods)
+def _methods(methods: str | CamMethod | Sequence[str | CamMethod]) -> list[CamMethod]:
+    names = [methods] if isinstance(methods, (str, CamMethod)) else list(methods)
     if not names:
         raise ValueError("methods: got an empty selection; pass a name such as 'gradcam'")
     specs: list[CamMethod] = []
     for name in names:
         spec = get_method(name, argument="methods")
-        if spec not in specs:
-            specs.append(spec)
+        if spec in specs:
+            continue
+        if any(s.name == spec.name for s in specs):
+            raise ValueError(
+                f"methods: {spec.name!r} is given twice with different options; one call gives one map per name"
+            )
+        specs.append(spec)
     return specs
+
+
+def _seed(seed: int | torch.Generator) -> int:
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 1 << 62, (1,), generator=seed, device=seed.device).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or a torch.Generator; got {seed!r}")
+    return seed
+
+
+def _layer_map(
+    spec: CamMethod, state: Pass, i: int, size: tuple[int, ...], eigen_smooth: bool, sign: EigenSign
+) -> torch.Tensor:
+    """One layer's map of ``spec``: weigh, sum or project, ReLU, min-max, resize to ``size``."""
+    args = [state.get(name, i, dict(spec.options)) for name in spec.inputs]
+    out = spec.weigh(*args, **spec.kwargs_for(spec.weigh))
+    project = spec.project or eigen_smooth
+    cam = out if spec.returns_map else sum_or_project(out, project, spec.eigen_sign or sign)
+    if spec.relu:
+        cam = cam.clamp_min(0)
+    return resize(minmax(cam.float()), size)
 
 
 def _check_input(x: Any) -> torch.Tensor:
@@ -278,13 +335,16 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _gradients(scores: torch.Tensor, records: list[torch.Tensor], names: list[str]) -> list[torch.Tensor]:
+def _gradients(
+    scores: torch.Tensor, records: list[torch.Tensor], names: list[str], keep: bool = False, second_order: bool = False
+) -> list[torch.Tensor]:
     if not scores.requires_grad:
         raise RuntimeError(
             f"the target score does not depend on the target layers {names}; choose layers that the "
             "output is computed from (and a target that is not detached)"
         )
-    grads = torch.autograd.grad(scores.sum(), records, allow_unused=True)
+    grads = torch.autograd.grad(scores.sum(), records, allow_unused=True, retain_graph=keep or second_order,
+                                create_graph=second_order)  # fmt: skip
     return [torch.zeros_like(r) if g is None else g for r, g in zip(records, grads, strict=True)]
 
 
