@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="package.module.ClassName of the LightningModule, for checkpoints without CAMCallback state",
     )
     ex.add_argument(
+        "--callback",
+        metavar="NAME",
+        help="which CAMCallback's settings to use, for a checkpoint of a Trainer with several (their names)",
+    )
+    ex.add_argument(
         "--trusted",
         action="store_true",
         help="load the checkpoint with full unpickling (weights_only=False); only for files you trust",
@@ -130,6 +135,7 @@ def _explain(args: argparse.Namespace) -> list[str]:
         device=args.device,
         model=model,
         trusted=args.trusted,
+        callback=args.callback,
     )
     files = result.save(out_dir)
     lines = [

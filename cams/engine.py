@@ -155,7 +155,9 @@ class CamEngine:
                 accelerators) and Ablation-CAM
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
-                positive) or ``"none"`` (the solver's sign, as the reference).
+                positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
+                pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
+                reproduce the reference's eigen maps).
             seed: where the randomised methods (Smooth Grad-CAM++, SS-CAM, RandomCAM, ...) draw from: an int
                 (default 0: the same maps at every call), or a ``torch.Generator``, from which one number is
                 drawn per call (successive calls then differ). Each random input gets its own generator
@@ -318,7 +320,7 @@ def _layer_map(
     cam = out if spec.returns_map else sum_or_project(out, project, spec.eigen_sign or sign)
     if spec.relu:
         cam = cam.clamp_min(0)
-    return resize(minmax(cam.float()), size)
+    return resize(minmax(cam), size).float()
 
 
 def _check_input(x: Any) -> torch.Tensor:

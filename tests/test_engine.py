@@ -15,7 +15,7 @@ from cams import METHODS, CamEngine, get_method, guided_backprop, guided_gradcam
 from cams.ops import first_principal_component
 
 # every method that runs on one convolutional target layer (legrad needs transformer blocks, refinecam two layers)
-ALL = sorted(name for name in METHODS if name not in ("legrad", "refinecam"))
+ALL = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and "legrad" not in m.inputs)
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam"]
 
 
