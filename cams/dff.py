@@ -6,11 +6,13 @@ embeddings in channel space and ``H`` (K, B·h·w) where each concept is, image 
 head on the concepts to name them.
 
 Example:
-    >>> import torch, torchvision
-    >>> model = torchvision.models.resnet18(num_classes=10)
-    >>> result = deep_feature_factorization(model, torch.randn(2, 3, 64, 64), "layer4", 3, head=model.fc)
+    >>> import torch
+    >>> from torch import nn
+    >>> features = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2), nn.ReLU())
+    >>> model = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    >>> result = deep_feature_factorization(model, torch.randn(2, 3, 32, 32), "0", 3, head=model[3])
     >>> result.concepts.shape, result.maps.shape, result.scores.shape
-    (torch.Size([512, 3]), torch.Size([2, 3, 64, 64]), torch.Size([3, 10]))
+    (torch.Size([16, 3]), torch.Size([2, 3, 32, 32]), torch.Size([3, 10]))
 """
 
 from __future__ import annotations

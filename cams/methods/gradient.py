@@ -144,7 +144,7 @@ def smooth_grad_cam_plus_plus(acts: torch.Tensor, moments: torch.Tensor) -> torc
 
     Example:
         >>> g = torch.ones(1, 1, 2, 2)  # a = 1 / (2 + 4), α = 4 a
-        >>> smooth_grad_cam_plus_plus(g, torch.stack([g, g, g])).flatten().round(decimals=4).tolist()
+        >>> [round(v, 4) for v in smooth_grad_cam_plus_plus(g, torch.stack([g, g, g])).flatten().tolist()]
         [0.6667, 0.6667, 0.6667, 0.6667]
     """
     d1, d2, d3 = moments
