@@ -17,7 +17,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -62,7 +63,8 @@ def nmf(
     scikit-learn's ``NMF(solver="cd")`` (Cichocki & Phan 2009): each iteration updates every column of ``W``,
     then every row of ``H``, by one exact coordinate step ``w ← max(0, w − ∇/∇²)``; it stops when the
     summed projected gradient falls below ``tol`` times the first iteration's. The rows of a column are
-    updated together (they do not interact), so an iteration is ``2K`` batched tensor operations. The
+    updated together (they do not interact), so an iteration is ``2K`` batched tensor operations (run on one
+    CPU thread, restored afterwards: at these sizes a thread pool's wake-ups cost more than it saves). The
     initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
     from ``generator``.
 
@@ -86,13 +88,29 @@ def nmf(
         w, h = w.to(x.device), h.to(x.device)
     ht = h.T.contiguous()
     iterations, first = 0, None
-    for iterations in range(1, max_iter + 1):  # noqa: B007
-        violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
-        if first is None:
-            first = violation
-        if first == 0 or violation / first <= tol:
-            break
+    with _one_thread(x.device):
+        for iterations in range(1, max_iter + 1):  # noqa: B007
+            violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
+            if first is None:
+                first = violation
+            if first == 0 or violation / first <= tol:
+                break
     return w, ht.T.contiguous(), iterations
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run on one CPU thread, restored on exit: the descent is thousands of small products, for which waking a
+    thread pool costs more than the arithmetic (and, on a loaded machine, milliseconds per product)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _sweep(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
+from cams.hooks import Records, auto_layer, capture, find_layer, grad_capable, prepare
 from cams.methods import CamMethod, get_method
 from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
 from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, score_rows
@@ -222,12 +222,14 @@ class CamEngine:
         second_order = bool(inputs & SECOND_ORDER_INPUTS)
         rows = torch.arange(x.shape[0], device=x.device)
 
-        with contextlib.ExitStack() as stack:
-            names = [name for name, _ in layer_list]
-            records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
-            taps = {name: stack.enter_context(TAPS[name](self.model, layer_list)) for name in inputs & TAPS.keys()}
-            stack.enter_context(torch.no_grad())
-            output = self.model(x)
+        records, taps, output = Records(0), {}, None
+        if needs_target or layer_list:  # the Sobel map alone needs no forward
+            with contextlib.ExitStack() as stack:
+                names = [name for name, _ in layer_list]
+                records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
+                taps = {n: stack.enter_context(TAPS[n](self.model, layer_list)) for n in inputs & TAPS.keys()}
+                stack.enter_context(torch.no_grad())
+                output = self.model(x)
         logits = output.detach().float() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
 
         target = None
