@@ -71,8 +71,9 @@ def attention_tap(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> 
         for i, attention in enumerate(attentions):
             if isinstance(attention, nn.MultiheadAttention):
                 _check_mha(attention, layers[i][0])
-                handles.append(attention.register_forward_pre_hook(_ask_for_weights(tap, i), with_kwargs=True))
-                handles.append(attention.register_forward_hook(_replay(tap, i), with_kwargs=True))
+                asked: dict[str, tuple[bool, bool]] = {}
+                handles.append(attention.register_forward_pre_hook(_ask_for_weights(asked), with_kwargs=True))
+                handles.append(attention.register_forward_hook(_replay(tap, i, asked), with_kwargs=True))
             else:
                 flags.append((attention, attention.fused_attn))
                 attention.fused_attn = False
@@ -99,14 +100,15 @@ def _record(tap: AttentionTap, i: int) -> Callable[..., None]:
     return hook
 
 
-def _ask_for_weights(tap: AttentionTap, i: int) -> Callable[..., Any]:
-    """Make ``nn.MultiheadAttention`` return per-head probabilities (``need_weights=True``, not averaged)."""
+def _ask_for_weights(asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
+    """Make ``nn.MultiheadAttention`` return per-head probabilities (``need_weights=True``, not averaged);
+    remember in ``asked`` what the caller wanted back."""
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         args, kwargs = list(args), dict(kwargs)
         requested = args[4] if len(args) > 4 else kwargs.get("need_weights", True)
         averaged = args[6] if len(args) > 6 else kwargs.get("average_attn_weights", True)
-        module._cams_returns = (bool(requested), bool(averaged))  # type: ignore[assignment]
+        asked["returns"] = (bool(requested), bool(averaged))
         if len(args) > 4:
             args[4] = True
         else:
@@ -120,11 +122,11 @@ def _ask_for_weights(tap: AttentionTap, i: int) -> Callable[..., Any]:
     return hook
 
 
-def _replay(tap: AttentionTap, i: int) -> Callable[..., Any]:
+def _replay(tap: AttentionTap, i: int, asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
     """Recompute the attention output from the returned probabilities, so that the output depends on them."""
 
     def hook(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        requested, averaged = module.__dict__.pop("_cams_returns", (True, True))
+        requested, averaged = asked.pop("returns", (True, True))
         query, value = args[0], args[2] if len(args) > 2 else kwargs["value"]
         if query is not value and not torch.equal(query, value):
             raise ValueError("legrad: only self-attention blocks are supported (query, key and value must match)")

@@ -161,6 +161,21 @@ def test_training_with_randomised_methods_in_the_callback_is_bitwise_identical(t
 
 
 # ----------------------------------------------------------------------------- shared passes, batched samples
+def test_methods_of_activations_and_gradients_share_the_one_forward_and_backward(net, x, monkeypatch):
+    grads = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: grads.append(1) or real(*a, **k))
+    rows, handle = count_forwards(net)
+    try:
+        shared = ["gradcam", "segeigencam", "fem", "kpcacam", "cam", "randomcam"]
+        CamEngine(net, "features")(x, methods=shared)
+        assert (rows, len(grads)) == ([2], 1)
+        CamEngine(net, "features")(x, methods=["gradcam", "shapleycam", "finercam"])
+        assert (rows, len(grads)) == ([2, 2], 1 + 3)  # + the Hessian-vector product, + Finer-CAM's own score
+    finally:
+        handle.remove()
+
+
 def test_smooth_gradcampp_puts_all_noisy_copies_in_one_forward_and_one_backward(net, x, monkeypatch):
     grads = []
     real = torch.autograd.grad

@@ -312,7 +312,7 @@ def test_smooth_gradcampp_draws_torchcams_noise_and_differs_only_where_torchcam_
     assert 1e-3 < (ours - theirs).abs().max() < 0.2
 
 
-SCORE_NETS = (("resnet18", "layer2"), ("squeezenet1_1", "features.4"))
+SCORE_NETS = (("resnet18", "layer1"), ("squeezenet1_1", "features.1"))  # 64 channels: 2·64·N forwards a side
 
 
 @pytest.mark.parametrize(("net", "layer"), SCORE_NETS)
@@ -333,8 +333,8 @@ def test_sscam_matches_torchcam_with_the_same_noise(net, layer, monkeypatch):
 @pytest.mark.parametrize(("net", "layer"), SCORE_NETS)
 def test_iscam_matches_torchcam(net, layer):
     m, x = model(net), image(32)
-    ours = CamEngine(m, layer)(x, methods=get_method("iscam").with_options(num_samples=3), targets=CLASSES)["iscam"]
-    with tc.ISCAM(m, layer, batch_size=64, num_samples=3, input_shape=(3, 32, 32)) as extractor, torch.no_grad():
+    ours = CamEngine(m, layer)(x, methods=get_method("iscam").with_options(num_samples=2), targets=CLASSES)["iscam"]
+    with tc.ISCAM(m, layer, batch_size=64, num_samples=2, input_shape=(3, 32, 32)) as extractor, torch.no_grad():
         m(x)
         theirs = torchcam_map(extractor(class_idx=CLASSES), (32, 32))
     assert_parity(ours, theirs, f"{net}/iscam")

@@ -46,13 +46,12 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
     if image.shape[-1] < 2 or image.shape[-2] < 2:
         raise ValueError(f"sobel: the image must be at least 2×2; got {tuple(image.shape[-2:])}")
     image = image.float()
-    if image.shape[1] == 3:
-        grey = sum(w * image[:, i] for i, w in enumerate(_LUMA))[:, None]
-    else:
-        grey = image.mean(dim=1, keepdim=True)
-    padded = F.pad(grey, (1, 1, 1, 1), mode="reflect")
-    smooth = torch.tensor([1.0, 2.0, 1.0], device=image.device)
-    diff = torch.tensor([-1.0, 0.0, 1.0], device=image.device)
-    kernels = torch.stack([torch.outer(smooth, diff), torch.outer(diff, smooth)])[:, None]
-    gx, gy = F.conv2d(padded, kernels).abs().unbind(1)
+    channels = image.shape[1]
+    luma = torch.tensor(_LUMA) if channels == 3 else torch.full((channels,), 1.0 / channels)
+    smooth = torch.tensor([1.0, 2.0, 1.0])
+    diff = torch.tensor([-1.0, 0.0, 1.0])
+    sobel_xy = torch.stack([torch.outer(smooth, diff), torch.outer(diff, smooth)])  # (2, 3, 3)
+    # grey conversion and both Sobel kernels in one convolution: weight[o, c] = luma_c · K_o
+    weight = (sobel_xy[:, None] * luma[None, :, None, None]).to(image.device)
+    gx, gy = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), weight).abs().unbind(1)
     return 0.5 * gx + 0.5 * gy

@@ -200,7 +200,7 @@ def sess_maps(
         result = engine(stacked[rows], methods=base, targets=target, eigen_smooth=p.eigen_smooth,
                         eigen_sign=p.eigen_sign, batch_size=p.batch_size, seed=p.seed)  # fmt: skip
         maps.append(result[base.name])
-        scores.append(_patch_scores(result.logits, target, use_softmax_scores))
+        scores.append(_patch_scores(result, target, use_softmax_scores))
     patch_maps = torch.cat(maps).view(batch, count, window, window)
     weights, kept = _patch_weights(torch.cat(scores).view(batch, count).clamp_min(0), pre_filter_ratio)
     weighted = patch_maps * weights[:, :, None, None]
@@ -227,12 +227,16 @@ def sess_maps(
     return gaussian_blur(fused) if smooth else fused
 
 
-def _patch_scores(logits: torch.Tensor | None, target: Target, softmax: bool) -> torch.Tensor:
-    if logits is None:
-        raise ValueError("sess: the model output is not (B, classes) logits; SESS weighs patches by their score")
-    rows = torch.arange(len(logits), device=logits.device)
-    values = logits_of(logits, "targets").float()
-    return target(values.softmax(dim=1) if softmax else values, rows).float()
+def _patch_scores(result: Any, target: Target, softmax: bool) -> torch.Tensor:
+    """Each patch's weight before scaling: the target on the softmax of the logits, or the target score itself."""
+    if not softmax and result.scores is not None:
+        return result.scores.float()
+    if result.logits is None:
+        raise ValueError("sess: use_softmax_scores needs (B, classes) logits; the model returns something else — "
+                         "pass get_method('sess').with_options(use_softmax_scores=False)")  # fmt: skip
+    rows = torch.arange(len(result.logits), device=result.logits.device)
+    logits = logits_of(result.logits, "targets").float()
+    return target(logits.softmax(dim=1) if softmax else logits, rows).float()
 
 
 def _patch_weights(scores: torch.Tensor, pre_filter_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
