@@ -93,6 +93,7 @@ class CamMethod:
         min_layers: the fewest target layers the method works with (RefineCAM: 2).
         eigen_sign: a sign rule the method fixes for its principal component (Seg-Eigen-CAM: ``"max"``);
             ``None`` follows the call's ``eigen_sign``.
+        volumes: works on volumes ``(B, C, D, H, W)`` as on images (not the Sobel map, SESS's windows, LeGrad).
     """
 
     name: str
@@ -110,6 +111,7 @@ class CamMethod:
     aggregate: Aggregate = "mean"
     min_layers: int = 1
     eigen_sign: EigenSign | None = None
+    volumes: bool = True
 
     @property
     def needs_grads(self) -> bool:
@@ -217,12 +219,12 @@ _BASE_METHODS: tuple[CamMethod, ...] = (
               "Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf", title="Ablation-CAM"),
     CamMethod("legrad", legrad, ("legrad",), "attention",
               "1 forward (shared) + 1 partial backward per block", "https://arxiv.org/abs/2404.03214",
-              title="LeGrad", returns_map=True, per_layer=False,
+              title="LeGrad", returns_map=True, per_layer=False, volumes=False,
               options={"score_projection": None, "prefix_tokens": None}),
     CamMethod("randomcam", random_cam, ("acts", "random_weights"), "baseline", "1 forward (shared)", _PGC,
               title="RandomCAM"),
     CamMethod("sobel", sobel, ("image",), "baseline", "no forward (the input's Sobel edges)", _PGC,
-              title="Sobel CAM", returns_map=True, per_layer=False),
+              title="Sobel CAM", returns_map=True, per_layer=False, volumes=False),
 )  # fmt: skip
 
 
@@ -297,6 +299,7 @@ def sess(base: CamMethod) -> CamMethod:
         options={"base": base, **SESS_OPTIONS},
         returns_map=True,
         per_layer=False,
+        volumes=False,
     )
 
 
