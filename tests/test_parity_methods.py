@@ -6,7 +6,7 @@ allows 1e-4 per pixel unless the docstring of the test states why and by how muc
 Error analysis behind the 1e-4: every map is a min-max scaled float32 map; the two sides sum the same
 products in different orders (numpy vs torch, cv2 vs torch resizing), which leaves ~1e-6 relative error
 on the unnormalised map, amplified by 1/(max − min) at worst ~10 for these models; the largest error
-measured is 2.6e-5 (DFF, whose factorisation iterates ~100 times on it).
+measured is 2.2e-5 (KPCA-CAM on regnet_y_400mf: scikit-learn solves the kernel eigenproblem in float32).
 
 torchcam returns maps at the layer's resolution; the engine resizes every map to the input and min-max
 scales it again (as pytorch-grad-cam does). torchcam's maps are compared after the same two steps,
@@ -71,7 +71,10 @@ def run_pgc(cam: object, *args: object, **kwargs: object) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- pytorch-grad-cam
-PGC_NETS = {"resnet18": ("layer4", ["layer3", "layer4"]), "convnext_tiny": ("features.5", ["features.3", "features.5"])}
+PGC_NETS = {
+    "resnet18": ("layer4", ["layer3", "layer4"]),
+    "regnet_y_400mf": ("trunk_output.block3", ["trunk_output.block3", "trunk_output.block4"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +175,16 @@ def test_refinecam_matches_pytorch_grad_cam(pgc_zoo, net):
 
 @pytest.mark.parametrize("net", list(PGC_NETS))
 def test_sess_matches_pytorch_grad_cam(pgc_zoo, net):
-    """Three scales keep it small: 1 + 4 + 4 windows of 64 px per image."""
+    """Three scales keep it small: 1 + 4 + 4 windows of 64 px per image.
+
+    SESS averages each pixel over the patches whose map is above ``theta`` there, 0 by default. Where a base
+    map is zero in exact arithmetic (its ReLU'd channel sum cancels), the two libraries' roundings leave 0 on
+    one side and ±1e-12 on the other, and the pixel's count of patches, hence its mean, changes: on
+    regnet_y_400mf at scale 80 one pixel's count moves one image's map by 0.10. With ``theta = 1e-3`` no
+    value is within rounding of the threshold, and the maps agree to 1e-6."""
     m, (layer, _) = pgc_zoo[net], PGC_NETS[net]
     x = image(64)
-    options = {"scales": (64, 80, 96)}
+    options = {"scales": (64, 80, 96)} if net == "resnet18" else {"scales": (64, 80, 96), "theta": 1e-3}
     ours = CamEngine(m, layer)(x, methods=get_method("sess").with_options(**options), targets=CLASSES)["sess"]
     theirs = run_pgc(pgc.SESS(m, [find_layer(m, layer)], **options), x, [ClassifierOutputTarget(c) for c in CLASSES])
     assert_parity(ours, theirs, f"{net}/sess")
@@ -197,7 +206,7 @@ def test_deep_feature_factorization_matches_pytorch_grad_cam_from_the_same_start
     m, (layer, _) = pgc_zoo[net], PGC_NETS[net]
     x = image(64)
     k = 4
-    head = getattr(m, "fc", None)
+    head = m.fc if net == "resnet18" else None  # the classifier reads resnet18's layer4, not regnet's block3
     reference = DeepFeatureFactorization(m, find_layer(m, layer), computation_on_concepts=head)
     out = reference(x, k)
     reference.activations_and_grads.release()
@@ -292,7 +301,7 @@ def test_smooth_gradcampp_draws_torchcams_noise_and_differs_only_where_torchcam_
     The maps differ by design: torchcam's weights use ReLU of the *last* noisy sample's gradient, and its
     map the *last* noisy sample's activations (its hooks overwrite the clean ones); the paper (Eq. 13–15)
     and the engine use the mean gradient D¹ and the clean activations. With 4 samples of σ = 0.3 the
-    difference measured is 3.6e-2 (resnet18) and 6.8e-2 (other networks) per pixel."""
+    largest difference per pixel measured here is 9.2e-2 (resnet18) and 1.7e-1 (regnet_y_400mf)."""
     m, x = model(net), image(64)
     seen: dict[str, list[torch.Tensor]] = {"ours": [], "torchcam": []}
     monkeypatch.setattr(Pass, "generator", lambda self, name, layer=0: torch.Generator().manual_seed(11))
@@ -309,7 +318,7 @@ def test_smooth_gradcampp_draws_torchcams_noise_and_differs_only_where_torchcam_
         handle.remove()
     assert len(seen["ours"]) == 2  # the shared forward, then all 4 × 2 noisy copies at once
     assert torch.equal(seen["ours"][1], torch.cat(seen["torchcam"][1:]))
-    assert 1e-3 < (ours - theirs).abs().max() < 0.2
+    assert 1e-3 < (ours - theirs).abs().max() < 0.5
 
 
 SCORE_NETS = (("resnet18", "layer1"), ("squeezenet1_1", "features.1"))  # 64 channels: 2·64·N forwards a side
@@ -415,8 +424,9 @@ class FullResolution(nn.Module):
 def test_refinecam_matches_torchcam_when_no_map_needs_resizing(widths):
     """torchcam multiplies the layers' maps at the largest layer's resolution and leaves the resizing to the
     user; pytorch-grad-cam (and the engine) resize each to the input first, then multiply. Bilinear resizing
-    does not commute with the product, so the two differ (by 0.12–0.17 per pixel on resnet18 and densenet121
-    between layer3 and layer4); where no map needs resizing they are the same."""
+    does not commute with the product, so the two differ (by 0.12 and 0.17 per pixel on resnet18's
+    layer3 × layer4 and densenet121's denseblock3 × features, 96² inputs); where no map needs resizing they are
+    the same."""
     torch.manual_seed(0)
     m, x = FullResolution(widths).eval(), image(16)
     layers = [f"features.{2 * i + 1}" for i in range(1, len(widths))]
