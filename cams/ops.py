@@ -123,6 +123,8 @@ def aggregate_layers(maps: list[torch.Tensor], how: str = "mean") -> torch.Tenso
         >>> aggregate_layers([a, b]).round(decimals=3).tolist(), aggregate_layers([a, b], "product").tolist()
         ([[[0.0, 1.0, 0.5]]], [[[0.0, 0.9999998807907104, 0.0]]])
     """
+    if len(maps) == 1:  # the mean of one map clamped at 0 (it is already in [0, 1]) is the map itself
+        return minmax(maps[0])
     if how == "product":
         product = minmax(maps[0])
         for m in maps[1:]:

@@ -47,6 +47,7 @@ __all__ = [
     "TAPS",
     "Pass",
     "ablated_scores",
+    "accepted_options",
     "finer_gradients",
     "masked_input_scores",
 ]
@@ -98,7 +99,7 @@ class Pass:
     def get(self, name: str, layer: int, options: dict[str, Any] | None = None) -> torch.Tensor:
         """The input ``name`` for target layer number ``layer``, computed once per set of options it takes."""
         provider = PROVIDERS[name]
-        accepted = _keyword_only(provider)
+        accepted = accepted_options(provider)
         kwargs = {k: v for k, v in (options or {}).items() if accepted is None or k in accepted}
         key = (name, layer, *sorted(kwargs.items(), key=lambda kv: kv[0]))
         try:
@@ -155,8 +156,13 @@ def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     return ablated_scores(p.model, module, p.x, raw, p.target, batch_size)
 
 
-def _keyword_only(fn: Callable[..., Any]) -> frozenset[str] | None:
-    """The option names ``fn`` takes (``None``: all, it has ``**options``)."""
+def accepted_options(fn: Callable[..., Any]) -> frozenset[str] | None:
+    """The option names ``fn`` takes: its keyword-only parameters (``None``: all, it has ``**options``).
+
+    Example:
+        >>> sorted(accepted_options(lambda acts, *, k, gamma=None: acts))
+        ['gamma', 'k']
+    """
     params = inspect.signature(fn).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None

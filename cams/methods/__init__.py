@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -51,6 +50,7 @@ from cams.methods.gradient import (
 from cams.methods.perturbation import ablation_cam, is_cam, score_cam, ss_cam
 from cams.names import close_matches
 from cams.ops import EigenSign
+from cams.passes import accepted_options
 
 __all__ = ["METHODS", "CamMethod", "get_method"]
 
@@ -157,12 +157,8 @@ class CamMethod:
 
     def kwargs_for(self, fn: Callable[..., Any]) -> dict[str, Any]:
         """The options ``fn`` takes: those named by its keyword-only parameters."""
-        return {k: v for k, v in self.options.items() if k in _keyword_only(fn)}
-
-
-def _keyword_only(fn: Callable[..., Any]) -> frozenset[str]:
-    params = inspect.signature(fn).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        accepted = accepted_options(fn)
+        return {k: v for k, v in self.options.items() if accepted is None or k in accepted}
 
 
 _GRADIENT = ("acts", "grads")

@@ -51,7 +51,6 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
     smooth = torch.tensor([1.0, 2.0, 1.0])
     diff = torch.tensor([-1.0, 0.0, 1.0])
     sobel_xy = torch.stack([torch.outer(smooth, diff), torch.outer(diff, smooth)])  # (2, 3, 3)
-    # grey conversion and both Sobel kernels in one convolution: weight[o, c] = luma_c · K_o
-    weight = (sobel_xy[:, None] * luma[None, :, None, None]).to(image.device)
-    gx, gy = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), weight).abs().unbind(1)
-    return 0.5 * gx + 0.5 * gy
+    # grey conversion, both Sobel kernels and the ½ in one convolution: weight[o, c] = ½ luma_c · K_o
+    weight = (0.5 * sobel_xy[:, None] * luma[None, :, None, None]).to(image.device)
+    return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), weight).abs().sum(dim=1)
