@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch import LightningModule
 
 from cam_callback._checks import layer_key, layer_names_of
+from cam_callback._module_class import source_of
 
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
@@ -28,7 +29,7 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "methods": list(callback.methods),
         "target_layers": callback._layer_names
         if callback._layer_names is not None
-        else layer_key(callback.target_layer),
+        else layer_key(callback.target_layers),
         "target": callback.target,
         "num_images": None if batch is None else len(batch),
         "input_size": None if batch is None else list(batch.images.shape[1:]),
@@ -59,14 +60,15 @@ def checkpoint_summary(callback: CAMCallback, pl_module: LightningModule) -> dic
     cls = type(pl_module)
     if callback._layer_names is not None:
         layers: list[str] = list(callback._layer_names)
-    elif callback.target_layer is not None:
-        layers = layer_names_of(pl_module, callback.target_layer)
+    elif callback.target_layers is not None:
+        layers = layer_names_of(pl_module, callback.target_layers)
     else:
         layers = []
     batch = callback._batch
     return {
         "version": CHECKPOINT_VERSION,
         "module_class": f"{cls.__module__}.{cls.__qualname__}",
+        **source_of(cls),  # module_file(_relative): a class defined in a script is loaded back from it
         "target_layers": layers,
         "methods": list(callback.methods),
         "input_size": None if batch is None else [int(v) for v in batch.images.shape[1:]],

@@ -40,6 +40,7 @@ from cam_callback._checks import (
     check_target_layers,
     check_trainer_has_images,
     layer_key,
+    layers_argument,
     session_mean_std,
 )
 from cam_callback._logging import CamLogWriter
@@ -96,9 +97,10 @@ class CAMCallback(Callback):
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
             or ``(images, labels)``.
-        target_layer: the layer(s) to explain: a dotted name relative to the LightningModule
+        target_layers: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
-            spatial size > 1.
+            spatial size > 1. The same name as :class:`cams.CamEngine`'s and pytorch-grad-cam's.
+        target_layer: accepted as another name for ``target_layers`` (torchcam's); give one of the two.
         target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
             (the sample's label from the batch) or a fixed class index.
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
@@ -157,6 +159,7 @@ class CAMCallback(Callback):
         every_n_steps: int | None = None,
         num_images: int = 8,
         images: Tensor | tuple[Tensor, Tensor] | None = None,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
         target_layer: LayerSpec | Sequence[LayerSpec] | None = None,
         target: Target = "pred",
         aug_smooth: bool = False,
@@ -181,7 +184,7 @@ class CAMCallback(Callback):
         self.num_images = check_positive_int("num_images", num_images)
         self.pointing_tolerance = check_pointing_tolerance(pointing_tolerance)
         self.target: Target = check_target(target)
-        self.target_layer = check_layers(target_layer)
+        self.target_layers = check_layers(layers_argument(target_layers, target_layer))
         self.aug_smooth = check_flag("aug_smooth", aug_smooth)
         self.eigen_smooth = check_flag("eigen_smooth", eigen_smooth)
         self.faithfulness = check_flag("faithfulness", faithfulness)
@@ -220,11 +223,16 @@ class CAMCallback(Callback):
         """Unique per configuration, so several ``CAMCallback`` instances keep separate state."""
         return self._generate_state_key(
             methods=list(self.methods),
-            target_layer=layer_key(self.target_layer),
+            target_layer=layer_key(self.target_layers),
             target=self.target,
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
         )
+
+    @property
+    def target_layer(self) -> list[LayerSpec] | None:
+        """Alias of :attr:`target_layers` (the engine's and pytorch-grad-cam's name)."""
+        return self.target_layers
 
     @property
     def fixed_images(self) -> Tensor | None:
@@ -262,7 +270,7 @@ class CAMCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._defer_layer_check:
             return
-        check_target_layers(pl_module, self.target_layer)
+        check_target_layers(pl_module, self.target_layers)
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -348,7 +356,7 @@ class CAMCallback(Callback):
             "setup", pl_module
         )
         if not self._defer_layer_check:
-            check_target_layers(pl_module, self.target_layer)
+            check_target_layers(pl_module, self.target_layers)
         datamodule = getattr(trainer, "datamodule", None)
         self._session_mean, self._session_std = session_mean_std(self.mean, self.std, datamodule)
         log_dir = trainer.log_dir  # every rank: it broadcasts
@@ -435,7 +443,7 @@ class CAMCallback(Callback):
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:
-            layers = self._layer_names or self.target_layer  # restored names keep a resumed run's layer
+            layers = self._layer_names or self.target_layers  # restored names keep a resumed run's layer
             self._engine = cams.CamEngine(pl_module, target_layers=layers, reshape_transform=self.reshape_transform)
             self._engine_module = pl_module
         return self._engine

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cams import METHODS
-from cams.io import InputError, OneLineParser, check_output_dir, exit_code
+from cams.io import InputError, OneLineParser, ProgressPrinter, check_output_dir, exit_code
 
 __all__ = ["build_parser", "main"]
 
@@ -55,10 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-id", type=int, help="class to explain (default: the callback's fixed class, else the predicted one)"
     )
     ex.add_argument(
+        "--target-layers",
         "--target-layer",
-        action="append",
+        dest="target_layers",
+        action="extend",
+        nargs="+",
         metavar="NAME",
-        help="dotted layer name; repeat for several (default: the checkpoint's layers)",
+        help="dotted layer name(s) (default: the checkpoint's layers)",
+    )
+    ex.add_argument(
+        "--score",
+        choices=("logit", "probability"),
+        default="logit",
+        help="what the maps explain: the class's logit (default) or its softmax probability; both are printed",
     )
     ex.add_argument(
         "--aug-smooth",
@@ -76,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the files (created)")
     ex.add_argument(
         "--model-class",
-        metavar="PATH",
-        help="package.module.ClassName of the LightningModule, for checkpoints without CAMCallback state",
+        metavar="CLASS",
+        help="the LightningModule class: path/to/script.py:ClassName or package.module.ClassName "
+        "(default: the class the checkpoint names, imported by name or loaded from the script that defined it)",
     )
     ex.add_argument(
         "--trusted",
@@ -114,30 +124,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain(args: argparse.Namespace) -> list[str]:
-    from .explain import _import_class, explain
+    from .explain import explain
 
     out_dir = check_output_dir(args.output_dir)
-    model = _import_class(args.model_class, f"--model-class {args.model_class!r}") if args.model_class else None
     result = explain(
         args.checkpoint,
         list(args.images),
         args.method,
         methods=args.methods,
         target=args.class_id,
-        target_layer=args.target_layer,
+        target_layers=args.target_layers,
+        score=args.score,
         aug_smooth=args.aug_smooth,
         eigen_smooth=args.eigen_smooth,
         device=args.device,
-        model=model,
+        model=args.model_class,
         trusted=args.trusted,
+        progress=ProgressPrinter(),
     )
     files = result.save(out_dir)
     lines = [
-        f"{image}: class {int(c)} (score {float(s):.4g})"
-        for image, c, s in zip(args.images, result.classes, result.scores, strict=True)
+        f"{image}: class {int(c)} (logit {float(s):.4g}, probability {float(p):.3g})"
+        for image, c, s, p in zip(args.images, result.classes, result.scores, result.probabilities, strict=True)
     ]
     lines.append(
-        f"methods {', '.join(result.methods)} on layer {', '.join(result.target_layers)}: "
+        f"methods {', '.join(result.methods)} on layer {', '.join(result.target_layers)}, explaining each "
+        f"class's {result.score}: "
         f"wrote {len(files)} files to {out_dir}"
     )
     return lines

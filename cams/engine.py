@@ -35,7 +35,7 @@ from torch import nn
 from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
 from cams.methods import CamMethod, get_method
 from cams.ops import EigenSign, minmax, resize, sum_or_project
-from cams.passes import Pass, score_rows
+from cams.passes import Pass, Progress, score_rows
 from cams.state import frozen_model, model_device
 from cams.targets import Target, Targets, resolve_targets
 
@@ -132,6 +132,7 @@ class CamEngine:
         eigen_smooth: bool = False,
         batch_size: int | None = None,
         eigen_sign: EigenSign = "max",
+        progress: Progress | None = None,
     ) -> CamMaps:
         """Compute maps for every method in ``methods`` on the batch ``x`` (B, C, H, W) or (B, C, D, H, W).
 
@@ -153,6 +154,10 @@ class CamEngine:
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (the solver's sign, as the reference).
+            progress: called as ``progress(step, done, total)`` after each chunk of the long passes
+                (Score-CAM's masked forwards, Ablation-CAM's ablated ones), ``step`` naming the method and
+                layer; ``None`` (default) reports nothing. The command lines pass a printer
+                (:class:`cams.io.ProgressPrinter`).
 
         Returns:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
@@ -174,7 +179,7 @@ class CamEngine:
             if aug_smooth:
                 x = torch.cat([_augment(x, flip, f) for flip in (False, True) for f in _AUG_FACTORS])
                 targets = _repeat_targets(targets, len(_AUG_FACTORS) * 2, batch)
-            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch)
+            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, progress)
             if aug_smooth:
                 maps = {k: _deaugment(v, batch) for k, v in maps.items()}
                 plain = slice(batch, 2 * batch)  # (no flip, factor 1.0)
@@ -194,6 +199,7 @@ class CamEngine:
         batch_size: int | None,
         sign: EigenSign,
         block: int,
+        progress: Progress | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
         assert self._layers is not None
         modules = [m for _, m in self._layers]
@@ -226,6 +232,7 @@ class CamEngine:
             scores=scores,
             batch_size=batch_size,
             to_feature_map=self.reshape_transform,
+            progress=progress,
         )
 
         per_method: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}

@@ -27,7 +27,10 @@ from torch import nn
 from cams.hooks import replacing_output
 from cams.targets import Target, select_rows
 
-__all__ = ["PROVIDERS", "Pass", "ablated_scores", "masked_input_scores"]
+__all__ = ["PROVIDERS", "Pass", "Progress", "ablated_scores", "masked_input_scores"]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(step, done, total)``: how far a long pass is (``step`` names the method and layer)."""
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Pass:
         target: the target of each row of ``x``.
         scores: ``(B,)`` target scores of the plain forward (``None`` when no method needs a target).
         batch_size: rows per forward for the perturbation passes (``None``: their defaults).
+        progress: told how far the perturbation passes are (``None``: nothing is reported).
     """
 
     model: nn.Module
@@ -56,6 +60,7 @@ class Pass:
     scores: torch.Tensor | None
     batch_size: int | None = None
     to_feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    progress: Progress | None = None
     _cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, layer: int) -> torch.Tensor:
@@ -64,6 +69,13 @@ class Pass:
         if key not in self._cache:
             self._cache[key] = PROVIDERS[name](self, layer)
         return self._cache[key]
+
+    def reporter(self, method: str, layer: int) -> Callable[[int, int], None] | None:
+        """``(done, total) -> None`` telling :attr:`progress` about ``method`` on layer ``layer``."""
+        if self.progress is None:
+            return None
+        step, report = f"{method} on {self.layers[layer][0]}", self.progress
+        return lambda done, total: report(step, done, total)
 
 
 def _acts(p: Pass, i: int) -> torch.Tensor:
@@ -82,7 +94,7 @@ def _scores(p: Pass, i: int) -> torch.Tensor:
 
 def _mask_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
-    return masked_input_scores(p.model, p.x, p.acts[i], p.target, p.batch_size)
+    return masked_input_scores(p.model, p.x, p.acts[i], p.target, p.batch_size, p.reporter("scorecam", i))
 
 
 def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
@@ -98,7 +110,7 @@ def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     if batch_size is None:
         per_row = raw[0].numel() * raw.element_size()
         batch_size = max(1, min(raw.shape[1], (256 << 20) // per_row))
-    return ablated_scores(p.model, module, p.x, raw, p.target, batch_size)
+    return ablated_scores(p.model, module, p.x, raw, p.target, batch_size, p.reporter("ablationcam", i))
 
 
 PROVIDERS: dict[str, Callable[[Pass, int], torch.Tensor]] = {
@@ -112,7 +124,12 @@ PROVIDERS: dict[str, Callable[[Pass, int], torch.Tensor]] = {
 
 
 def masked_input_scores(
-    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, target: Target, batch_size: int | None
+    model: nn.Module,
+    x: torch.Tensor,
+    acts: torch.Tensor,
+    target: Target,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Score-CAM: target score of ``x`` masked by each upsampled, min-max scaled channel → (B, C).
 
@@ -120,7 +137,8 @@ def masked_input_scores(
     where small batches stay in cache, 64 elsewhere); on the CPU the masked images go in channels-last
     layout, which oneDNN convolves faster. A channel that is constant over the map gives an
     all-zero mask, hence the same all-zero input for every image: it is scored once, not once per
-    channel (ReLU layers of trained networks have many such channels).
+    channel (ReLU layers of trained networks have many such channels). ``progress(done, total)`` is
+    called after each chunk, counting masked images.
     """
     on_cpu = x.device.type == "cpu"
     if batch_size is None:
@@ -150,6 +168,8 @@ def masked_input_scores(
             hi = flat.max(1).values.view(shape)
             mask = (mask - lo) / (hi - lo + 1e-8)
             scores[job] = target(model((x[b] * mask.to(x.dtype)).contiguous(memory_format=layout)), b).float()
+            if progress is not None:
+                progress(start + len(job), len(jobs))
     return scores.view(batch, channels)
 
 
@@ -165,7 +185,13 @@ def _expand_rows(output: Any, n: int) -> Any:
 
 
 def ablated_scores(
-    model: nn.Module, module: nn.Module, x: torch.Tensor, raw: torch.Tensor, target: Target, batch_size: int
+    model: nn.Module,
+    module: nn.Module,
+    x: torch.Tensor,
+    raw: torch.Tensor,
+    target: Target,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Ablation-CAM: target score with each channel of ``module``'s output ablated → (B, C).
 
@@ -173,6 +199,7 @@ def ablated_scores(
     runs on the single source image: the layers before the target run once per chunk instead of once
     per ablated channel, and broadcasting carries any skip connection around the target. Models where
     that cannot work (the forward fails or returns a different batch) fall back to a repeated input.
+    ``progress(done, total)`` is called after each chunk, counting ablated channels over the batch.
     """
     batch, channels = raw.shape[:2]
     scores = torch.empty(batch, channels, device=x.device)
@@ -200,6 +227,8 @@ def ablated_scores(
                     with replacing_output(module, ablated):
                         output = model(repeated)
                 scores[b, index] = target(output, rows).float()
+                if progress is not None:
+                    progress(b * channels + int(index[-1]) + 1, batch * channels)
     return scores
 
 

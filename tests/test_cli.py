@@ -125,7 +125,7 @@ def _unsafe(ckpt: Path, tmp_path: Path) -> str:
         ("missing image", r"image '.*nope.png': no such file"),
         ("not an image", r"notes.png' is not an image"),
         ("unknown method", r"'gradcamm' is not a known CAM method; did you mean 'gradcam'"),
-        ("unknown layer", r"target_layer: .*'features.9'.*did you mean"),
+        ("unknown layer", r"target_layers: .*'features.9'.*did you mean"),
         ("class id out of range", r"target: targets \[7\] out of range for a model with 3 classes: class index 7"),
         ("unknown flag", r"unrecognized arguments: --colour"),
     ],

@@ -128,16 +128,16 @@ def test_save_writes_heatmap_overlay_pngs_raw_maps_and_summary(ckpt, tmp_path):
 
 def test_checkpoint_without_cam_state_asks_for_model(ckpt, tmp_path, x):
     bare = _edited(ckpt, tmp_path, lambda c: c.pop("cam_callback"))
-    with pytest.raises(InputError, match=r"no 'cam_callback' state.*pass model="):
+    with pytest.raises(InputError, match=r"no 'cam_callback' state.*--model-class path/to/script.py:ClassName.*model="):
         explain(bare, x)
 
 
 def test_model_class_or_instance_supplies_the_model_for_a_plain_checkpoint(ckpt, tmp_path, x):
     bare = _edited(ckpt, tmp_path, lambda c: c.pop("cam_callback"))
     reference = _engine_maps(ckpt, x, "gradcam")["gradcam"]
-    from_class = explain(bare, x, "gradcam", model=tiny.TinyNet, target_layer=tiny.LAYER)
+    from_class = explain(bare, x, "gradcam", model=tiny.TinyNet, target_layers=tiny.LAYER)
     instance = tiny.TinyNet()  # fresh weights: explain loads the checkpoint's into it
-    from_instance = explain(bare, x, "gradcam", model=instance, target_layer=tiny.LAYER)
+    from_instance = explain(bare, x, "gradcam", model=instance, target_layers=tiny.LAYER)
     assert torch.allclose(from_class.maps["gradcam"], reference, atol=1e-6)
     assert torch.allclose(from_instance.maps["gradcam"], reference, atol=1e-6)
 
@@ -156,8 +156,8 @@ def test_unimportable_module_class_is_named(ckpt, tmp_path, x):
 
 
 def test_unknown_layer_and_method_suggest_close_matches(ckpt, x):
-    with pytest.raises(InputError, match=r"target_layer: .*'features.30'.*did you mean"):
-        explain(ckpt, x, target_layer="features.30")
+    with pytest.raises(InputError, match=r"target_layers: .*'features.30'.*did you mean"):
+        explain(ckpt, x, target_layers="features.30")
     with pytest.raises(InputError, match=r"gradcam\+\+\+.*did you mean"):
         explain(ckpt, x, "gradcam+++")
 
