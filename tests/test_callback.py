@@ -9,7 +9,6 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from conftest import MEAN, STD, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
@@ -18,6 +17,7 @@ import cams
 from cam_callback import CAMCallback
 from cam_callback._module_class import source_of
 from cams import CamEngine, metrics
+from conftest import MEAN, STD, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 
 
 class StepRecorder(L.Callback):
@@ -373,3 +373,11 @@ def test_state_dict_round_trips_into_a_new_callback() -> None:
     assert torch.equal(target.first_maps["gradcam"], source.first_maps["gradcam"])
     assert torch.equal(target.last_maps["gradcam"], source.last_maps["gradcam"])
     assert target.runs == 4
+
+
+def test_target_layers_is_the_engines_name_and_target_layer_an_alias() -> None:
+    assert CAMCallback(target_layers="features.3").target_layers == ["features.3"]
+    alias = CAMCallback(target_layer=["features.0", "features.3"])
+    assert alias.target_layers == alias.target_layer == ["features.0", "features.3"]
+    with pytest.raises(ValueError, match=r"target_layers='a', target_layer='b'.*one argument under two names"):
+        CAMCallback(target_layers="a", target_layer="b")

@@ -186,3 +186,31 @@ def test_missing_files_raise_file_not_found(ckpt, tmp_path):
         explain(tmp_path / "nope.ckpt", skimage.data.camera())
     with pytest.raises(FileNotFoundError, match=r"image .*nope.png.*no such file"):
         explain(ckpt, tmp_path / "nope.png")
+
+
+def test_scores_are_logits_with_their_probabilities_and_probability_maps_are_on_request(ckpt, x):
+    from cams.targets import ClassTarget
+
+    model = tiny.TinyNet.load_from_checkpoint(ckpt, weights_only=True).eval()
+    with torch.no_grad():
+        logits = model(x)
+    by_logit = explain(ckpt, x, "gradcam")
+    rows = torch.arange(len(x))
+    assert by_logit.score == "logit"
+    assert torch.allclose(by_logit.scores, logits[rows, by_logit.classes], atol=1e-5)
+    assert torch.allclose(by_logit.probabilities, logits.softmax(1)[rows, by_logit.classes], atol=1e-6)
+    by_probability = explain(ckpt, x, "gradcam", score="probability")
+    expected = CamEngine(model, tiny.LAYER)(x, "gradcam", targets=ClassTarget(by_logit.classes, softmax=True))
+    assert by_probability.score == "probability"
+    assert torch.allclose(by_probability.maps["gradcam"], expected["gradcam"], atol=1e-6)
+    assert torch.allclose(by_probability.scores, by_logit.scores)
+    assert torch.equal(by_probability.classes, by_logit.classes)
+    with pytest.raises(InputError, match=r"score='prob': expected 'logit' or 'probability'"):
+        explain(ckpt, x, score="prob")
+
+
+def test_target_layer_is_another_name_for_target_layers(ckpt, x):
+    same = explain(ckpt, x, "gradcam", target_layer=tiny.LAYER)
+    assert torch.equal(same.maps["gradcam"], explain(ckpt, x, "gradcam", target_layers=tiny.LAYER).maps["gradcam"])
+    with pytest.raises(InputError, match="one argument under two names"):
+        explain(ckpt, x, target_layers=tiny.LAYER, target_layer=tiny.LAYER)
