@@ -8,6 +8,7 @@ the checkpoint) and the display normalisation a session uses (``session_mean_std
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -32,12 +33,14 @@ __all__ = [
     "check_layers",
     "check_mean_std",
     "check_methods",
+    "check_name",
     "check_on_error",
     "check_pointing_tolerance",
     "check_positive_int",
     "check_target",
     "check_target_layers",
     "check_trainer_has_images",
+    "instance_names",
     "layer_key",
     "layer_names_of",
     "layers_argument",
@@ -213,7 +216,50 @@ def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBa
     return batch
 
 
+def check_name(name: Any) -> str | None:
+    """``None``, or a name usable inside a tag and a file name (letters, digits, ``_ . + -``)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ValueError(
+            f"CAMCallback(name={name!r}): expected a short name of letters, digits, '_', '.', '+' or '-', "
+            "e.g. 'val' or 'ood'"
+        )
+    return name
+
+
 # ---------------------------------------------------------------------- the Trainer and the model, at setup
+def instance_names(configs: Sequence[tuple[str | None, str]]) -> list[str]:
+    """One distinct name per CAMCallback of a Trainer, from ``(name=, name derived from the configuration)``.
+
+    A ``name=`` given is kept (two equal ones are an error); a derived name that another instance already
+    has gets ``-2``, ``-3``, ... in the order of ``trainer.callbacks``.
+
+    Raises:
+        MisconfigurationException: two callbacks were given the same ``name``.
+
+    Example:
+        >>> instance_names([(None, "gradcam"), ("ood", "gradcam"), (None, "gradcam")])
+        ['gradcam', 'ood', 'gradcam-2']
+    """
+    given = [name for name, _ in configs if name is not None]
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise MisconfigurationException(
+            f"Several CAMCallbacks in one Trainer have name={repeated[0]!r}; give each a different name"
+        )
+    names: list[str] = []
+    for name, derived in configs:
+        if name is None:
+            name, count = derived, 1
+            while name in names or name in given:
+                count += 1
+                name = f"{derived}-{count}"
+        names.append(name)
+    return names
+
+
+
 def check_trainer_has_images(trainer: Trainer, stage: str, user_batch: FixedBatch | None) -> None:
     """Fitting needs validation data or the user's ``images`` to take the fixed batch from."""
     if stage == TrainerFn.FITTING and user_batch is None and not trainer.enable_validation:

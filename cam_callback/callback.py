@@ -7,6 +7,7 @@ where it goes in ``_logging``, and the configuration and checkpoint summary in `
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -15,8 +16,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -33,17 +35,20 @@ from cam_callback._checks import (
     check_layers,
     check_mean_std,
     check_methods,
+    check_name,
     check_on_error,
     check_pointing_tolerance,
     check_positive_int,
     check_target,
     check_target_layers,
     check_trainer_has_images,
+    instance_names,
     layer_key,
     layers_argument,
     session_mean_std,
 )
-from cam_callback._logging import CamLogWriter
+from cam_callback._logging import CamLogWriter, destination, png_run_dir
+from cam_callback._probe import probe_model
 from cam_callback._run import (
     drift_scalars,
     engine_targets,
@@ -52,8 +57,15 @@ from cam_callback._run import (
     metric_scalars,
     predictions,
 )
-from cam_callback._schedule import due_after_epoch, due_after_step, due_after_validation
-from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown
+from cam_callback._schedule import (
+    due_after_epoch,
+    due_after_step,
+    due_after_validation,
+    never_fires,
+    repeats,
+    weights_fingerprint,
+)
+from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown, derived_name
 
 __all__ = ["CAMCallback"]
 
@@ -62,10 +74,15 @@ class CAMCallback(Callback):
     """Log class activation maps of a fixed batch of images while a model trains.
 
     At the start of fitting the callback picks a fixed batch once (the first ``num_images`` samples of
-    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU. It
-    explains that batch before the first training step (the baseline), then at the end of every
-    ``every_n_epochs``-th validation epoch (or every ``every_n_steps`` optimizer steps), and logs, at
-    ``trainer.global_step``:
+    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU, then
+    probes the model: it explains the first image with the callback's methods and target, and a model it
+    cannot explain (no feature-map layer, a target layer with a ``(B, C)`` output, an output the target
+    cannot read, a class out of range, images of the wrong shape, ``mean``/``std`` that do not fit the
+    channels) stops the fit there with a ``MisconfigurationException``, before any training step. It
+    explains the batch before the first training step (the baseline), then after every
+    ``every_n_epochs``-th training epoch (at the end of the validation that follows the epoch's last
+    batch, or at the end of the epoch when there is none; mid-epoch validations do not count), or every
+    ``every_n_steps`` optimizer steps, and logs, at ``trainer.global_step``:
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
       method's maps, as one image grid each;
@@ -79,12 +96,22 @@ class CAMCallback(Callback):
       (rank correlation with the maps of a re-initialised copy: high means the map ignores the weights);
     - ``cam/config``: the run's configuration, once, as text.
 
-    TensorBoard loggers get images through ``logger.experiment``; other loggers with a ``log_image``
-    method (W&B) get the grids through it; with no such logger PNGs go under ``<trainer.log_dir>/cams/``
-    and a warning says so. Only global rank zero computes and logs, on the unwrapped LightningModule.
-    The maps never change training: no ``.grad`` writes, no hooks left behind, modes, BatchNorm buffers
-    and the global RNG as found (the :mod:`cams` engine guarantees it). ``trainer.validate`` with the
-    callback attached explains the batch once at the end of validation.
+    Each logger gets the images through its own API: TensorBoard ``add_image``, MLflow ``log_image``
+    on the logger's run, Comet ``log_image``, others with a ``log_image`` method (W&B) through it; with
+    no such logger PNGs go under ``<run folder>/cams/`` (the logger's own version folder, or a new
+    ``<default_root_dir>/cams/version_<n>``), and a warning says so. Only global rank zero computes and
+    logs, on the unwrapped LightningModule. The maps never change training: no ``.grad`` writes, no
+    hooks left behind, modes, BatchNorm buffers and the global RNG as found (the :mod:`cams` engine
+    guarantees it). ``trainer.validate`` with the callback attached explains the batch once at the end
+    of validation, and adds nothing when the same weights were already logged to the same loggers
+    (``validate`` right after ``fit``). A schedule that cannot log anything after the baseline within
+    ``max_epochs``/``max_steps`` is reported by a warning at fit start.
+
+    Several CAMCallbacks can share a Trainer: each gets a name (``name=``, else one derived from
+    its configuration, e.g. ``gradcam+xgradcam-label``) that goes into its tags (``cam/<name>/gradcam``,
+    ``cam_drift/<name>/...``) and keys its checkpoint summary ``checkpoint["cam_callbacks"][name]``
+    (``explain(..., callback=name)``). A callback alone in its Trainer keeps the plain tags unless
+    given a ``name``.
 
     Args:
         method: one CAM method name (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``, ``"scorecam"``, ...;
@@ -121,8 +148,10 @@ class CAMCallback(Callback):
         sanity_check: also log the parameter-randomisation similarity of each method's maps.
         alpha: weight of the colour map in the overlays, in ``[0, 1]``.
         colormap: OpenCV colour map name for the overlays (``"jet"``, ``"turbo"``, ``"viridis"``, ...).
-        on_error: ``"warn"`` reports a failing CAM run once, with its traceback, and skips it;
-            ``"raise"`` stops training with the error.
+        on_error: for a CAM run that fails after the fit-start probe passed: ``"warn"`` reports it once,
+            with its traceback, and skips it; ``"raise"`` stops training with the error.
+        name: a short name (letters, digits, ``_ . + -``) for this callback's tags and checkpoint summary;
+            needed only to tell several CAMCallbacks apart by a name of your choice.
 
     Raises:
         ValueError: for an unknown method (with close matches) or an invalid argument value.
@@ -130,7 +159,9 @@ class CAMCallback(Callback):
         MisconfigurationException: at ``setup`` when there is nothing to explain (no validation data
             and no ``images``) or the target layer does not exist (with close matches; checked at fit
             start instead for modules that build layers in ``setup``/``configure_model``); before the first
-            training step when ``target="label"`` but the batch has no labels.
+            training step when ``target="label"`` but the batch has no labels, when ``mean``/``std`` do not
+            fit the images' channels, or when the probe cannot explain the first image (the engine's
+            message, with the callback's settings).
         TypeError: before the first training step when a validation batch has no image tensor (pass
             ``batch_to_images``).
 
@@ -176,6 +207,7 @@ class CAMCallback(Callback):
         alpha: float = 0.5,
         colormap: str = "jet",
         on_error: Literal["warn", "raise"] = "warn",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         self.methods: tuple[str, ...] = check_methods(method, methods)
@@ -198,6 +230,8 @@ class CAMCallback(Callback):
         self._user_batch = check_images(images, boxes, masks, self.target)
         self._boxes = None if boxes is None else torch.as_tensor(boxes)
         self._masks = None if masks is None else torch.as_tensor(masks)
+        self.name = check_name(name)
+        self._images_digest = None if self._user_batch is None else _digest(self._user_batch.images)
 
         # resumable state (state_dict / load_state_dict)
         self._batch: FixedBatch | None = None
@@ -207,11 +241,17 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self.runs = 0
         self._last_step = -1
+        self._last_fingerprint: Tensor | None = None  # the weights and the loggers of the latest run
+        self._last_destination: str | None = None
         # per fit/validate session
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
         self._writer: CamLogWriter | None = None
-        self._logged_input = False
+        self._input_logged_to: str | None = None  # destination that got cam/input and cam/config
+        self._destination: str | None = None
+        self._tag_name: str | None = self.name  # the name in this Trainer's tags (None: plain "cam/...")
+        self._summary_name: str = self.name or derived_name(self)
+        self._only_one = True  # the only CAMCallback of its Trainer
         self._reported: set[str] = set()
         self._defer_layer_check = False
         self._session_mean: tuple[float, ...] | None = self.mean
@@ -221,18 +261,36 @@ class CAMCallback(Callback):
     @property
     def state_key(self) -> str:
         """Unique per configuration, so several ``CAMCallback`` instances keep separate state."""
+        extra: dict[str, Any] = {}  # only what differs from the defaults: keys of 0.1 configurations are unchanged
+        if self.name is not None:
+            extra["name"] = self.name
+        if self.every_n_epochs != 1:
+            extra["every_n_epochs"] = self.every_n_epochs
+        if self.every_n_steps is not None:
+            extra["every_n_steps"] = self.every_n_steps
+        if self._images_digest is not None:
+            extra["images"] = self._images_digest
+        elif self.num_images != 8:
+            extra["num_images"] = self.num_images
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layers),
             target=self.target,
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
+            **extra,
         )
 
     @property
     def target_layer(self) -> list[LayerSpec] | None:
         """Alias of :attr:`target_layers` (the engine's and pytorch-grad-cam's name)."""
         return self.target_layers
+
+    @property
+    def tag_name(self) -> str | None:
+        """The name in this callback's tags (``cam/<name>/gradcam``): ``name=``, or with several CAMCallbacks
+        in the Trainer one derived from the configuration; ``None`` (plain ``cam/gradcam``) otherwise."""
+        return self._tag_name
 
     @property
     def fixed_images(self) -> Tensor | None:
@@ -275,15 +333,20 @@ class CAMCallback(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         ensure_val_dataloaders(trainer, self._user_batch)  # every rank: Lightning's data setup has a barrier
+        self._prepare(trainer, pl_module)  # every rank: all fail alike
         if not trainer.is_global_zero:
             return
-        self._start(trainer, pl_module, baseline=True)
+        problem = never_fires(trainer, self.every_n_epochs, self.every_n_steps)
+        if problem is not None:
+            rank_zero_warn(problem, category=UserWarning)
+        if not self._first:  # the baseline, unless resuming
+            self._run(trainer, pl_module)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
+        if trainer.state.fn != TrainerFn.VALIDATING:
             return
-        self._start(trainer, pl_module, baseline=False)
+        self._prepare(trainer, pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -291,6 +354,7 @@ class CAMCallback(Callback):
             trainer.sanity_checking
             or not trainer.is_global_zero
             or not due_after_validation(trainer, self.every_n_epochs, self.every_n_steps)
+            or (trainer.state.fn == TrainerFn.VALIDATING and self._repeats(pl_module))
         ):
             return
         self._run(trainer, pl_module)
@@ -299,7 +363,7 @@ class CAMCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (
             not trainer.is_global_zero
-            or trainer.enable_validation
+            or trainer.global_step == self._last_step  # explained after this epoch's validation already
             or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
         ):
             return
@@ -329,6 +393,8 @@ class CAMCallback(Callback):
             "layer_names": self._layer_names,
             "runs": self.runs,
             "last_step": self._last_step,
+            "last_fingerprint": self._last_fingerprint,
+            "last_destination": self._last_destination,
         }
 
     @override
@@ -341,12 +407,18 @@ class CAMCallback(Callback):
         self._layer_names = state_dict.get("layer_names")
         self.runs = int(state_dict.get("runs", 0))
         self._last_step = int(state_dict.get("last_step", -1))
+        self._last_fingerprint = state_dict.get("last_fingerprint")
+        self._last_destination = state_dict.get("last_destination")
 
     @override
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["cam_callback"] = checkpoint_summary(self, pl_module)
+        summary = checkpoint_summary(self, pl_module)
+        if self._only_one:  # the layout explain has always read
+            checkpoint["cam_callback"] = summary
+        else:  # one summary per CAMCallback: explain(..., callback=name) chooses
+            checkpoint.setdefault("cam_callbacks", {})[self._summary_name] = summary
 
     # ------------------------------------------------------------------ helpers
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -357,27 +429,54 @@ class CAMCallback(Callback):
         )
         if not self._defer_layer_check:
             check_target_layers(pl_module, self.target_layers)
+        siblings = [cb for cb in trainer.callbacks if isinstance(cb, CAMCallback)]
+        names = instance_names([(cb.name, derived_name(cb)) for cb in siblings])
+        self._only_one = len(siblings) <= 1
+        mine = [n for cb, n in zip(siblings, names, strict=True) if cb is self]
+        self._summary_name = mine[0] if mine else self.name or derived_name(self)
+        self._tag_name = self.name if self._only_one else self._summary_name
         datamodule = getattr(trainer, "datamodule", None)
         self._session_mean, self._session_std = session_mean_std(self.mean, self.std, datamodule)
-        log_dir = trainer.log_dir  # every rank: it broadcasts
         self._engine = self._engine_module = None
-        self._logged_input = False
         self._writer = None
+        self._destination = None
         if trainer.is_global_zero:
-            self._writer = CamLogWriter(trainer.loggers, log_dir)
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
             if self._writer.png_dir is not None:
                 rank_zero_warn(
-                    "CAMCallback: no logger takes images (TensorBoardLogger or one with `log_image`); "
+                    "CAMCallback: no logger takes images (TensorBoard, MLflow, Comet or one with `log_image`); "
                     f"the CAM grids are written as PNG files under {self._writer.png_dir}",
                     category=UserWarning,
                 )
 
-    def _start(self, trainer: Trainer, pl_module: LightningModule, baseline: bool) -> None:
-        """Choose the fixed batch once; explain it before the first training step unless resuming."""
-        if self._batch is None:
-            self._batch = self._choose_batch(trainer)
-        if baseline and not self._first:
-            self._run(trainer, pl_module)
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Choose the fixed batch once and probe the model with it on global rank zero (see ``_probe``);
+        call on every rank: a failure on rank zero is raised on every rank, before any training step."""
+        error: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                if self._batch is None:
+                    self._batch = self._choose_batch(trainer)
+                probe_model(self, trainer, pl_module)
+            except Exception as err:
+                error = err
+        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
+        if error is not None:
+            raise error
+        if message is not None:
+            raise MisconfigurationException(f"CAMCallback failed on global rank 0: {message}")
+
+    def _repeats(self, pl_module: LightningModule) -> bool:
+        """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit."""
+        if not repeats(weights_fingerprint(pl_module), self._destination or "", self._last_fingerprint,
+                       self._last_destination):  # fmt: skip
+            return False
+        rank_zero_info(
+            f"CAMCallback: the weights have not changed since the run at global step {self._last_step}, which "
+            "these loggers already have; nothing new to log"
+        )
+        return True
 
     def _choose_batch(self, trainer: Trainer) -> FixedBatch:
         return choose_batch(
@@ -407,7 +506,8 @@ class CAMCallback(Callback):
         if self._batch is None:
             self._batch = self._choose_batch(trainer)
         if self._writer is None:
-            self._writer = CamLogWriter(trainer.loggers, None)
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
         batch, writer, step = self._batch, self._writer, trainer.global_step
         plugin = trainer.precision_plugin
         x = plugin.convert_input(batch.images.to(pl_module.device))
@@ -425,9 +525,9 @@ class CAMCallback(Callback):
         preds = predictions(result, self.target)
 
         mean, std = self._session_mean, self._session_std
-        if not self._logged_input:
+        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
             log_config_and_input(writer, config_markdown(config(self)), batch.images, mean, std, step)
-            self._logged_input = True
+            self._input_logged_to = self._destination
         log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap)
         scalars = self._drift_scalars(maps, preds)
         scalars.update(metric_scalars(self, trainer, pl_module, x, result))
@@ -439,6 +539,8 @@ class CAMCallback(Callback):
         self._previous = maps
         self._previous_preds = preds
         self._last_step = step
+        self._last_fingerprint = weights_fingerprint(pl_module)
+        self._last_destination = self._destination
         self.runs += 1
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
@@ -450,3 +552,9 @@ class CAMCallback(Callback):
 
     def _drift_scalars(self, maps: dict[str, Tensor], preds: Tensor | None) -> dict[str, float]:
         return drift_scalars(maps, preds, self._first, self._previous, self._previous_preds)
+
+
+def _digest(images: Tensor) -> str:
+    """A short, stable digest of a tensor's values (the ``state_key`` of ``images=``)."""
+    raw = images.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]

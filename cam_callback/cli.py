@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the class the checkpoint names, imported by name or loaded from the script that defined it)",
     )
     ex.add_argument(
+        "--callback",
+        metavar="NAME",
+        help="which CAMCallback's settings to use, for a checkpoint of a Trainer with several (their names)",
+    )
+    ex.add_argument(
         "--trusted",
         action="store_true",
         help="load the checkpoint with full unpickling (weights_only=False); only for files you trust",
@@ -141,6 +146,7 @@ def _explain(args: argparse.Namespace) -> list[str]:
         model=args.model_class,
         trusted=args.trusted,
         progress=ProgressPrinter(),
+        callback=args.callback,
     )
     files = result.save(out_dir)
     lines = [

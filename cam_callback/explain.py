@@ -3,7 +3,9 @@
 A checkpoint written by a ``Trainer`` that had a :class:`~cam_callback.CAMCallback` carries everything
 needed: ``checkpoint["cam_callback"]`` names the LightningModule class, the explained layers, the CAM
 methods, the input size and the normalisation; ``checkpoint["hyper_parameters"]`` rebuilds the module
-and ``checkpoint["state_dict"]`` holds its weights. For any other checkpoint pass ``model=``.
+and ``checkpoint["state_dict"]`` holds its weights. A Trainer with several CAMCallbacks writes one such
+summary per callback name under ``checkpoint["cam_callbacks"]``; ``callback=`` chooses one. For any other
+checkpoint pass ``model=``.
 
 Loading is safe by default: ``torch.load(weights_only=True)`` accepts tensors and plain Python
 containers only. A checkpoint whose hyperparameters hold other objects (a ``pathlib.Path``, a numpy
@@ -42,6 +44,7 @@ from cams.passes import Progress
 __all__ = ["Explanation", "InputError", "UnsafeCheckpointError", "explain", "load_checkpoint"]
 
 STATE_KEY = "cam_callback"
+STATES_KEY = "cam_callbacks"  # name -> summary, one per CAMCallback of the Trainer
 SUPPORTED_VERSIONS = (1,)
 
 ImageInput = Any
@@ -139,8 +142,25 @@ class Explanation:
 # --------------------------------------------------------------------------- checkpoint and model
 
 
-def _cam_state(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any] | None:
-    state = checkpoint.get(STATE_KEY)
+def _cam_state(checkpoint: Mapping[str, Any], where: str, callback: str | None = None) -> dict[str, Any] | None:
+    """The summary of the CAMCallback named ``callback`` (or of the only one) in ``checkpoint``."""
+    summaries = checkpoint.get(STATES_KEY)
+    if not isinstance(summaries, Mapping) or not summaries:  # a checkpoint of one callback, before names
+        summaries = {} if checkpoint.get(STATE_KEY) is None else {None: checkpoint[STATE_KEY]}
+    if callback is None and len(summaries) > 1:
+        raise InputError(
+            f"{where} holds the summaries of {len(summaries)} CAMCallbacks {sorted(map(str, summaries))}; "
+            "choose one with callback= (command line: --callback NAME)"
+        )
+    if callback is not None and None not in summaries and callback not in summaries:
+        from cams.names import close_matches
+
+        raise InputError(
+            f"{where}: callback={callback!r} is not one of the checkpoint's CAMCallbacks "
+            f"{sorted(map(str, summaries))}{close_matches(callback, [str(k) for k in summaries])}"
+        )
+    key = callback if callback in summaries else next(iter(summaries), None)
+    state = summaries.get(key)
     if state is None:
         return None
     if not isinstance(state, Mapping):
@@ -450,6 +470,7 @@ def explain(
     std: Sequence[float] | None = None,
     alpha: float = 0.5,
     colormap: str = "jet",
+    callback: str | None = None,
     progress: Progress | None = None,
     target_layer: str | Sequence[str] | None = None,
 ) -> Explanation:
@@ -489,6 +510,8 @@ def explain(
         std: per-channel normalisation override.
         alpha: heat-map weight of the overlays.
         colormap: OpenCV colour map name of heat maps and overlays.
+        callback: the name of the CAMCallback whose summary to use, for a checkpoint written by a Trainer
+            with several (``checkpoint["cam_callbacks"]``); not needed with one.
         progress: ``progress(step, done, total)`` for the long passes of Score-CAM and Ablation-CAM
             (see :class:`cams.CamEngine`); the command line prints them (:class:`cams.io.ProgressPrinter`).
         target_layer: another name for ``target_layers``; give one of the two.
@@ -511,7 +534,7 @@ def explain(
     where = f"checkpoint '{ckpt}'"
     dev = _device(device)
     checkpoint = load_checkpoint(ckpt, trusted=trusted)
-    state = _cam_state(checkpoint, where)
+    state = _cam_state(checkpoint, where, callback)
     names = _methods(method, methods, state)
     if input_size is None and state is not None and state.get("input_size") is not None:
         input_size = state["input_size"]

@@ -153,7 +153,9 @@ class CamEngine:
                 accelerators) and Ablation-CAM
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
-                positive) or ``"none"`` (the solver's sign, as the reference).
+                positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
+                pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
+                reproduce the reference's eigen maps).
             progress: called as ``progress(step, done, total)`` after each chunk of the long passes
                 (Score-CAM's masked forwards, Ablation-CAM's ablated ones), ``step`` naming the method and
                 layer; ``None`` (default) reports nothing. The command lines pass a printer
@@ -241,7 +243,7 @@ class CamEngine:
                 weighted = spec.weigh(*(state.get(name, i) for name in spec.inputs))
                 cam = sum_or_project(weighted, spec.project or eigen_smooth, sign).clamp_min(0)
                 per_method[spec.name].append(resize(minmax(cam), tuple(x.shape[2:])))
-        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)) for k, v in per_method.items()}
+        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)).float() for k, v in per_method.items()}
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)

@@ -70,7 +70,11 @@ def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max"
 
     The sign of a singular vector is arbitrary. ``sign="max"`` (default) flips each projection so that
     its largest-magnitude value is positive (salient regions come out positive; the rule of
-    Seg-Eigen-CAM, Eq. 13). ``sign="none"`` keeps the solver's sign, as the reference does.
+    Seg-Eigen-CAM, Eq. 13). ``sign="none"`` keeps whatever sign ``torch.linalg.svd`` returns. That is
+    *not* the reference's sign: pytorch-grad-cam takes the SVD with numpy, and the two solvers return
+    opposite signs for some images, whose maps then come out inverted relative to the reference. To
+    compare with pytorch-grad-cam, use ``"max"`` on both sides (its ``get_2d_projection_with_sign_correction``
+    applies the same rule).
 
     Example:
         >>> a = torch.zeros(1, 2, 2, 2)

@@ -161,7 +161,7 @@ def masked_input_scores(
         for start in range(0, len(jobs), batch_size):
             job = jobs[start : start + batch_size]
             b = image[job]
-            mask = F.interpolate(acts.view(-1, 1, *acts.shape[2:])[job], size=size, mode=mode, align_corners=True)
+            mask = F.interpolate(acts.reshape(-1, 1, *acts.shape[2:])[job], size=size, mode=mode, align_corners=True)
             flat = mask.flatten(1)
             shape = (-1,) + (1,) * (mask.dim() - 1)
             lo = flat.min(1).values.view(shape)

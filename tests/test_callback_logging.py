@@ -12,7 +12,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import MEAN, STD, QuadrantData, TinyNet
 from lightning.pytorch.loggers import CSVLogger, Logger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -20,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cam_callback import CAMCallback
 from cams import metrics
 from cams.overlay import denormalize
+from conftest import MEAN, STD, QuadrantData, TinyNet
 
 
 class MapsHistory(L.Callback):
@@ -146,7 +146,7 @@ def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tm
     cam = CAMCallback(num_images=2)
     with pytest.warns(UserWarning, match="PNG"):
         make_trainer([cam], logger=False, max_epochs=2).fit(TinyNet(), datamodule=QuadrantData())
-    out = tmp_path / "cams"
+    out = tmp_path / "cams" / "version_0"  # this run's own folder
     with open(out / "scalars.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["tag"] for r in rows} == {"cam_drift/gradcam/vs_previous", "cam_drift/gradcam/vs_first",

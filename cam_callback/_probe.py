@@ -1,0 +1,146 @@
+"""The fit-start probe: explain one image of the fixed batch before training, or fail at once.
+
+A model the callback cannot explain (no layer with a feature map, a target layer that outputs ``(B, C)``,
+an output the target cannot read, a class index out of range, images the model cannot take, ...) would
+otherwise surface only at the first CAM run, as one warning followed by an empty images tab. The probe
+runs the engine itself, with the callback's methods and target, on the first image of the fixed batch
+(the engine leaves the model exactly as found: modes, BatchNorm statistics, ``.grad``, hooks and the
+global RNG), and turns any failure into a ``MisconfigurationException`` carrying the engine's own message
+and the callback's configuration. It checks nothing the engine does not: what the engine can explain
+passes. Later failures (a run that breaks after some training) are left to ``on_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from cam_callback._checks import layer_key
+from cam_callback._run import engine_targets
+
+if TYPE_CHECKING:
+    from cam_callback.callback import CAMCallback
+
+__all__ = ["check_channels", "probe", "probe_model"]
+
+
+def probe_model(callback: CAMCallback, trainer: Trainer, pl_module: LightningModule) -> None:
+    """Check the callback's ``mean``/``std`` against its fixed batch, then :func:`probe` the model with it.
+
+    Runs on global rank zero with the fixed batch chosen, on the model's device, under the Trainer's
+    precision (as a CAM run does).
+
+    Raises:
+        MisconfigurationException: from :func:`check_channels` or :func:`probe`.
+    """
+    batch = callback._batch
+    assert batch is not None
+    source = "mean=/std=" if callback.mean is not None else "datamodule.mean/.std"
+    check_channels(batch.images, callback._session_mean, callback._session_std, source)
+    plugin = trainer.precision_plugin
+    x = plugin.convert_input(batch.images.to(pl_module.device))
+    engine = callback._get_engine(pl_module)
+
+    def explain(images: Tensor, targets: Any) -> Any:
+        with torch.inference_mode(False), plugin.forward_context():
+            return engine(
+                images, callback.methods, targets, aug_smooth=callback.aug_smooth, eigen_smooth=callback.eigen_smooth
+            )
+
+    layers = layer_key(callback.target_layers)
+    settings = (
+        f"methods={list(callback.methods)}, target={callback.target!r}, "
+        f"target_layers={layers[0] if layers and len(layers) == 1 else layers}"
+    )
+    origin = "images=" if callback._user_batch is not None else "the validation data"
+    targets = engine_targets(batch, callback.target, x.device)
+    probe(explain, x, targets, type(pl_module).__name__, settings, origin)
+
+
+def check_channels(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None, source: str) -> None:
+    """The display normalisation must have one value, or one per channel of ``images`` ``(N, C, ...)``.
+
+    Args:
+        images: the fixed batch.
+        mean: the normalisation to undo for display (or ``None``).
+        std: as ``mean``.
+        source: where ``mean``/``std`` came from, for the message (``"mean=/std="`` or
+            ``"datamodule.mean/.std"``).
+
+    Raises:
+        MisconfigurationException: naming the channel count, the values and what to pass instead.
+
+    Example:
+        >>> import torch
+        >>> check_channels(torch.zeros(2, 3, 4, 4), (0.5,), (0.2,), "mean=/std=")  # one value: every channel
+        >>> check_channels(torch.zeros(2, 1, 4, 4), (0.4, 0.4, 0.4), (0.2,) * 3, "mean=/std=")
+        Traceback (most recent call last):
+        ...
+        lightning.fabric.utilities.exceptions.MisconfigurationException: CAMCallback: the fixed batch has 1 channel ...
+    """
+    channels = int(images.shape[1])
+    for values in (mean, std):
+        if values is not None and len(values) not in (1, channels):
+            raise MisconfigurationException(
+                f"CAMCallback: the fixed batch has {channels} channel{'s' if channels != 1 else ''} "
+                f"(shape {tuple(images.shape)}) but {source} give {len(values)} values (mean={list(mean or [])}, "
+                f"std={list(std or [])}); undoing them would tint every overlay and `explain` would refuse the "
+                f"checkpoint. Pass CAMCallback(mean=..., std=...) with {channels} value"
+                f"{'s' if channels != 1 else ''} (or one for all channels), as the images were normalised."
+            )
+
+
+def probe(
+    explain: Callable[[Tensor, Any], Any],
+    images: Tensor,
+    targets: Any,
+    model_name: str,
+    settings: str,
+    source: str,
+) -> None:
+    """Run ``explain(images[:1], targets)`` once; on failure raise ``MisconfigurationException``.
+
+    A model that fails on one image but explains the whole batch (a ``squeeze()`` in its forward, say)
+    passes: the probe then retries on all images before it concludes.
+
+    Args:
+        explain: ``(x, targets) -> maps``, the callback's engine call (with its methods, smoothing,
+            device and precision).
+        images: the fixed batch ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) as the model takes it.
+        targets: the engine's ``targets`` for all ``N`` images (``None``, an int or an ``(N,)`` tensor).
+        model_name: the LightningModule's class name, for the message.
+        settings: the callback's settings that the engine used, e.g. ``"method='gradcam', target=12"``.
+        source: where the images came from, e.g. ``"the first validation dataloader"``.
+
+    Raises:
+        MisconfigurationException: with the engine's error and what was tried.
+    """
+    try:
+        explain(images[:1], _first(targets))
+        return
+    except Exception as err:  # any failure of the engine or of the model's forward
+        error: Exception = err
+    if images.shape[0] > 1:
+        try:
+            explain(images, targets)
+            return
+        except Exception:
+            pass  # the whole batch fails too: report the first image's error, the one the message describes
+    raise MisconfigurationException(
+        f"CAMCallback cannot explain {model_name} ({settings}): {type(error).__name__}: {error}\n"
+        f"Found before training by explaining the first image of the fixed batch (shape "
+        f"{tuple(images[:1].shape)}, from {source}); no training step ran. Fix the argument named above, or "
+        "remove the callback."
+    ) from error
+
+
+def _first(targets: Any) -> Any:
+    """The targets of the first image: per-image tensors are cut, ``None`` and ints apply to any batch."""
+    if isinstance(targets, Tensor) and targets.dim() > 0:
+        return targets[:1]
+    return targets
