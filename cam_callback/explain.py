@@ -7,6 +7,10 @@ and ``checkpoint["state_dict"]`` holds its weights. A Trainer with several CAMCa
 summary per callback name under ``checkpoint["cam_callbacks"]``; ``callback=`` chooses one. For any other
 checkpoint pass ``model=``.
 
+The class is imported by its name; a class defined in a training script (``__main__.Net`` while it
+trained) is loaded from the script's file, which the checkpoint also records
+(:mod:`cam_callback._module_class`), or from the file ``model="path/to/train.py:Net"`` names.
+
 Loading is safe by default: ``torch.load(weights_only=True)`` accepts tensors and plain Python
 containers only. A checkpoint whose hyperparameters hold other objects (a ``pathlib.Path``, a numpy
 scalar, a custom config class, ...) is refused with an :class:`UnsafeCheckpointError`; pass
