@@ -507,9 +507,11 @@ class EpochSummary(L.Callback):
             line += f" | drift({first}) {row[f'drift/{first}']:.3f}"
         self.previous = maps
         self.history.append(row)
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
         bar = trainer.progress_bar_callback
-        if self.print_fn is print and bar is not None and bar.is_enabled:
-            bar.print(line)  # above the progress bar, not through it
+        if self.print_fn is print and isinstance(bar, TQDMProgressBar) and bar.is_enabled:
+            bar.print(line)  # above tqdm's bar, not through it (Rich's bar keeps printed lines above itself)
         else:
             self.print_fn(line, flush=True)
 
