@@ -28,6 +28,7 @@ from cam_callback._checks import (
     LayerSpec,
     Target,
     check_alpha,
+    check_batch_settings,
     check_batch_to_images,
     check_colormap,
     check_flag,
@@ -46,6 +47,7 @@ from cam_callback._checks import (
     layer_key,
     layers_argument,
     session_mean_std,
+    target_key,
 )
 from cam_callback._logging import CamLogWriter, destination, png_run_dir
 from cam_callback._probe import probe_model
@@ -66,6 +68,7 @@ from cam_callback._schedule import (
     weights_fingerprint,
 )
 from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown, derived_name
+from cam_callback._volumes import fixed_target
 
 __all__ = ["CAMCallback"]
 
@@ -85,7 +88,8 @@ class CAMCallback(Callback):
     ``every_n_steps`` optimizer steps, and logs, at ``trainer.global_step``:
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
-      method's maps, as one image grid each;
+      method's maps, as one image grid each (volumes ``(N, C, D, H, W)``: the axial, coronal and sagittal
+      slices through each map's peak; a segmentation target: the explained mask's outline beside each);
     - ``cam_drift/<method>/vs_previous`` and ``cam_drift/<method>/vs_first``: ``1 - mean cosine
       similarity`` between this run's maps (B, H, W) and the previous/first run's
       (:func:`cams.metrics.drift`); ``cam_drift/pred_changed``: share of images whose predicted class
@@ -123,13 +127,16 @@ class CAMCallback(Callback):
         every_n_steps: explain every n optimizer steps instead of per epoch.
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
-            or ``(images, labels)``.
+            or volumes ``(N, C, D, H, W)``, or ``(images, labels)``.
         target_layers: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
             spatial size > 1. The same name as :class:`cams.CamEngine`'s and pytorch-grad-cam's.
         target_layer: accepted as another name for ``target_layers`` (torchcam's); give one of the two.
-        target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
-            (the sample's label from the batch) or a fixed class index.
+        target: what each map explains: ``"pred"`` (the model's current prediction), ``"label"``
+            (the sample's label from the batch), a fixed class index, a task target from :mod:`cams.targets`
+            (``SegmentationTarget(3)``: class 3 over its predicted mask, whose outline is logged beside each
+            overlay; ``MultiLabelTarget()``: every class above 0.5; ``DetectionTarget()``, ``EmbeddingTarget``),
+            or a callable ``output -> (N,)`` scores.
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
         eigen_smooth: keep the first principal component of the weighted activations.
         mean: per-channel normalisation mean to undo for display (default: ``datamodule.mean`` when it
@@ -139,9 +146,10 @@ class CAMCallback(Callback):
             ``image``/``label``/``boxes``/``masks``, for dataloaders whose batches are not a tensor, a
             tuple or such a dict.
         reshape_transform: passed to :class:`cams.CamEngine` (for transformers' token outputs).
-        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (else taken
-            from the batch's ``"boxes"`` key when present).
-        masks: ``(N, H, W)`` object masks for the fixed batch (else from the batch's ``"masks"`` key).
+        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels; else taken from the batch's ``"boxes"`` key when present).
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) object masks for the fixed batch (else from the
+            batch's ``"masks"`` key).
         pointing_tolerance: pixels around the object that still count as a hit in the pointing game
             (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
@@ -275,7 +283,7 @@ class CAMCallback(Callback):
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layers),
-            target=self.target,
+            target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
             **extra,
@@ -458,6 +466,7 @@ class CAMCallback(Callback):
             try:
                 if self._batch is None:
                     self._batch = self._choose_batch(trainer)
+                check_batch_settings(self._batch, self.faithfulness)
                 probe_model(self, trainer, pl_module)
             except Exception as err:
                 error = err
@@ -512,14 +521,12 @@ class CAMCallback(Callback):
         plugin = trainer.precision_plugin
         x = plugin.convert_input(batch.images.to(pl_module.device))
         engine = self._get_engine(pl_module)
+        targets = engine_targets(batch, self.target, x.device)
         with plugin.forward_context():
             result = engine(
-                x,
-                methods=self.methods,
-                targets=engine_targets(batch, self.target, x.device),
-                aug_smooth=self.aug_smooth,
-                eigen_smooth=self.eigen_smooth,
+                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
             )
+        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
         self._layer_names = list(engine.layer_names) or None
         maps = {m: result[m].detach().float().cpu() for m in self.methods}
         preds = predictions(result, self.target)
@@ -528,9 +535,9 @@ class CAMCallback(Callback):
         if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
             log_config_and_input(writer, config_markdown(config(self)), batch.images, mean, std, step)
             self._input_logged_to = self._destination
-        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap)
+        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap, fixed)
         scalars = self._drift_scalars(maps, preds)
-        scalars.update(metric_scalars(self, trainer, pl_module, x, result))
+        scalars.update(metric_scalars(self, trainer, pl_module, x, result, None if fixed is targets else fixed))
         writer.scalars(scalars, step)
         writer.flush()
 

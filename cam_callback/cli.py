@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-id", type=int, help="class to explain (default: the callback's fixed class, else the predicted one)"
     )
     ex.add_argument(
+        "--target",
+        metavar="SPEC",
+        help="what to explain instead of a class: seg:CLASS (a segmentation class over its predicted mask), "
+        "multilabel:CLASS, multilabel:all (every class above probability 0.5), multilabel:all@THRESHOLD",
+    )
+    ex.add_argument(
         "--target-layers",
         "--target-layer",
         dest="target_layers",
@@ -131,13 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _explain(args: argparse.Namespace) -> list[str]:
     from .explain import explain
 
+    if args.target is not None and args.class_id is not None:
+        raise InputError(
+            f"give --class-id or --target, not both (got --class-id {args.class_id} --target {args.target})"
+        )
     out_dir = check_output_dir(args.output_dir)
     result = explain(
         args.checkpoint,
         list(args.images),
         args.method,
         methods=args.methods,
-        target=args.class_id,
+        target=args.target if args.target is not None else args.class_id,
         target_layers=args.target_layers,
         score=args.score,
         aug_smooth=args.aug_smooth,
@@ -150,7 +160,8 @@ def _explain(args: argparse.Namespace) -> list[str]:
     )
     files = result.save(out_dir)
     lines = [
-        f"{image}: class {int(c)} (logit {float(s):.4g}, probability {float(p):.3g})"
+        f"{image}: {f'class {int(c)}' if int(c) >= 0 or not result.target else result.target} "
+        + (f"(logit {float(s):.4g}, probability {float(p):.3g})" if p == p else f"(score {float(s):.4g})")
         for image, c, s, p in zip(args.images, result.classes, result.scores, result.probabilities, strict=True)
     ]
     lines.append(

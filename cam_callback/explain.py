@@ -66,12 +66,14 @@ class Explanation:
         images: ``(B, H, W, 3)`` uint8 RGB, the images as the model saw them (resized, before normalising).
         classes: ``(B,)`` int64, the class explained for each image (predicted or chosen).
         scores: ``(B,)`` float32, that class's logit: the model's raw output for it (NaN when the output
-            is not ``(B, classes)``).
+            is not ``(B, classes)``); for a task target (segmentation, multi-label...) the target's own score.
         probabilities: ``(B,)`` float32, that class's softmax probability over the model's outputs.
         score: which of the two the maps explain: ``"logit"`` (default) or ``"probability"``.
         names: file stems used by :meth:`save` (the image files' stems, else ``image0``, ``image1``, ...).
         target_layers: dotted names of the explained layers.
         colormap: colour map of the heat maps and overlays.
+        target: what was explained when it is not one class per image (``"seg:3"``, ``"multilabel:all"``,
+            a target's repr); ``""`` for classes. :attr:`classes` is then ``-1`` where no single class applies.
 
     Example:
         >>> e = Explanation(maps={"gradcam": torch.rand(1, 8, 8)},
@@ -95,6 +97,7 @@ class Explanation:
     colormap: str = "jet"
     probabilities: torch.Tensor | None = None
     score: str = "logit"
+    target: str = ""
 
     @property
     def methods(self) -> list[str]:
@@ -139,6 +142,8 @@ class Explanation:
             "methods": self.methods,
             "target_layers": self.target_layers,
         }
+        if self.target:
+            summary["target"] = self.target
         files["explanation.json"] = (json.dumps(summary, indent=2) + "\n").encode()
         return write_files(directory, files)
 
@@ -421,23 +426,43 @@ def _methods(method: str | None, methods: Sequence[str] | None, state: Mapping[s
 def _target(
     model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, Any] | None, softmax: bool = False
 ) -> Any:
-    """The target to explain (an explicit one, else the checkpoint's int target, else ``None`` = predicted),
-    checked with :func:`cams.targets.resolve_targets` on one image, so a bad class fails here, named.
-    With ``softmax`` it is resolved to a :class:`cams.targets.ClassTarget` scoring probabilities.
+    """The target to explain (an explicit one, else the checkpoint's class or task target, else ``None`` =
+    predicted), checked on one image, so a bad class or a target that does not fit the model fails here, named.
+    With ``softmax`` a class target is resolved to a :class:`cams.targets.ClassTarget` scoring probabilities.
     """
-    if target is None and state is not None and isinstance(state.get("target"), int):
-        target = state["target"]
+    import warnings
+
+    from cams.state import frozen_model
+    from cams.targets import ClassTarget, Target, parse_target, resolve_targets
+
+    saved = state.get("target") if state is not None else None
+    if target is None and (isinstance(saved, int) or (isinstance(saved, str) and saved not in ("pred", "label"))):
+        target = saved
+    if isinstance(target, str):
+        try:
+            target = parse_target(target)
+        except ValueError as exc:
+            if target != saved:
+                raise InputError(f"target: {exc}") from exc
+            raise InputError(
+                f"target: the checkpoint's callback explained {saved}, which explain cannot rebuild from text; "
+                "pass target= (command line: --target or --class-id)"
+            ) from exc
+    if softmax and isinstance(target, Target) and not isinstance(target, ClassTarget):
+        raise InputError(
+            f"score='probability' (--score probability) is for class targets; {target!r} scores its own way"
+        )
     if target is None and not softmax:
         return None
-    from cams.state import frozen_model
-    from cams.targets import resolve_targets
-
     with torch.no_grad(), frozen_model(model):
         out = model(x if target is None else x[:1])  # the predicted classes need every image
     try:
-        resolved = resolve_targets(
-            target, x.shape[0], out if isinstance(out, torch.Tensor) and out.dim() == 2 else None, softmax=softmax
-        )
+        logits = out if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+        resolved = resolve_targets(target, x.shape[0], logits, softmax=softmax)
+        if isinstance(target, Target):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the real call warns, once
+                resolved(out, torch.zeros(1, dtype=torch.long))
     except (TypeError, ValueError) as exc:
         raise InputError(f"target: {exc}") from exc
     return resolved if softmax else target
@@ -461,7 +486,7 @@ def explain(
     method: str | None = None,
     *,
     methods: Sequence[str] | None = None,
-    target: int | Sequence[int] | torch.Tensor | None = None,
+    target: int | Sequence[int] | torch.Tensor | str | Any | None = None,
     target_layers: str | Sequence[str] | None = None,
     score: Literal["logit", "probability"] = "logit",
     aug_smooth: bool | None = None,
@@ -493,8 +518,11 @@ def explain(
             normalised (only resized if needed); a uint8 tensor is treated as raw pixels.
         method: one CAM method (``"gradcam++"``, aliases like ``"GradCAM++"`` accepted).
         methods: more methods; with ``method`` neither given, the checkpoint's methods (else ``gradcam``).
-        target: class to explain: an int, or one per image. ``None``: the checkpoint's target if it is an
-            int, else each image's predicted class.
+        target: what to explain: a class (an int, or one per image); a text form of
+            :func:`cams.targets.parse_target` (``"seg:3"``: class 3 of a segmentation model over its
+            predicted mask, ``"multilabel:3"``, ``"multilabel:all"``: every class above probability 0.5,
+            ``"multilabel:all@0.3"``); or a target from :mod:`cams.targets`. ``None``: the checkpoint's
+            target if it is a class or such a form, else each image's predicted class.
         target_layers: dotted layer name(s), relative to the model; ``None``: the checkpoint's layers
             (else the engine's automatic choice).
         score: what the maps explain: ``"logit"``, the class's raw output (default, like the callback
@@ -542,6 +570,11 @@ def explain(
     names = _methods(method, methods, state)
     if input_size is None and state is not None and state.get("input_size") is not None:
         input_size = state["input_size"]
+    if input_size is not None and len(input_size) == 4:
+        raise InputError(
+            f"input_size {list(input_size)}: the model takes volumes (C, D, H, W), and explain reads 2-D images; "
+            "explain volumes with cams.CamEngine(model)(x) on a (B, C, D, H, W) tensor"
+        )
     if input_size is not None and len(input_size) != 3:
         raise InputError(f"input_size must be (C, H, W); got {list(input_size)}")
     if mean is None and std is None and state is not None:
@@ -594,7 +627,7 @@ def explain(
         if result.classes is not None
         else torch.full((x.shape[0],), -1, dtype=torch.long)
     )
-    logits, probabilities = _class_scores(result.logits, classes_out)
+    logits, probabilities = _class_scores(result.logits, classes_out, result.scores, classes)
     return Explanation(
         maps=maps,
         overlays=overlays,
@@ -606,14 +639,32 @@ def explain(
         colormap=colormap,
         probabilities=probabilities,
         score=score,
+        target=_describe_target(classes),
     )
 
 
-def _class_scores(logits: torch.Tensor | None, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logit, probability)`` of each image's class, ``(B,)`` float32 each; NaN without ``(B, K)`` logits."""
+def _class_scores(
+    logits: torch.Tensor | None, classes: torch.Tensor, scores: torch.Tensor | None, target: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(score, probability)`` per image, ``(B,)`` float32 each: a class's logit and softmax probability;
+    a task target's own score (its probability NaN); NaN where there is none."""
+    from cams.targets import ClassTarget, Target
+
+    nan = torch.full((len(classes),), float("nan"))
+    if isinstance(target, Target) and not isinstance(target, ClassTarget):
+        return (nan if scores is None else scores.detach().float().cpu()), nan.clone()
     if logits is None or logits.dim() != 2 or bool((classes < 0).any()):
-        nan = torch.full((len(classes),), float("nan"))
         return nan, nan.clone()
     logits = logits.detach().float().cpu()
     rows = torch.arange(len(classes))
     return logits[rows, classes], logits.softmax(dim=1)[rows, classes]
+
+
+def _describe_target(target: Any) -> str:
+    """``""`` for class targets, else the target's text form (or repr) for :attr:`Explanation.target`."""
+    from cams.targets import ClassTarget, Target
+
+    if not isinstance(target, Target) or isinstance(target, ClassTarget):
+        return ""
+    spec = getattr(target, "spec", None)
+    return spec if isinstance(spec, str) else repr(target)
