@@ -6,8 +6,9 @@ Dict keys recognised (first match wins):
 - images: ``"image"``, ``"images"``, ``"img"``, ``"pixel_values"``, ``"input"``, ``"x"``
   (``(B, C, H, W)`` images or ``(B, C, D, H, W)`` volumes)
 - labels: ``"label"``, ``"labels"``, ``"target"``, ``"targets"``, ``"y"``
-- boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels)
-- masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, non-zero inside the object)
+- boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels; volumes: ``(B, 6)``
+  ``x0, y0, z0, x1, y1, z1`` in voxels, ``z`` along ``D``)
+- masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, volumes ``(B, D, H, W)``, non-zero inside the object)
 
 Anything else goes through a user ``batch_to_images`` function first. :func:`choose_batch` picks the
 callback's batch from the Trainer's first validation dataloader or the user's ``images``.
@@ -54,10 +55,12 @@ class FixedBatch:
     """The images the callback explains at every run, on the CPU.
 
     Attributes:
-        images: ``(N, C, H, W)`` model inputs (normalised as the model expects them).
+        images: ``(N, C, H, W)`` model inputs (normalised as the model expects them), or volumes
+            ``(N, C, D, H, W)``.
         labels: ``(N,)`` long class labels, or ``None``.
-        boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels, or ``None``.
-        masks: ``(N, H, W)`` bool object masks, or ``None``.
+        boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels), or ``None``.
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) bool object masks, or ``None``.
     """
 
     images: Tensor
@@ -82,17 +85,18 @@ class FixedBatch:
             self.labels = None if labels is None else _own(labels.long())
         if self.boxes is not None:
             boxes = torch.as_tensor(self.boxes)
-            if boxes.shape != (n, 4):
-                raise ValueError(
-                    f"boxes must be (N, 4) = ({n}, 4) x0, y0, x1, y1 in pixels; got {tuple(boxes.shape)}"
-                )
+            columns = 2 * len(spatial)
+            if boxes.shape != (n, columns):
+                what = "x0, y0, x1, y1 in pixels" if columns == 4 else "x0, y0, z0, x1, y1, z1 in voxels"
+                raise ValueError(f"boxes must be (N, {columns}) = ({n}, {columns}) {what}; got {tuple(boxes.shape)}")
             self.boxes = _own(boxes.float())
         if self.masks is not None:
             masks = torch.as_tensor(self.masks)
             if masks.dim() == len(spatial) + 2 and masks.shape[1] == 1:
                 masks = masks[:, 0]
             if tuple(masks.shape) != (n, *spatial):
-                raise ValueError(f"masks must be (N, *spatial) = {(n, *spatial)}; got {tuple(masks.shape)}")
+                names = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
+                raise ValueError(f"masks must be {names} = {(n, *spatial)}; got {tuple(masks.shape)}")
             self.masks = _own(masks != 0)
 
     def __len__(self) -> int:
@@ -274,7 +278,7 @@ def choose_batch(
     batch_to_images: BatchToImages | None,
     boxes: Tensor | None,
     masks: Tensor | None,
-    target: str | int,
+    target: Any,
 ) -> FixedBatch:
     """The callback's fixed batch: ``user_batch``, else the first ``n`` samples of the first val dataloader.
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 import cams
+import cams.targets
 from cam_callback._batch import BatchToImages, FixedBatch
 from cams.overlay import colorize
 
@@ -26,6 +27,7 @@ __all__ = [
     "LayerSpec",
     "Target",
     "check_alpha",
+    "check_batch_settings",
     "check_batch_to_images",
     "check_colormap",
     "check_flag",
@@ -44,10 +46,11 @@ __all__ = [
     "layer_key",
     "layer_names_of",
     "session_mean_std",
+    "target_key",
 ]
 
 LayerSpec = str | nn.Module
-Target = Literal["pred", "label"] | int
+Target = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -94,11 +97,14 @@ def check_pointing_tolerance(value: Any) -> int:
 
 
 def check_target(target: Any) -> Target:
+    if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
+        return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
     if isinstance(target, str):
         if target not in ("pred", "label"):
             raise ValueError(
                 f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label) or a class index"
+                "sample's label), a class index, or a target from cams.targets (SegmentationTarget(3), "
+                "MultiLabelTarget(), ...)"
             )
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
@@ -203,6 +209,16 @@ def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBa
     return batch
 
 
+def check_batch_settings(batch: FixedBatch, faithfulness: bool) -> None:
+    """What the fixed batch allows: the faithfulness metrics perturb 2-D images only."""
+    if batch.images.dim() == 5 and faithfulness:
+        raise MisconfigurationException(
+            "CAMCallback(faithfulness=True): the fixed batch holds volumes (N, C, D, H, W), and the faithfulness "
+            "metrics (Average Drop, deletion/insertion) perturb 2-D images only; pass faithfulness=False (drift "
+            "and the 3-D pointing game are logged for volumes)"
+        )
+
+
 def check_name(name: Any) -> str | None:
     """``None``, or a name usable inside a tag and a file name (letters, digits, ``_ . + -``)."""
     if name is None:
@@ -289,6 +305,18 @@ def session_mean_std(
 
 
 # ---------------------------------------------------------------------- layer names
+def target_key(target: Target) -> str | int:
+    """The target as plain data for the state key, the config and the checkpoint.
+
+    ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form
+    (``"seg:3"``, which ``explain`` reads back) or their repr.
+    """
+    if isinstance(target, (str, int)):
+        return target
+    spec = getattr(target, "spec", None)
+    return spec if isinstance(spec, str) else repr(target)
+
+
 def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:
     """The layers as strings: names as given, modules by their class name."""
     if layers is None:

@@ -9,7 +9,10 @@ forwards, hence the same sequence of the collectives that a model with sharded p
 its forward and backward. Each rank explains its slice on its own device, then :func:`gather_rows`
 collects the per-image results (maps, predictions, per-image metrics) with ``trainer.strategy.all_gather``,
 in rank order, drops the padding and moves them to the CPU: every rank then holds the whole batch's maps,
-which are exactly a single process's, and global rank 0 alone logs them.
+which are exactly a single process's, and global rank 0 alone logs them. A target other than
+``"pred"``, ``"label"`` or a class index (a task target from :mod:`cams.targets`, a callable) may hold
+per-image state that a slice cannot carry (classes, masks or boxes per image, choices made from the
+output); with such a target every rank explains the whole batch (:func:`splits`) and nothing is gathered.
 
 The ranks' parameters are the same model (replicated, or shards of one), but their buffers need not be:
 FSDP2 never synchronises BatchNorm statistics, and DDP copies rank 0's only at the start of each training
@@ -53,6 +56,7 @@ __all__ = [
     "rank_zero_buffers",
     "rows_for",
     "share",
+    "splits",
     "take_rows",
     "together",
 ]
@@ -81,6 +85,17 @@ def rows_for(n: int, world_size: int, rank: int) -> Tensor:
     return torch.arange(rank * k, rank * k + k).clamp_max(n - 1)
 
 
+def splits(target: Any) -> bool:
+    """Whether the ranks can share out the images for ``target``: ``"pred"``, ``"label"`` (the labels are cut
+    with the images) and a class index can; task targets and callables explain the whole batch on every rank.
+
+    Example:
+        >>> splits("pred"), splits(3), splits(lambda output: output[:, 0])
+        (True, True, False)
+    """
+    return isinstance(target, (str, int))
+
+
 def take_rows(batch: FixedBatch, rows: Tensor) -> FixedBatch:
     """The images (with their labels, boxes and masks) at ``rows`` of ``batch``, on the CPU."""
     return FixedBatch(
@@ -91,18 +106,18 @@ def take_rows(batch: FixedBatch, rows: Tensor) -> FixedBatch:
     )
 
 
-def gather_rows(trainer: Trainer, parts: Mapping[str, Tensor], n: int) -> dict[str, Tensor]:
+def gather_rows(trainer: Trainer, parts: Mapping[str, Tensor], n: int, split: bool = True) -> dict[str, Tensor]:
     """Every rank's ``(k, ...)`` tensors as the whole batch's ``(n, ...)``, on the CPU of every rank.
 
     Call on every rank with the same keys, shapes and dtypes (the slices of :func:`rows_for` give them);
     one ``trainer.strategy.all_gather`` per key, in sorted key order. The rows come in rank order, so
-    row ``i`` of the result is image ``i`` of the fixed batch; the padding is dropped. With one process
-    the tensors are only moved to the CPU.
+    row ``i`` of the result is image ``i`` of the fixed batch; the padding is dropped. With one process,
+    or ``split=False`` (every rank explained the whole batch), the tensors are only moved to the CPU.
     """
     gathered: dict[str, Tensor] = {}
     for key in sorted(parts):
         part = parts[key]
-        if trainer.world_size > 1:
+        if split and trainer.world_size > 1:
             stacked = trainer.strategy.all_gather(part.contiguous())  # (world_size, k, ...)
             part = stacked.reshape(-1, *part.shape[1:])
         gathered[key] = part[:n].cpu()

@@ -19,6 +19,7 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._checks import Target
 from cam_callback._logging import CamLogWriter
+from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
 from cams.state import frozen_model
 
@@ -37,8 +38,11 @@ __all__ = [
 ]
 
 
-def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> int | Tensor | None:
-    """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, or one class."""
+def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> Any:
+    """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, one class, or the
+    user's task target or callable as it is."""
+    if not isinstance(target, (str, int)):
+        return target
     if target == "pred":
         return None
     if target == "label":
@@ -71,9 +75,11 @@ def log_config_and_input(
     std: tuple[float, ...] | None,
     step: int,
 ) -> None:
-    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``), once per session."""
+    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``; volumes: their slices
+    through the centre), once per session."""
     writer.text("cam/config", config_text, step)
-    writer.image("cam/input", grid(denormalize(images, mean, std)), step)
+    shown = volume_input_panels(images, mean, std) if images.dim() == 5 else denormalize(images, mean, std)
+    writer.image("cam/input", grid(shown), step)
 
 
 def log_overlays(
@@ -85,11 +91,20 @@ def log_overlays(
     std: tuple[float, ...] | None,
     alpha: float,
     colormap: str,
+    target: Any = None,
 ) -> None:
-    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid."""
+    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid.
+
+    Volumes ``(N, C, D, H, W)``: the three slices through each map's peak. A fixed segmentation ``target``
+    (:func:`cam_callback._volumes.fixed_target`) adds the outline of its mask beside each overlay.
+    """
+    if images.dim() == 5:
+        for name, cam in maps.items():
+            writer.image(f"cam/{name}", grid(volume_panels(images, cam, mean, std, alpha, colormap)), step)
+        return
     shown = denormalize(images, mean, std)
     for name, cam in maps.items():
-        writer.image(f"cam/{name}", grid(overlay(shown, cam, alpha, colormap)), step)
+        writer.image(f"cam/{name}", grid(outline_panels(shown, overlay(shown, cam, alpha, colormap), target)), step)
 
 
 def drift_scalars(
@@ -122,7 +137,13 @@ def drift_scalars(
 
 
 def per_image_metrics(
-    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, batch: FixedBatch, x: Tensor, result: Any
+    callback: CAMCallback,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    batch: FixedBatch,
+    x: Tensor,
+    result: Any,
+    target: Any = None,
 ) -> dict[str, Tensor]:
     """Localisation, faithfulness and sanity values per image, ``tag -> (B,)`` on ``x``'s device.
 
@@ -137,6 +158,7 @@ def per_image_metrics(
         batch: the images explained (the fixed batch or a rank's slice of it), with boxes and masks.
         x: ``batch.images`` as the model takes them, ``(B, C, H, W)`` on its device.
         result: the engine's result for ``x``.
+        target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
     """
     if batch.boxes is None and batch.masks is None and not callback.faithfulness and not callback.sanity_check:
         return {}
@@ -145,7 +167,7 @@ def per_image_metrics(
     values: dict[str, Tensor] = {}
     boxes = None if batch.boxes is None else batch.boxes.to(x.device)
     masks = None if batch.masks is None else batch.masks.to(x.device)
-    classes = result.classes
+    classes = result.classes if target is None else target
     for name in callback.methods:
         cam = result[name].detach().float()
         if boxes is not None or masks is not None:

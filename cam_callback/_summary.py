@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule
 
-from cam_callback._checks import layer_key, layer_names_of
+from cam_callback._checks import layer_key, layer_names_of, target_key
 
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
@@ -36,7 +36,8 @@ def derived_name(callback: CAMCallback) -> str:
     if callback.target_layer is not None:
         parts.append("+".join(layer_key(callback.target_layer) or []))
     if callback.target != "pred":
-        parts.append(str(callback.target) if isinstance(callback.target, str) else f"class{callback.target}")
+        target = target_key(callback.target)  # a task target by its text form: "seg:3" -> "seg_3"
+        parts.append(f"class{target}" if isinstance(target, int) else target)
     if callback.aug_smooth:
         parts.append("aug")
     if callback.eigen_smooth:
@@ -59,7 +60,7 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "target_layers": callback._layer_names
         if callback._layer_names is not None
         else layer_key(callback.target_layer),
-        "target": callback.target,
+        "target": target_key(callback.target),
         "num_images": None if batch is None else len(batch),
         "input_size": None if batch is None else list(batch.images.shape[1:]),
         "every_n_epochs": None if callback.every_n_steps is not None else callback.every_n_epochs,
@@ -102,7 +103,7 @@ def checkpoint_summary(callback: CAMCallback, pl_module: LightningModule) -> dic
         "input_size": None if batch is None else [int(v) for v in batch.images.shape[1:]],
         "mean": None if callback._session_mean is None else list(callback._session_mean),
         "std": None if callback._session_std is None else list(callback._session_std),
-        "target": callback.target,
+        "target": target_key(callback.target),
         "aug_smooth": callback.aug_smooth,
         "eigen_smooth": callback.eigen_smooth,
     }

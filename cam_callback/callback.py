@@ -28,6 +28,7 @@ from cam_callback._checks import (
     LayerSpec,
     Target,
     check_alpha,
+    check_batch_settings,
     check_batch_to_images,
     check_colormap,
     check_flag,
@@ -45,6 +46,7 @@ from cam_callback._checks import (
     instance_names,
     layer_key,
     session_mean_std,
+    target_key,
 )
 from cam_callback._distributed import (
     agree,
@@ -53,6 +55,7 @@ from cam_callback._distributed import (
     rank_zero_buffers,
     rows_for,
     share,
+    splits,
     take_rows,
     together,
 )
@@ -76,6 +79,7 @@ from cam_callback._schedule import (
     weights_fingerprint,
 )
 from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown, derived_name
+from cam_callback._volumes import fixed_target
 
 __all__ = ["CAMCallback"]
 
@@ -95,7 +99,8 @@ class CAMCallback(Callback):
     ``every_n_steps`` optimizer steps, and logs, at ``trainer.global_step``:
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
-      method's maps, as one image grid each;
+      method's maps, as one image grid each (volumes ``(N, C, D, H, W)``: the axial, coronal and sagittal
+      slices through each map's peak; a segmentation target: the explained mask's outline beside each);
     - ``cam_drift/<method>/vs_previous`` and ``cam_drift/<method>/vs_first``: ``1 - mean cosine
       similarity`` between this run's maps (B, H, W) and the previous/first run's
       (:func:`cams.metrics.drift`); ``cam_drift/pred_changed``: share of images whose predicted class
@@ -136,12 +141,15 @@ class CAMCallback(Callback):
         every_n_steps: explain every n optimizer steps instead of per epoch.
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
-            or ``(images, labels)``.
+            or volumes ``(N, C, D, H, W)``, or ``(images, labels)``.
         target_layer: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
             spatial size > 1.
-        target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
-            (the sample's label from the batch) or a fixed class index.
+        target: what each map explains: ``"pred"`` (the model's current prediction), ``"label"``
+            (the sample's label from the batch), a fixed class index, a task target from :mod:`cams.targets`
+            (``SegmentationTarget(3)``: class 3 over its predicted mask, whose outline is logged beside each
+            overlay; ``MultiLabelTarget()``: every class above 0.5; ``DetectionTarget()``, ``EmbeddingTarget``),
+            or a callable ``output -> (N,)`` scores.
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
         eigen_smooth: keep the first principal component of the weighted activations.
         mean: per-channel normalisation mean to undo for display (default: ``datamodule.mean`` when it
@@ -151,9 +159,10 @@ class CAMCallback(Callback):
             ``image``/``label``/``boxes``/``masks``, for dataloaders whose batches are not a tensor, a
             tuple or such a dict.
         reshape_transform: passed to :class:`cams.CamEngine` (for transformers' token outputs).
-        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (else taken
-            from the batch's ``"boxes"`` key when present).
-        masks: ``(N, H, W)`` object masks for the fixed batch (else from the batch's ``"masks"`` key).
+        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels; else taken from the batch's ``"boxes"`` key when present).
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) object masks for the fixed batch (else from the
+            batch's ``"masks"`` key).
         pointing_tolerance: pixels around the object that still count as a hit in the pointing game
             (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
@@ -286,7 +295,7 @@ class CAMCallback(Callback):
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layer),
-            target=self.target,
+            target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
             **extra,
@@ -463,9 +472,14 @@ class CAMCallback(Callback):
             if trainer.is_global_zero and self._batch is None:
                 self._batch = self._choose_batch(trainer)
 
+        def probe() -> None:
+            assert self._batch is not None
+            check_batch_settings(self._batch, self.faithfulness)
+            probe_model(self, trainer, pl_module)
+
         together(trainer, choose, MisconfigurationException)
         self._batch = share(trainer, self._batch)  # the same images on every rank, whatever its data shard
-        together(trainer, lambda: probe_model(self, trainer, pl_module), MisconfigurationException)
+        together(trainer, probe, MisconfigurationException)
 
     def _repeats(self, trainer: Trainer, pl_module: LightningModule) -> bool:
         """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit;
@@ -505,17 +519,21 @@ class CAMCallback(Callback):
                 )
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Explain this rank's slice of the fixed batch, gather the whole batch's maps on every rank, log them
+        """Explain this rank's share of the fixed batch, gather the whole batch's maps on every rank, log them
         on global rank zero, and remember them for the next drift (see ``_distributed``)."""
         assert self._batch is not None  # chosen and shared by _prepare, before any run
-        step = trainer.global_step
+        step, n = trainer.global_step, len(self._batch)
+        split = splits(self.target)
+        rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
         with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
-            part = together(trainer, lambda: self._explain_slice(trainer, pl_module))
-        whole = gather_rows(trainer, part, len(self._batch))
+            part, fixed = together(trainer, lambda: self._explain_rows(trainer, pl_module, rows))
+        whole = gather_rows(trainer, part, n, split)
         maps = {m: whole[f"map/{m}"] for m in self.methods}
         preds = whole.get("pred")
         values = {key[len("metric/") :]: v for key, v in whole.items() if key.startswith("metric/")}
-        together(trainer, lambda: self._log(trainer, maps, preds, values, step) if trainer.is_global_zero else None)
+        together(
+            trainer, lambda: self._log(trainer, maps, preds, values, fixed, step) if trainer.is_global_zero else None
+        )
 
         for name, cam in maps.items():
             self._first.setdefault(name, cam)
@@ -526,33 +544,41 @@ class CAMCallback(Callback):
         self._last_destination = self._destination
         self.runs += 1
 
-    def _explain_slice(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        """This rank's rows of the fixed batch explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``,
-        ``pred`` ``(k,)`` and ``metric/<tag>`` ``(k,)`` per-image values, on that device."""
+    def _explain_rows(
+        self, trainer: Trainer, pl_module: LightningModule, rows: Tensor
+    ) -> tuple[dict[str, Tensor], Any]:
+        """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
+        ``(k,)`` and ``metric/<tag>`` ``(k,)`` per-image values, on that device; and the target with its
+        choices made explicit (a task target's predicted mask, for the outlines)."""
         assert self._batch is not None
-        part = take_rows(self._batch, rows_for(len(self._batch), trainer.world_size, trainer.global_rank))
+        part = take_rows(self._batch, rows)
         plugin = trainer.precision_plugin
         x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
         engine = self._get_engine(pl_module)
+        targets = engine_targets(part, self.target, x.device)
         with plugin.forward_context():
             result = engine(
-                x,
-                methods=self.methods,
-                targets=engine_targets(part, self.target, x.device),
-                aug_smooth=self.aug_smooth,
-                eigen_smooth=self.eigen_smooth,
+                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
             )
+        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
         self._layer_names = list(engine.layer_names) or None
         out = {f"map/{m}": result[m].detach().float() for m in self.methods}
         preds = predictions(result, self.target)
         if preds is not None:
             out["pred"] = preds
-        for tag, value in per_image_metrics(self, trainer, pl_module, part, x, result).items():
+        chosen = None if fixed is targets else fixed
+        for tag, value in per_image_metrics(self, trainer, pl_module, part, x, result, chosen).items():
             out[f"metric/{tag}"] = value
-        return out
+        return out, fixed
 
     def _log(
-        self, trainer: Trainer, maps: dict[str, Tensor], preds: Tensor | None, values: dict[str, Tensor], step: int
+        self,
+        trainer: Trainer,
+        maps: dict[str, Tensor],
+        preds: Tensor | None,
+        values: dict[str, Tensor],
+        fixed: Any,
+        step: int,
     ) -> None:
         """Log one run's images and scalars (global rank zero): the whole batch's maps and per-image metrics."""
         assert self._batch is not None
@@ -564,7 +590,7 @@ class CAMCallback(Callback):
         if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
             log_config_and_input(writer, config_markdown(config(self)), images, mean, std, step)
             self._input_logged_to = self._destination
-        log_overlays(writer, images, maps, step, mean, std, self.alpha, self.colormap)
+        log_overlays(writer, images, maps, step, mean, std, self.alpha, self.colormap, fixed)
         scalars = self._drift_scalars(maps, preds)
         scalars.update(metric_scalars(values))
         writer.scalars(scalars, step)

@@ -32,12 +32,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
+from cams.hooks import (
+    auto_layer,
+    capture,
+    find_layer,
+    from_leaves,
+    grad_capable,
+    map_tensors,
+    prepare,
+    tensor_leaves,
+)
 from cams.methods import CamMethod, get_method
 from cams.ops import EigenSign, minmax, resize, sum_or_project
 from cams.passes import Pass, score_rows
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, resolve_targets
+from cams.targets import Target, Targets, resolve_targets, select_rows
 
 __all__ = ["CamEngine", "CamMaps", "find_layer"]
 
@@ -142,7 +151,8 @@ class CamEngine:
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
                 class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
                 ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
-                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target`. Perturbation methods
+                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target` (segmentation,
+                detection, multi-label, embeddings: see :mod:`cams.targets`). Perturbation methods
                 call a batch callable on chunks of perturbed rows, so it must act row by row.
             aug_smooth: average over the six test-time augmentations of the reference (horizontal
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
@@ -216,7 +226,7 @@ class CamEngine:
             if needs_grads:
                 grads = _gradients(score_per_row, records.outputs, self.layer_names)
             scores = score_per_row.detach().float()
-        raw = [v.detach() for v in records.values]
+        raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
         state = Pass(
             model=self.model,
             x=x,
@@ -242,9 +252,14 @@ class CamEngine:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
 
-    def _feature_map(self, t: torch.Tensor) -> torch.Tensor:
+    def _feature_map(self, t: Any) -> torch.Tensor:
         if self.reshape_transform is not None:
             t = self.reshape_transform(t)
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(
+                f"target layer output is a {type(t).__name__} of tensors; pass reshape_transform to make one "
+                "(B, C, h, w) feature map of it (for a detector's feature pyramid: cams.targets.fpn_reshape)"
+            )
         if t.dim() < 4:
             raise ValueError(
                 f"target layer output has shape {tuple(t.shape)}; CAMs need (B, C, h, w) feature maps — "
@@ -280,14 +295,21 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _gradients(scores: torch.Tensor, records: list[torch.Tensor], names: list[str]) -> list[torch.Tensor]:
+def _gradients(scores: torch.Tensor, records: list[Any], names: list[str]) -> list[Any]:
     if not scores.requires_grad:
         raise RuntimeError(
             f"the target score does not depend on the target layers {names}; choose layers that the "
             "output is computed from (and a target that is not detached)"
         )
-    grads = torch.autograd.grad(scores.sum(), records, allow_unused=True)
-    return [torch.zeros_like(r) if g is None else g for r, g in zip(records, grads, strict=True)]
+    leaves = [tensor_leaves(r) or [] for r in records]
+    flat = [t for group in leaves for t in group]
+    grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True))
+    filled = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads, strict=True)]
+    out, start = [], 0
+    for record, group in zip(records, leaves, strict=True):
+        out.append(from_leaves(record, filled[start : start + len(group)]))
+        start += len(group)
+    return out
 
 
 def _augment(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:
@@ -305,6 +327,12 @@ def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
     import numpy as np
 
     if isinstance(targets, Target):
+        if targets.geometric:
+            raise ValueError(
+                f"aug_smooth flips the input horizontally, but targets={targets!r} is tied to the unflipped "
+                "image (a given mask or given boxes); pass aug_smooth=False, or let the target choose from the "
+                "model's output (SegmentationTarget(category) without mask=, DetectionTarget() without boxes=)"
+            )
         return _Repeated(targets, batch, times)
     if targets is None or isinstance(targets, (int, np.integer)) or callable(targets):
         return targets
@@ -316,11 +344,25 @@ def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
 
 
 class _Repeated(Target):
-    """A user's :class:`~cams.targets.Target` for ``batch`` images, applied to ``times`` stacked copies."""
+    """A user's :class:`~cams.targets.Target` for ``batch`` images, applied to ``times`` stacked copies.
+
+    Each copy has its own fresh target, so a target that chooses from the output (classes above a
+    threshold, a predicted mask) chooses from that copy's own forward, as ``targets=None`` does.
+    """
 
     def __init__(self, target: Target, batch: int, times: int) -> None:
-        self.target, self.batch = target, batch
+        self.batch = batch
+        self.copies = [target.fresh() for _ in range(times)]
         self.classes = None if target.classes is None else target.classes.repeat(times)
 
     def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
-        return self.target(output, images % self.batch)
+        copy = images // self.batch
+        if bool((copy == copy[0]).all()):
+            return self.copies[int(copy[0])](output, images % self.batch)
+        scores: list[torch.Tensor] = []
+        order: list[torch.Tensor] = []
+        for k in copy.unique().tolist():
+            rows = (copy == k).nonzero()[:, 0]
+            scores.append(self.copies[k](select_rows(output, rows), images[rows] % self.batch))
+            order.append(rows)
+        return torch.cat(scores)[torch.argsort(torch.cat(order))]

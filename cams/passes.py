@@ -49,7 +49,7 @@ class Pass:
     model: nn.Module
     x: torch.Tensor
     layers: Sequence[tuple[str, nn.Module]]
-    raw: list[torch.Tensor]
+    raw: list[Any]
     acts: list[torch.Tensor]
     grads: list[torch.Tensor] | None
     target: Target | None
@@ -89,10 +89,11 @@ def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
     name, module = p.layers[i]
     raw = p.raw[i]
-    if p.to_feature_map is not None or raw.dim() != p.x.dim():
+    if p.to_feature_map is not None or not isinstance(raw, torch.Tensor) or raw.dim() != p.x.dim():
         raise ValueError(
             f"ablationcam ablates channels of a (B, C, *spatial) layer output; layer {name!r} gives "
-            f"{tuple(raw.shape)} (reshape_transform is not supported for ablation)"
+            f"{tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__} (reshape_transform is "
+            "not supported for ablation)"
         )
     batch_size = p.batch_size
     if batch_size is None:
@@ -154,7 +155,9 @@ def masked_input_scores(
 
 
 def _expand_rows(output: Any, n: int) -> Any:
-    """Repeat a one-row model output ``n`` times (tensors, and tuples/lists/dicts of them)."""
+    """Repeat a one-row model output ``n`` times (tensors, tuples/lists/dicts of them, one-dict-per-image lists)."""
+    if isinstance(output, list) and len(output) == 1 and isinstance(output[0], dict):
+        return output * n  # a detector's output: one dict per image
     if isinstance(output, torch.Tensor):
         return output.expand(n, *output.shape[1:])
     if isinstance(output, (tuple, list)):
@@ -206,6 +209,8 @@ def ablated_scores(
 def _rows(output: Any) -> int | None:
     if isinstance(output, torch.Tensor):
         return output.shape[0] if output.dim() > 0 else None
+    if isinstance(output, list) and output and all(isinstance(o, dict) for o in output):
+        return len(output)  # a detector's output: one dict per image
     if isinstance(output, (tuple, list)) and output:
         return _rows(output[0])
     if isinstance(output, dict) and output:
