@@ -1,13 +1,13 @@
 """Per-rank time of one CAMCallback run under DDP on the CPU (gloo), for world sizes 1, 2 and 3.
 
 Each world size is one short fit (``strategy="ddp"``, ``accelerator="cpu"``, one thread per rank) of a
-ResNet-18 (10 classes, random init) on random 64x64 images, with ``CAMCallback(methods=["gradcam",
-"xgradcam", "layercam"], num_images=12, every_n_steps=1)`` logging to TensorBoard: the baseline and one
-run after each of ``--steps`` steps. Every rank times each of its runs (the first, which warms up, is
-left out) and reports medians of:
+ResNet-18 (10 classes, random init) on random ``--size`` (128) square images, with
+``CAMCallback(methods=["gradcam", "xgradcam", "layercam"], num_images=24, every_n_steps=1)`` logging to
+TensorBoard: the baseline and one run after each of ``--steps`` steps. Every rank times each of its
+runs (the first, which warms up, is left out) and reports medians of:
 
 - ``run``: the whole run on that rank (wall), from the shared decision to the updated state;
-- ``explain``: its slice of ``ceil(12 / world)`` images through the engine, wall and thread CPU time
+- ``explain``: its slice of ``ceil(num_images / world)`` images through the engine, wall and thread CPU time
   (CPU time is what a busy shared machine disturbs least);
 - ``gather``: collecting every rank's maps and per-image values (``all_gather``) and moving them to the CPU;
 - ``log``: rank 0 writing the images and scalars (the other ranks: 0).
@@ -15,7 +15,8 @@ left out) and reports medians of:
 The rest of ``run`` is waiting for the slowest rank (the other ranks wait for rank 0's logging), the error
 flags, rank 0's buffers and the weights' fingerprint.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/callback_ddp.py [--worlds 1 2 3] [--steps 6]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/callback_ddp.py [--worlds 1 2 3] [--steps 8] [--size 128]
+[--num-images 24]``.
 The world sizes run one after another, each in its own processes (Lightning's launcher starts the
 ranks by re-running this script).
 """
@@ -46,7 +47,6 @@ import cam_callback.callback as callback_module
 from cam_callback import CAMCallback
 
 METHODS = ["gradcam", "xgradcam", "layercam"]
-NUM_IMAGES = 12
 
 
 class ResNet18(L.LightningModule):
@@ -71,8 +71,8 @@ class ResNet18(L.LightningModule):
 class TimedCAMCallback(CAMCallback):
     """CAMCallback that times, on every rank, each run, its slice's explanation and rank 0's logging."""
 
-    def __init__(self) -> None:
-        super().__init__(methods=METHODS, num_images=NUM_IMAGES, every_n_steps=1, target_layer="net.layer4")
+    def __init__(self, num_images: int) -> None:
+        super().__init__(methods=METHODS, num_images=num_images, every_n_steps=1, target_layer="net.layer4")
         self.times: list[dict[str, float]] = []
 
     def _explain_and_log(self, *args: Any) -> None:
@@ -81,10 +81,10 @@ class TimedCAMCallback(CAMCallback):
         super()._explain_and_log(*args)
         self.times[-1]["run"] = time.perf_counter() - start
 
-    def _explain_slice(self, *args: Any) -> Any:
+    def _explain_rows(self, *args: Any) -> Any:
         start, cpu = time.perf_counter(), time.thread_time()
         try:
-            return super()._explain_slice(*args)
+            return super()._explain_rows(*args)
         finally:
             self.times[-1]["explain"] += time.perf_counter() - start
             self.times[-1]["explain_cpu"] += time.thread_time() - cpu
@@ -95,7 +95,7 @@ class TimedCAMCallback(CAMCallback):
         self.times[-1]["log"] += time.perf_counter() - start
 
 
-def rank_main(world: int, steps: int, out: Path) -> None:
+def rank_main(world: int, steps: int, size: int, num_images: int, out: Path) -> None:
     """One fit on ``world`` CPU processes; each rank writes its run times to ``out/rank<r>.json``."""
     gather = callback_module.gather_rows
 
@@ -111,10 +111,10 @@ def rank_main(world: int, steps: int, out: Path) -> None:
     warnings.filterwarnings("ignore")
     L.seed_everything(0, verbose=False)
     gen = torch.Generator().manual_seed(0)
-    images, labels = torch.randn(96, 3, 64, 64, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    images, labels = torch.randn(96, 3, size, size, generator=gen), torch.randint(0, 10, (96,), generator=gen)
     train = DataLoader(TensorDataset(images[:64], labels[:64]), batch_size=8)
-    val = DataLoader(TensorDataset(images[64:], labels[64:]), batch_size=16)
-    callback = TimedCAMCallback()
+    val = DataLoader(TensorDataset(images[64:], labels[64:]), batch_size=32)
+    callback = TimedCAMCallback(num_images)
     with tempfile.TemporaryDirectory() as logs:
         trainer = L.Trainer(
             accelerator="cpu",
@@ -140,26 +140,29 @@ def median(runs: list[dict[str, float]], key: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", type=int, nargs="*", default=[1, 2, 3])
-    parser.add_argument("--steps", type=int, default=6, help="training steps per fit (one run after each)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per fit (one run after each)")
+    parser.add_argument("--size", type=int, default=128, help="image side")
+    parser.add_argument("--num-images", type=int, default=24, help="CAMCallback(num_images=...)")
     parser.add_argument("--rank-of", type=int, help=argparse.SUPPRESS)  # internal: run one fit of this world size
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_of is not None:
-        rank_main(args.rank_of, args.steps, args.out)
+        rank_main(args.rank_of, args.steps, args.size, args.num_images, args.out)
         return
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread per rank, ResNet-18 on 64x64, "
-          f"methods {METHODS}, num_images={NUM_IMAGES}; medians over {args.steps} runs (ms)\n")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread per rank, ResNet-18 on {args.size}², "
+          f"methods {METHODS}, num_images={args.num_images}; medians over {args.steps} runs (ms)\n")
     print("| world size | images per rank | rank | run (wall) | explain (wall) | explain (CPU) | gather | log |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for world in args.worlds:
         with tempfile.TemporaryDirectory() as folder:
             env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-            command = [sys.executable, __file__, "--rank-of", str(world), "--steps", str(args.steps), "--out", folder]
+            command = [sys.executable, __file__, "--rank-of", str(world), "--steps", str(args.steps), "--out", folder,
+                       "--size", str(args.size), "--num-images", str(args.num_images)]
             subprocess.run(command, check=True, env=env, capture_output=True, text=True)
             for path in sorted(Path(folder).glob("rank*.json")):
                 runs = json.loads(path.read_text())["times"]
-                per_rank = -(-NUM_IMAGES // world)
+                per_rank = -(-args.num_images // world)
                 cells = [world, per_rank, path.stem[4:], *(f"{median(runs, k):.0f}" for k in
                          ("run", "explain", "explain_cpu", "gather", "log"))]  # fmt: skip
                 print("| " + " | ".join(map(str, cells)) + " |", flush=True)

@@ -11,6 +11,8 @@ Scenarios:
 - ``ddp3``: DDP on 3 processes, 4 images (rank 2 explains padding only), ``every_n_epochs=2`` over 4 epochs;
   rank 2 alone finds a run due after epoch 0 (the others must follow), rank 1 alone fails the run after
   epoch 1 (every rank must skip it, with rank 1's message in rank 0's warning).
+- ``ddp2task``: DDP on 2 processes with a task target (``MultiLabelTarget()``, which chooses its classes
+  per image from the output): every rank explains the whole batch.
 - ``fsdp2``: ``ModelParallelStrategy`` with FSDP2 (``fully_shard`` in ``configure_model``) on 2 processes
   (FSDP2 never synchronises the ranks' BatchNorm statistics).
 - ``engine``: ``CamEngine`` on a ``fully_shard``-ed model on 2 processes, every method, against the maps
@@ -31,6 +33,7 @@ from torch import nn
 SCENARIOS: dict[str, dict[str, Any]] = {
     "ddp2": {"world": 2, "num_images": 5, "max_epochs": 2, "every_n_epochs": 1, "every_n_steps": 2},
     "ddp3": {"world": 3, "num_images": 4, "max_epochs": 4, "every_n_epochs": 2, "due_alone": (2, 0), "fail": (1, 1)},
+    "ddp2task": {"world": 2, "num_images": 3, "max_epochs": 1, "every_n_epochs": 1},
     "fsdp2": {"world": 2, "num_images": 3, "max_epochs": 2, "every_n_epochs": 1},
 }
 DDP_METHODS = ("gradcam", "layercam")
@@ -40,6 +43,8 @@ ENGINE_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "e
 
 def callback_options(scenario: str) -> dict[str, Any]:
     """The CAMCallback arguments of a scenario (the single-process replay in the test uses the same)."""
+    from cams.targets import MultiLabelTarget
+
     setting = SCENARIOS[scenario]
     methods = FSDP_METHODS if scenario == "fsdp2" else DDP_METHODS
     return {
@@ -47,7 +52,7 @@ def callback_options(scenario: str) -> dict[str, Any]:
         "num_images": setting["num_images"],
         "every_n_epochs": setting["every_n_epochs"],
         "every_n_steps": setting.get("every_n_steps"),
-        "target": "label",
+        "target": MultiLabelTarget() if scenario == "ddp2task" else "label",
         "faithfulness": True,
         "pointing_tolerance": 1,
     }
@@ -102,14 +107,16 @@ def fit(scenario: str, out: Path) -> None:
         """CAMCallback that keeps the weights each run explained (the replay explains the same)."""
 
         weights: list[dict[str, torch.Tensor]]
+        rows: list[list[int]]
         slices = 0
 
-        def _explain_slice(self, trainer: Any, pl_module: Any) -> Any:
+        def _explain_rows(self, trainer: Any, pl_module: Any, rows: torch.Tensor) -> Any:
             self.slices += 1
+            self.rows.append(rows.tolist())
             failing_rank, failing_epoch = setting.get("fail", (-1, -1))
             if trainer.global_rank == failing_rank and trainer.current_epoch == failing_epoch:
                 raise ValueError(f"injected failure on rank {trainer.global_rank}")
-            return super()._explain_slice(trainer, pl_module)
+            return super()._explain_rows(trainer, pl_module, rows)
 
         def _explain_and_log(self, trainer: Any, pl_module: Any) -> None:
             snapshot = _full_state(pl_module)
@@ -127,7 +134,7 @@ def fit(scenario: str, out: Path) -> None:
         callback_module.due_after_epoch = due_here
 
     cam = Recording(**callback_options(scenario))
-    cam.weights = []
+    cam.weights, cam.rows = [], []
     recorder = _recorder()
     if scenario == "fsdp2":
         from lightning.pytorch.strategies import ModelParallelStrategy
@@ -147,6 +154,7 @@ def fit(scenario: str, out: Path) -> None:
         "world_size": trainer.world_size,
         "runs": cam.runs,
         "slices": cam.slices,
+        "rows": cam.rows,
         "fixed_images": cam.fixed_images,
         "fixed_labels": cam.fixed_labels,
         "first_maps": cam.first_maps,

@@ -155,7 +155,7 @@ def test_labels_out_of_range_stop_the_fit_before_training(make_trainer) -> None:
 # ---------------------------------------------------------------------- DDP on the CPU
 @needs_gloo
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["ddp2", "ddp3"])
+@pytest.mark.parametrize("scenario", ["ddp2", "ddp3", "ddp2task"])
 def test_ddp_rank_zero_logs_what_one_process_logs(fits: Any, scenario: str) -> None:
     ranks = fits(scenario)
     rank0 = ranks[0]
@@ -179,12 +179,16 @@ def test_ddp_rank_zero_logs_what_one_process_logs(fits: Any, scenario: str) -> N
 
 @needs_gloo
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["ddp2", "ddp3"])
-def test_ddp_every_rank_explains_its_slice_and_holds_the_same_state(fits: Any, scenario: str) -> None:
+@pytest.mark.parametrize("scenario", ["ddp2", "ddp3", "ddp2task"])
+def test_ddp_every_rank_explains_its_share_and_holds_the_same_state(fits: Any, scenario: str) -> None:
     ranks = fits(scenario)
     rank0 = ranks[0]
+    n, world = SCENARIOS[scenario]["num_images"], len(ranks)
     data = QuadrantData(as_dict=True).val_set
-    assert torch.equal(rank0["fixed_images"], data.images[: SCENARIOS[scenario]["num_images"]])
+    assert torch.equal(rank0["fixed_images"], data.images[:n])
+    for rank in ranks:  # its slice, padded to the common size; with a task target, the whole batch
+        mine = list(range(n)) if scenario == "ddp2task" else rows_for(n, world, rank["rank"]).tolist()
+        assert rank["rows"] == [mine] * rank["slices"]
     for other in ranks[1:]:
         assert other["runs"] == rank0["runs"] and other["slices"] == rank0["slices"]
         assert torch.equal(other["fixed_images"], rank0["fixed_images"])
