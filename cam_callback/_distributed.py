@@ -16,8 +16,9 @@ output); with such a target every rank explains the whole batch (:func:`splits`)
 
 The ranks' parameters are the same model (replicated, or shards of one), but their buffers need not be:
 FSDP2 never synchronises BatchNorm statistics, and DDP copies rank 0's at the start of each forward through
-its wrapper, after which a training forward updates each rank's own. So during a run every rank explains with global rank 0's
-buffers, the ones a checkpoint saves (:func:`rank_zero_buffers`), and gets its own back afterwards.
+its wrapper, after which a training forward updates each rank's own. So during a run every rank explains
+with global rank 0's buffers, the ones a checkpoint saves (:func:`rank_zero_buffers`), and gets its own
+back afterwards.
 
 A rank that waits in a collective the others never enter hangs the job, so:
 
