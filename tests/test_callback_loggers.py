@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import QuadrantData, TinyNet
 from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger
 
 from cam_callback import CAMCallback
-from conftest import QuadrantData, TinyNet
 
 
 def _fit(make_trainer, logger: Any, **cam: Any) -> CAMCallback:

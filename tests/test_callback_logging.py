@@ -12,6 +12,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import MEAN, STD, QuadrantData, TinyNet
 from lightning.pytorch.loggers import CSVLogger, Logger
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -19,7 +20,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cam_callback import CAMCallback
 from cams import metrics
 from cams.overlay import denormalize
-from conftest import MEAN, STD, QuadrantData, TinyNet
 
 
 class MapsHistory(L.Callback):

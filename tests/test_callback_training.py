@@ -10,13 +10,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import TRAINER_DEFAULTS, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
 import cams
 from cam_callback import CAMCallback
-from conftest import TRAINER_DEFAULTS, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 
 
 def _fit(tmp_path: Path, callbacks: list[L.Callback], epochs: int = 3) -> tuple[L.Trainer, TinyNet]:
