@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import MEAN, STD, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, TensorDataset
@@ -17,7 +18,6 @@ import cams
 from cam_callback import CAMCallback
 from cam_callback._module_class import source_of
 from cams import CamEngine, metrics
-from conftest import MEAN, STD, QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 
 
 class StepRecorder(L.Callback):

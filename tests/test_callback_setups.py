@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -21,7 +22,6 @@ from torch.utils.data import DataLoader
 from cam_callback import CAMCallback
 from cam_callback._batch import parse_batch
 from cam_callback.explain import InputError, explain
-from conftest import QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 
 
 # ---------------------------------------------------------------------- 1. the fit-start probe
