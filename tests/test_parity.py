@@ -240,6 +240,7 @@ def _channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow  # the reference's Score-CAM and Ablation-CAM dominate; test_engine_edge_cases.py is the fast check
 @pytest.mark.parametrize("layout", ["channels-last model", "permuted input"])
 def test_every_method_matches_reference_in_other_memory_layouts(zoo, layout):
     """The reference on a contiguous model and input; ours on a channels-last copy or a permuted input."""
