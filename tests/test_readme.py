@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _terminal import screen_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -144,7 +145,7 @@ def test_a_newcomer_follows_the_readme_from_the_main_job_to_every_snippet(newcom
     for command in steps:
         if command == main:
             out = _run(f"{command} {SHORT_MAIN_JOB}", newcomer).stdout
-            lines = out.splitlines()
+            lines = [line for line in screen_lines(out) if line.strip()]
             assert lines[0].startswith("Training DigitNet"), out[:500]  # before any data or training
             assert any(line.startswith("epoch 1 ") for line in lines), out[-2000:]
             assert (newcomer / "lightning_logs/version_0/checkpoints/last.ckpt").is_file()
