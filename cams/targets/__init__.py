@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
-from cams.targets.classification import ClassTarget, check_classes, logits_of
+from cams.targets.classification import ClassTarget, check_classes, logits_of, readable_logits
 
 __all__ = [
     "ClassTarget",
@@ -30,6 +30,7 @@ __all__ = [
     "Target",
     "Targets",
     "logits_of",
+    "readable_logits",
     "resolve_targets",
     "select_rows",
 ]
