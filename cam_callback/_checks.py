@@ -8,7 +8,7 @@ the checkpoint) and the display normalisation a session uses (``session_mean_std
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -41,10 +41,11 @@ __all__ = [
     "layer_key",
     "layer_names_of",
     "session_mean_std",
+    "target_key",
 ]
 
 LayerSpec = str | nn.Module
-Target = Literal["pred", "label"] | int
+Target = Literal["pred", "label"] | int | Callable[[Any], Tensor]
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -91,15 +92,30 @@ def check_pointing_tolerance(value: Any) -> int:
 
 
 def check_target(target: Any) -> Target:
+    """``"pred"``, ``"label"``, a class index >= 0, or a callable ``output -> (N,)`` scores (for models whose
+    output is not ``(N, classes)`` logits)."""
+    if callable(target) and not isinstance(target, (str, int, Tensor)):
+        return target  # type: ignore[no-any-return]
     if isinstance(target, str):
         if target not in ("pred", "label"):
             raise ValueError(
                 f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label) or a class index"
+                "sample's label), a class index or a callable output -> (N,) scores"
             )
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"CAMCallback(target={target!r}): expected 'pred', 'label' or a class index >= 0")
+        raise ValueError(
+            f"CAMCallback(target={target!r}): expected 'pred', 'label', a class index >= 0 or a callable "
+            "output -> (N,) scores"
+        )
+    return target
+
+
+def target_key(target: Target) -> str | int:
+    """``target`` as a plain, stable value for the ``state_key``, the config and the checkpoint: a callable
+    by its qualified name (``"callable:score_of_cats"``), everything else as it is."""
+    if callable(target):
+        return f"callable:{getattr(target, '__qualname__', type(target).__qualname__)}"
     return target
 
 

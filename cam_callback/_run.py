@@ -35,8 +35,11 @@ __all__ = [
 ]
 
 
-def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> int | Tensor | None:
-    """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, or one class."""
+def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> Any:
+    """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, one class, or the
+    user's callable ``output -> (N,)``."""
+    if callable(target):
+        return target
     if target == "pred":
         return None
     if target == "label":
@@ -141,6 +144,8 @@ def metric_scalars(
     boxes = None if batch.boxes is None else batch.boxes.to(x.device)
     masks = None if batch.masks is None else batch.masks.to(x.device)
     classes = result.classes
+    if classes is None and callable(callback.target):
+        classes = callback.target  # a callable target: the metrics score the same callable as the maps
     for name in callback.methods:
         cam = result[name].detach().float()
         if boxes is not None or masks is not None:

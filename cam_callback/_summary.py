@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule
 
-from cam_callback._checks import layer_key, layer_names_of
+from cam_callback._checks import layer_key, layer_names_of, target_key
 
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
@@ -29,7 +29,8 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "target_layers": callback._layer_names
         if callback._layer_names is not None
         else layer_key(callback.target_layer),
-        "target": callback.target,
+        "layout": _layout(callback),
+        "target": target_key(callback.target),
         "num_images": None if batch is None else len(batch),
         "input_size": None if batch is None else list(batch.images.shape[1:]),
         "every_n_epochs": None if callback.every_n_steps is not None else callback.every_n_epochs,
@@ -43,6 +44,12 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "sanity_check": callback.sanity_check,
         "drift": "1 - mean cosine similarity (cams.metrics.drift)",
     }
+
+
+def _layout(callback: CAMCallback) -> str | None:
+    """How the engine read the (first) target layer's output, e.g. ``tokens (8, 17, 192): 1 prefix token ...``."""
+    layout = getattr(callback._engine, "layout", None)
+    return None if layout is None else str(layout)
 
 
 def config_markdown(settings: dict[str, Any]) -> str:
@@ -72,7 +79,7 @@ def checkpoint_summary(callback: CAMCallback, pl_module: LightningModule) -> dic
         "input_size": None if batch is None else [int(v) for v in batch.images.shape[1:]],
         "mean": None if callback._session_mean is None else list(callback._session_mean),
         "std": None if callback._session_std is None else list(callback._session_std),
-        "target": callback.target,
+        "target": target_key(callback.target),
         "aug_smooth": callback.aug_smooth,
         "eigen_smooth": callback.eigen_smooth,
     }

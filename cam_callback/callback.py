@@ -41,6 +41,7 @@ from cam_callback._checks import (
     check_trainer_has_images,
     layer_key,
     session_mean_std,
+    target_key,
 )
 from cam_callback._logging import CamLogWriter
 from cam_callback._run import (
@@ -100,7 +101,9 @@ class CAMCallback(Callback):
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
             spatial size > 1.
         target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
-            (the sample's label from the batch) or a fixed class index.
+            (the sample's label from the batch), a fixed class index, or a callable ``output -> (N,)`` scores
+            for outputs without readable logits (logits are read from tensors, Hugging Face outputs, dicts
+            with ``"logits"``/``"out"`` and tuples; see :func:`cams.targets.logits_of`).
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
         eigen_smooth: keep the first principal component of the weighted activations.
         mean: per-channel normalisation mean to undo for display (default: ``datamodule.mean`` when it
@@ -221,7 +224,7 @@ class CAMCallback(Callback):
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layer),
-            target=self.target,
+            target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
         )
