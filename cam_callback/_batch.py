@@ -1,11 +1,14 @@
 """The callback's fixed batch: read once from a dataloader or from the user's tensors, kept on the CPU.
 
-Batches may be tensors, ``(x, y, ...)`` tuples or lists, or dicts. Dict keys recognised (first match wins):
+Batches may be tensors, ``(x, y, ...)`` tuples or lists, or dicts (Hugging Face ``BatchFeature`` too).
+Dict keys recognised (first match wins):
 
-- images: ``"image"``, ``"images"``, ``"x"``, ``"input"``
-- labels: ``"label"``, ``"labels"``, ``"y"``, ``"target"``, ``"targets"``
-- boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels)
-- masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, non-zero inside the object)
+- images: ``"image"``, ``"images"``, ``"img"``, ``"pixel_values"``, ``"input"``, ``"x"``
+  (``(B, C, H, W)`` images or ``(B, C, D, H, W)`` volumes)
+- labels: ``"label"``, ``"labels"``, ``"target"``, ``"targets"``, ``"y"``
+- boxes: ``"box"``, ``"boxes"`` (``(B, 4)`` ``x0, y0, x1, y1`` in pixels; volumes: ``(B, 6)``
+  ``x0, y0, z0, x1, y1, z1`` in voxels, ``z`` along ``D``)
+- masks: ``"mask"``, ``"masks"`` (``(B, H, W)``, volumes ``(B, D, H, W)``, non-zero inside the object)
 
 Anything else goes through a user ``batch_to_images`` function first. :func:`choose_batch` picks the
 callback's batch from the Trainer's first validation dataloader or the user's ``images``.
@@ -39,8 +42,8 @@ __all__ = [
     "take_first",
 ]
 
-IMAGE_KEYS = ("image", "images", "x", "input")
-LABEL_KEYS = ("label", "labels", "y", "target", "targets")
+IMAGE_KEYS = ("image", "images", "img", "pixel_values", "input", "x")
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 BOX_KEYS = ("box", "boxes")
 MASK_KEYS = ("mask", "masks")
 
@@ -52,10 +55,12 @@ class FixedBatch:
     """The images the callback explains at every run, on the CPU.
 
     Attributes:
-        images: ``(N, C, H, W)`` model inputs (normalised as the model expects them).
+        images: ``(N, C, H, W)`` model inputs (normalised as the model expects them), or volumes
+            ``(N, C, D, H, W)``.
         labels: ``(N,)`` long class labels, or ``None``.
-        boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels, or ``None``.
-        masks: ``(N, H, W)`` bool object masks, or ``None``.
+        boxes: ``(N, 4)`` float ``x0, y0, x1, y1`` object boxes in pixels (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels), or ``None``.
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) bool object masks, or ``None``.
     """
 
     images: Tensor
@@ -64,12 +69,12 @@ class FixedBatch:
     masks: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.images, Tensor) or self.images.dim() != 4:
+        if not isinstance(self.images, Tensor) or self.images.dim() not in (4, 5):
             shape = (
                 tuple(self.images.shape) if isinstance(self.images, Tensor) else type(self.images).__name__
             )
-            raise ValueError(f"images must be a (N, C, H, W) tensor; got {shape}")
-        n, _, h, w = self.images.shape
+            raise ValueError(f"images must be a (N, C, H, W) or (N, C, D, H, W) tensor; got {shape}")
+        n, spatial = self.images.shape[0], tuple(self.images.shape[2:])
         self.images = _own(self.images)
         if self.labels is not None:
             labels = torch.as_tensor(self.labels)
@@ -80,17 +85,18 @@ class FixedBatch:
             self.labels = None if labels is None else _own(labels.long())
         if self.boxes is not None:
             boxes = torch.as_tensor(self.boxes)
-            if boxes.shape != (n, 4):
-                raise ValueError(
-                    f"boxes must be (N, 4) = ({n}, 4) x0, y0, x1, y1 in pixels; got {tuple(boxes.shape)}"
-                )
+            columns = 2 * len(spatial)
+            if boxes.shape != (n, columns):
+                what = "x0, y0, x1, y1 in pixels" if columns == 4 else "x0, y0, z0, x1, y1, z1 in voxels"
+                raise ValueError(f"boxes must be (N, {columns}) = ({n}, {columns}) {what}; got {tuple(boxes.shape)}")
             self.boxes = _own(boxes.float())
         if self.masks is not None:
             masks = torch.as_tensor(self.masks)
-            if masks.dim() == 4 and masks.shape[1] == 1:
+            if masks.dim() == len(spatial) + 2 and masks.shape[1] == 1:
                 masks = masks[:, 0]
-            if masks.shape != (n, h, w):
-                raise ValueError(f"masks must be (N, H, W) = ({n}, {h}, {w}); got {tuple(masks.shape)}")
+            if tuple(masks.shape) != (n, *spatial):
+                names = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
+                raise ValueError(f"masks must be {names} = {(n, *spatial)}; got {tuple(masks.shape)}")
             self.masks = _own(masks != 0)
 
     def __len__(self) -> int:
@@ -130,7 +136,8 @@ def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dic
             ``(x, y)`` pair, or a dict with the documented keys.
 
     Raises:
-        TypeError: when no image tensor can be found, suggesting ``batch_to_images``.
+        TypeError: when no ``(B, C, H, W)`` or ``(B, C, D, H, W)`` tensor is found; the message names
+            what was found (its key and shape) and suggests ``batch_to_images``.
 
     Example:
         >>> out = parse_batch({"image": torch.zeros(2, 3, 4, 4), "label": torch.tensor([1, 0])})
@@ -151,17 +158,41 @@ def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dic
         found["images"] = batch[0]
         if len(batch) > 1 and isinstance(batch[1], Tensor):
             found["labels"] = batch[1]
-    if not isinstance(found["images"], Tensor) or found["images"].dim() != 4:
-        what = type(batch).__name__
-        if isinstance(batch, Mapping):
-            what += f" with keys {sorted(map(str, batch))}"
-        raise TypeError(
-            f"CAMCallback could not find a (B, C, H, W) image tensor in a batch of type {what}. "
-            f"Use a tensor, an (x, y) tuple, or a dict keyed {IMAGE_KEYS[0]!r}/{IMAGE_KEYS[1]!r}/"
-            f"{IMAGE_KEYS[2]!r}/{IMAGE_KEYS[3]!r}; or pass CAMCallback(batch_to_images=fn) "
-            "with fn(batch) -> images or (images, labels)."
-        )
+    images = found["images"]
+    if not isinstance(images, Tensor) or images.dim() not in (4, 5):
+        raise TypeError(_not_images(batch, images))
     return found
+
+
+def _not_images(batch: Any, images: Any) -> str:
+    """Name what the batch holds instead of an image batch, and say how to pass one."""
+    if isinstance(batch, Tensor):
+        where = "the batch"
+    elif isinstance(batch, Mapping):
+        key = next((k for k in IMAGE_KEYS if k in batch), None)
+        where = f"batch[{key!r}]" if key is not None else f"the dict batch (keys {sorted(map(str, batch))})"
+    elif isinstance(batch, (tuple, list)) and batch:
+        where = f"batch[0] of the {type(batch).__name__} batch"
+    else:
+        where = f"the batch of type {type(batch).__name__}"
+    if isinstance(images, Tensor):
+        what = (
+            f"{where} is a tensor of shape {tuple(images.shape)}, not a (B, C, H, W) image batch or a "
+            "(B, C, D, H, W) volume batch"
+        )
+        if images.dim() == 3:
+            what += " (one-channel images? add the channel dimension: x.unsqueeze(1))"
+        elif images.dim() == 2:
+            what += " (flattened images? reshape them to (B, C, H, W))"
+    elif images is None:
+        what = f"no image tensor in {where}"
+    else:
+        what = f"{where} holds a {type(images).__name__}, not a tensor"
+    return (
+        f"CAMCallback: {what}. Use a tensor, an (x, y) tuple, or a dict keyed "
+        f"{'/'.join(IMAGE_KEYS)} (labels: {'/'.join(LABEL_KEYS)}); or pass CAMCallback(batch_to_images=fn) "
+        "with fn(batch) -> images or (images, labels)."
+    )
 
 
 def _concat(parts: list[dict[str, Any]], key: str, n: int) -> Tensor | None:
@@ -247,7 +278,7 @@ def choose_batch(
     batch_to_images: BatchToImages | None,
     boxes: Tensor | None,
     masks: Tensor | None,
-    target: str | int,
+    target: Any,
 ) -> FixedBatch:
     """The callback's fixed batch: ``user_batch``, else the first ``n`` samples of the first val dataloader.
 

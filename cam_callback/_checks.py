@@ -8,6 +8,7 @@ the checkpoint) and the display normalisation a session uses (``session_mean_std
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 
 import cams
+import cams.targets
 from cam_callback._batch import BatchToImages, FixedBatch
 from cams.overlay import colorize
 
@@ -25,6 +27,7 @@ __all__ = [
     "LayerSpec",
     "Target",
     "check_alpha",
+    "check_batch_settings",
     "check_batch_to_images",
     "check_colormap",
     "check_flag",
@@ -32,12 +35,14 @@ __all__ = [
     "check_layers",
     "check_mean_std",
     "check_methods",
+    "check_name",
     "check_on_error",
     "check_pointing_tolerance",
     "check_positive_int",
     "check_target",
     "check_target_layers",
     "check_trainer_has_images",
+    "instance_names",
     "layer_key",
     "layer_names_of",
     "session_mean_std",
@@ -45,7 +50,7 @@ __all__ = [
 ]
 
 LayerSpec = str | nn.Module
-Target = Literal["pred", "label"] | int | Callable[[Any], Tensor]
+Target = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -92,30 +97,18 @@ def check_pointing_tolerance(value: Any) -> int:
 
 
 def check_target(target: Any) -> Target:
-    """``"pred"``, ``"label"``, a class index >= 0, or a callable ``output -> (N,)`` scores (for models whose
-    output is not ``(N, classes)`` logits)."""
-    if callable(target) and not isinstance(target, (str, int, Tensor)):
-        return target  # type: ignore[no-any-return]
+    if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
+        return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
     if isinstance(target, str):
         if target not in ("pred", "label"):
             raise ValueError(
                 f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label), a class index or a callable output -> (N,) scores"
+                "sample's label), a class index, a target from cams.targets (SegmentationTarget(3), "
+                "MultiLabelTarget(), ...) or a callable output -> (N,) scores"
             )
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(
-            f"CAMCallback(target={target!r}): expected 'pred', 'label', a class index >= 0 or a callable "
-            "output -> (N,) scores"
-        )
-    return target
-
-
-def target_key(target: Target) -> str | int:
-    """``target`` as a plain, stable value for the ``state_key``, the config and the checkpoint: a callable
-    by its qualified name (``"callable:score_of_cats"``), everything else as it is."""
-    if callable(target):
-        return f"callable:{getattr(target, '__qualname__', type(target).__qualname__)}"
+        raise ValueError(f"CAMCallback(target={target!r}): expected 'pred', 'label' or a class index >= 0")
     return target
 
 
@@ -216,7 +209,60 @@ def check_images(images: Any, boxes: Any, masks: Any, target: Target) -> FixedBa
     return batch
 
 
+def check_batch_settings(batch: FixedBatch, faithfulness: bool) -> None:
+    """What the fixed batch allows: the faithfulness metrics perturb 2-D images only."""
+    if batch.images.dim() == 5 and faithfulness:
+        raise MisconfigurationException(
+            "CAMCallback(faithfulness=True): the fixed batch holds volumes (N, C, D, H, W), and the faithfulness "
+            "metrics (Average Drop, deletion/insertion) perturb 2-D images only; pass faithfulness=False (drift "
+            "and the 3-D pointing game are logged for volumes)"
+        )
+
+
+def check_name(name: Any) -> str | None:
+    """``None``, or a name usable inside a tag and a file name (letters, digits, ``_ . + -``)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+        raise ValueError(
+            f"CAMCallback(name={name!r}): expected a short name of letters, digits, '_', '.', '+' or '-', "
+            "e.g. 'val' or 'ood'"
+        )
+    return name
+
+
 # ---------------------------------------------------------------------- the Trainer and the model, at setup
+def instance_names(configs: Sequence[tuple[str | None, str]]) -> list[str]:
+    """One distinct name per CAMCallback of a Trainer, from ``(name=, name derived from the configuration)``.
+
+    A ``name=`` given is kept (two equal ones are an error); a derived name that another instance already
+    has gets ``-2``, ``-3``, ... in the order of ``trainer.callbacks``.
+
+    Raises:
+        MisconfigurationException: two callbacks were given the same ``name``.
+
+    Example:
+        >>> instance_names([(None, "gradcam"), ("ood", "gradcam"), (None, "gradcam")])
+        ['gradcam', 'ood', 'gradcam-2']
+    """
+    given = [name for name, _ in configs if name is not None]
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise MisconfigurationException(
+            f"Several CAMCallbacks in one Trainer have name={repeated[0]!r}; give each a different name"
+        )
+    names: list[str] = []
+    for name, derived in configs:
+        if name is None:
+            name, count = derived, 1
+            while name in names or name in given:
+                count += 1
+                name = f"{derived}-{count}"
+        names.append(name)
+    return names
+
+
+
 def check_trainer_has_images(trainer: Trainer, stage: str, user_batch: FixedBatch | None) -> None:
     """Fitting needs validation data or the user's ``images`` to take the fixed batch from."""
     if stage == TrainerFn.FITTING and user_batch is None and not trainer.enable_validation:
@@ -259,6 +305,24 @@ def session_mean_std(
 
 
 # ---------------------------------------------------------------------- layer names
+def target_key(target: Target) -> str | int:
+    """The target as plain data for the state key, the config and the checkpoint.
+
+    ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form
+    (``"seg:3"``, which ``explain`` reads back) or their repr; a plain function by its qualified name
+    (``"callable:score_of_cats"``: a repr would carry a memory address, and the key must stay the same
+    when a run resumes in another process).
+    """
+    if isinstance(target, (str, int)):
+        return target
+    spec = getattr(target, "spec", None)
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(target, cams.targets.Target) and hasattr(target, "__qualname__"):
+        return f"callable:{target.__qualname__}"
+    return repr(target)
+
+
 def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:
     """The layers as strings: names as given, modules by their class name."""
     if layers is None:

@@ -1,35 +1,105 @@
-"""Where the callback's images, scalars and configuration text go.
+"""Where the callback's images, scalars and configuration text go: each logger through its own API.
 
-- TensorBoard loggers: ``logger.experiment.add_image`` / ``add_text`` (no separate writer).
-- Other loggers with a ``log_image(key, images, step)`` method (W&B, ...): the grids through it.
+- TensorBoard: ``logger.experiment.add_image`` / ``add_text`` (no separate writer).
+- MLflow: ``MlflowClient.log_image(run_id, image, key=tag, step=step)`` and ``log_text`` on the logger's
+  own run (its artifacts, with a step slider in the MLflow UI).
+- Comet: ``experiment.log_image(image, name=tag, step=step)`` and ``experiment.log_text``.
+- Other loggers with a ``log_image(key, images, step)`` method (W&B's ``WandbLogger``, ...): the grids
+  through it.
 - Scalars: every logger's ``log_metrics``.
 - No logger that can take images: PNGs (and, without any logger, a ``scalars.csv``) under
-  ``<log_dir>/cams/``.
+  ``<run directory>/cams/``: the first logger's own version folder (``log_dir``, else
+  ``save_dir/name/version``), or a new ``<default_root_dir>/cams/version_<n>/`` per run without
+  loggers; never a folder shared between runs.
+
+A writer with a ``name`` puts it after the tag's first part (``cam/<name>/gradcam``,
+``cam_drift/<name>/gradcam/vs_first``), so several callbacks in one Trainer never write the same tag.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger as _FabricTensorBoardLogger
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger
 
 from cams.overlay import save_png, to_uint8
 
-__all__ = ["CamLogWriter"]
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
+
+__all__ = ["CamLogWriter", "destination", "mlflow_key", "png_run_dir", "prefixed"]
 
 
 def _is_tensorboard(logger: Logger) -> bool:
     return isinstance(logger, _FabricTensorBoardLogger)
 
 
+def _takes_images(logger: Logger) -> bool:
+    return (
+        _is_tensorboard(logger)
+        or isinstance(logger, (MLFlowLogger, CometLogger))
+        or callable(getattr(logger, "log_image", None))
+    )
+
+
 def _png_name(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", tag)
+
+
+def prefixed(tag: str, name: str | None) -> str:
+    """``tag`` with ``name`` after its first part: ``prefixed("cam/gradcam", "val") == "cam/val/gradcam"``.
+
+    Example:
+        >>> prefixed("cam_drift/gradcam/vs_first", "ood"), prefixed("cam/input", None)
+        ('cam_drift/ood/gradcam/vs_first', 'cam/input')
+    """
+    if not name:
+        return tag
+    root, _, rest = tag.partition("/")
+    return f"{root}/{name}/{rest}" if rest else f"{root}/{name}"
+
+
+def _run_folder(logger: Logger) -> Path | None:
+    """The logger's own folder for this run: ``log_dir`` (TensorBoard, CSV), else ``save_dir/name/version``."""
+    log_dir = getattr(logger, "log_dir", None)
+    if isinstance(log_dir, (str, Path)):
+        return Path(log_dir)
+    if logger.save_dir is None:
+        return None
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(logger.save_dir) / str(logger.name or "default") / version
+
+
+def png_run_dir(trainer: Trainer) -> Path:
+    """Where PNGs go when no logger takes images: ``<run folder>/cams``, a folder of this run only.
+
+    The run folder is the first logger's own (see the module docstring); without loggers it is a new
+    ``<default_root_dir>/cams/version_<n>`` (the next free ``n``), so two runs never share files.
+    Call on global rank zero only.
+    """
+    for logger in trainer.loggers:
+        folder = _run_folder(logger)
+        if folder is not None:
+            return folder / "cams"
+    root = Path(trainer.default_root_dir) / "cams"
+    taken = {int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()} if root.is_dir() else set()
+    return root / f"version_{max(taken, default=-1) + 1}"
+
+
+def destination(loggers: Sequence[Logger], png_dir: Path | None) -> str:
+    """A text naming where a writer's output lands (each logger's run, the PNG folder): equal for the same run."""
+    parts = [f"{type(lg).__name__}:{_run_folder(lg) or lg.name}:{lg.version}" for lg in loggers]
+    if png_dir is not None:
+        parts.append(f"png:{png_dir}")
+    return "|".join(parts)
 
 
 class CamLogWriter:
@@ -37,43 +107,59 @@ class CamLogWriter:
 
     Args:
         loggers: ``trainer.loggers``.
-        log_dir: ``trainer.log_dir``; PNGs go to ``<log_dir>/cams/`` when no logger takes images.
+        png_dir: where PNGs go when no logger takes images (see :func:`png_run_dir`); ignored otherwise.
+        name: the callback's name, put into every tag (see :func:`prefixed`); ``None`` for plain tags.
 
     Example:
         >>> import tempfile
-        >>> writer = CamLogWriter([], tempfile.mkdtemp())
+        >>> writer = CamLogWriter([], Path(tempfile.mkdtemp()) / "cams")
         >>> writer.png_dir is not None
         True
     """
 
-    def __init__(self, loggers: Sequence[Logger], log_dir: str | Path | None) -> None:
+    def __init__(self, loggers: Sequence[Logger], png_dir: str | Path | None, name: str | None = None) -> None:
         self.loggers = list(loggers)
+        self.name = name
         self.tensorboard = [lg for lg in self.loggers if _is_tensorboard(lg)]
+        self.mlflow = [lg for lg in self.loggers if isinstance(lg, MLFlowLogger)]
+        self.comet = [lg for lg in self.loggers if isinstance(lg, CometLogger)]
         self.image_loggers = [
-            lg for lg in self.loggers if not _is_tensorboard(lg) and callable(getattr(lg, "log_image", None))
+            lg
+            for lg in self.loggers
+            if not _is_tensorboard(lg)
+            and not isinstance(lg, (MLFlowLogger, CometLogger))
+            and callable(getattr(lg, "log_image", None))
         ]
-        takes_images = bool(self.tensorboard or self.image_loggers)
-        self.png_dir: Path | None = None if takes_images else Path(log_dir or ".") / "cams"
+        takes_images = any(_takes_images(lg) for lg in self.loggers)
+        self.png_dir: Path | None = None if takes_images else Path(png_dir or "cams")
 
     def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
         """Log one ``(3, H, W)`` float image in ``[0, 1]`` under ``tag``."""
+        tag = prefixed(tag, self.name)
         grid = grid.detach().float().clamp(0, 1).cpu()
         for logger in self.tensorboard:
             logger.experiment.add_image(tag, grid, global_step=step, dataformats="CHW")
-        if self.image_loggers:
-            array = to_uint8(grid[None])[0]
-            for logger in self.image_loggers:
-                logger.log_image(key=tag, images=[array], step=step)  # type: ignore[attr-defined]
+        array = to_uint8(grid[None])[0]  # (H, W, 3) uint8
+        for logger in self.mlflow:
+            _mlflow_image(logger, array, tag, step)
+        for logger in self.comet:
+            logger.experiment.log_image(array, name=tag, step=step, image_channels="last")
+        for logger in self.image_loggers:
+            logger.log_image(key=tag, images=[array], step=step)  # type: ignore[attr-defined]
         if self.png_dir is not None:
             name = "input.png" if tag.endswith("/input") else f"step_{step:07d}.png"
-            save_png(self.png_dir / _png_name(tag.split("/", 1)[-1]) / name, to_uint8(grid[None])[0])
+            save_png(self.png_dir / _png_name(tag.split("/", 1)[-1]) / name, array)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
-        """Log scalars to every logger (a CSV under ``<log_dir>/cams/`` when there is none)."""
+        """Log scalars to every logger (a CSV in the PNG folder when there is no logger)."""
         if not values:
             return
+        values = {prefixed(tag, self.name): value for tag, value in values.items()}
         for logger in self.loggers:
-            logger.log_metrics(dict(values), step=step)
+            if isinstance(logger, MLFlowLogger):
+                logger.log_metrics({mlflow_key(tag): value for tag, value in values.items()}, step=step)
+            else:
+                logger.log_metrics(dict(values), step=step)
         if not self.loggers and self.png_dir is not None:
             self.png_dir.mkdir(parents=True, exist_ok=True)
             path = self.png_dir / "scalars.csv"
@@ -85,12 +171,18 @@ class CamLogWriter:
                 writer.writerows([step, tag, value] for tag, value in values.items())
 
     def text(self, tag: str, text: str, step: int) -> None:
-        """Log a markdown text once (TensorBoard ``add_text``; ``config.md`` beside the PNGs)."""
+        """Log a markdown text once (TensorBoard ``add_text``, an MLflow artifact, Comet's text tab, or a file)."""
+        tag = prefixed(tag, self.name)
         for logger in self.tensorboard:
             logger.experiment.add_text(tag, text, global_step=step)
+        for logger in self.mlflow:
+            logger.experiment.log_text(logger.run_id, text, f"{mlflow_key(tag)}.md")
+        for logger in self.comet:
+            logger.experiment.log_text(text, step=step, metadata={"tag": tag})
         if self.png_dir is not None:
-            self.png_dir.mkdir(parents=True, exist_ok=True)
-            (self.png_dir / "config.md").write_text(text + "\n")
+            path = self.png_dir / f"{_png_name(tag.split('/', 1)[-1])}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
 
     def flush(self) -> None:
         """Flush TensorBoard writers so the run is visible at once."""
@@ -98,3 +190,25 @@ class CamLogWriter:
             experiment: Any = logger.experiment
             if callable(getattr(experiment, "flush", None)):
                 experiment.flush()
+
+
+def mlflow_key(tag: str) -> str:
+    """``tag`` in the characters MLflow keys allow (``+`` becomes ``p``: ``gradcam++`` -> ``gradcampp``).
+
+    Lightning's ``MLFlowLogger`` would drop the ``+`` and make ``gradcam++`` collide with ``gradcam``.
+
+    Example:
+        >>> mlflow_key("cam_drift/gradcam++/vs_first")
+        'cam_drift/gradcampp/vs_first'
+    """
+    return re.sub(r"[^a-zA-Z0-9_/. -]", lambda m: "p" if m.group() == "+" else "_", tag)
+
+
+def _mlflow_image(logger: MLFlowLogger, array: Any, tag: str, step: int) -> None:
+    """An image on the logger's MLflow run: keyed and stepped (MLflow >= 2.15), else a PNG artifact."""
+    client: Any = logger.experiment
+    key = mlflow_key(tag)
+    if "key" in inspect.signature(client.log_image).parameters:
+        client.log_image(logger.run_id, array, key=key, step=step)
+    else:  # an older MLflow: one artifact per image
+        client.log_image(logger.run_id, array, artifact_file=f"{key}/step_{step:07d}.png")

@@ -3,7 +3,8 @@
 - images: the input grid (once) and one overlay grid per method, under ``cam/``;
 - ``cam_drift/``: each method's drift against the previous and the first run, and the share of changed
   predictions;
-- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for.
+- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for, means of
+  per-image values (computed on each rank's slice of the batch, see ``_distributed``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._checks import Target
 from cam_callback._logging import CamLogWriter
+from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
 from cams.state import frozen_model
 
@@ -31,14 +33,15 @@ __all__ = [
     "log_config_and_input",
     "log_overlays",
     "metric_scalars",
+    "per_image_metrics",
     "predictions",
 ]
 
 
 def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> Any:
     """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, one class, or the
-    user's callable ``output -> (N,)``."""
-    if callable(target):
+    user's task target or callable as it is."""
+    if not isinstance(target, (str, int)):
         return target
     if target == "pred":
         return None
@@ -49,13 +52,13 @@ def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> A
 
 
 def predictions(result: Any, target: Target) -> Tensor | None:
-    """Each image's predicted class ``(N,)`` on the CPU, from the engine's logits (or classes for "pred")."""
+    """Each image's predicted class ``(N,)`` on the maps' device, from the engine's logits (or classes for "pred")."""
     logits = getattr(result, "logits", None)
     if isinstance(logits, Tensor) and logits.dim() == 2:
-        return logits.detach().argmax(dim=1).cpu()
+        return logits.detach().argmax(dim=1)
     classes = getattr(result, "classes", None)
     if target == "pred" and isinstance(classes, Tensor):
-        return classes.detach().cpu()
+        return classes.detach()
     return None
 
 
@@ -72,9 +75,11 @@ def log_config_and_input(
     std: tuple[float, ...] | None,
     step: int,
 ) -> None:
-    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``), once per session."""
+    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``; volumes: their slices
+    through the centre), once per session."""
     writer.text("cam/config", config_text, step)
-    writer.image("cam/input", grid(denormalize(images, mean, std)), step)
+    shown = volume_input_panels(images, mean, std) if images.dim() == 5 else denormalize(images, mean, std)
+    writer.image("cam/input", grid(shown), step)
 
 
 def log_overlays(
@@ -86,11 +91,20 @@ def log_overlays(
     std: tuple[float, ...] | None,
     alpha: float,
     colormap: str,
+    target: Any = None,
 ) -> None:
-    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid."""
+    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid.
+
+    Volumes ``(N, C, D, H, W)``: the three slices through each map's peak. A fixed segmentation ``target``
+    (:func:`cam_callback._volumes.fixed_target`) adds the outline of its mask beside each overlay.
+    """
+    if images.dim() == 5:
+        for name, cam in maps.items():
+            writer.image(f"cam/{name}", grid(volume_panels(images, cam, mean, std, alpha, colormap)), step)
+        return
     shown = denormalize(images, mean, std)
     for name, cam in maps.items():
-        writer.image(f"cam/{name}", grid(overlay(shown, cam, alpha, colormap)), step)
+        writer.image(f"cam/{name}", grid(outline_panels(shown, overlay(shown, cam, alpha, colormap), target)), step)
 
 
 def drift_scalars(
@@ -122,42 +136,50 @@ def drift_scalars(
     return scalars
 
 
-def metric_scalars(
-    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any
-) -> dict[str, float]:
-    """Localisation, faithfulness and sanity scalars: extra forwards only when asked for.
+def per_image_metrics(
+    callback: CAMCallback,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    batch: FixedBatch,
+    x: Tensor,
+    result: Any,
+    target: Any = None,
+) -> dict[str, Tensor]:
+    """Localisation, faithfulness and sanity values per image, ``tag -> (B,)`` on ``x``'s device.
+
+    Every value depends on its own image only, so each rank computes them for its slice of the fixed
+    batch and the slices are gathered (:func:`metric_scalars` averages them). Extra forwards run only
+    when asked for.
 
     Args:
-        callback: the callback, for its settings, fixed batch and resolved layers.
+        callback: the callback, for its settings and resolved layers.
         trainer: the Trainer, for its precision plugin's forward context.
         pl_module: the model.
-        x: the fixed batch ``(N, C, H, W)`` as the model takes it.
+        batch: the images explained (the fixed batch or a rank's slice of it), with boxes and masks.
+        x: ``batch.images`` as the model takes them, ``(B, C, H, W)`` on its device.
         result: the engine's result for ``x``.
+        target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
     """
-    assert callback._batch is not None
-    batch = callback._batch
     if batch.boxes is None and batch.masks is None and not callback.faithfulness and not callback.sanity_check:
         return {}
     from cams import metrics
 
-    scalars: dict[str, float] = {}
+    values: dict[str, Tensor] = {}
     boxes = None if batch.boxes is None else batch.boxes.to(x.device)
     masks = None if batch.masks is None else batch.masks.to(x.device)
-    classes = result.classes
-    if classes is None and callable(callback.target):
-        classes = callback.target  # a callable target: the metrics score the same callable as the maps
+    classes = result.classes if target is None else target
     for name in callback.methods:
         cam = result[name].detach().float()
         if boxes is not None or masks is not None:
             pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=callback.pointing_tolerance)
             energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
-            scalars[f"cam_localisation/{name}/pointing_game"] = float(torch.nanmean(pointing.float()))
-            scalars[f"cam_localisation/{name}/energy"] = float(torch.nanmean(energy.float()))
+            values[f"cam_localisation/{name}/pointing_game"] = pointing.float()
+            values[f"cam_localisation/{name}/energy"] = energy.float()
         if callback.faithfulness:
             with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
                 scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
             for key, value in scores.items():
-                scalars[f"cam_faithfulness/{name}/{key}"] = float(value.float().mean())
+                values[f"cam_faithfulness/{name}/{key}"] = value.float()
         if callback.sanity_check:
             with frozen_model(pl_module), trainer.precision_plugin.forward_context():
                 similarity = metrics.sanity_check(
@@ -168,5 +190,12 @@ def metric_scalars(
                     targets=classes,
                     reshape_transform=callback.reshape_transform,
                 )
-            scalars[f"cam_sanity/{name}/spearman"] = float(similarity.float().mean())
-    return scalars
+            values[f"cam_sanity/{name}/spearman"] = similarity.float()
+    return values
+
+
+def metric_scalars(values: dict[str, Tensor]) -> dict[str, float]:
+    """The batch means of :func:`per_image_metrics`; localisation ignores images without an object (``nan``)."""
+    return {
+        tag: float(torch.nanmean(v) if tag.startswith("cam_localisation/") else v.mean()) for tag, v in values.items()
+    }

@@ -1,11 +1,14 @@
 """What the callback writes down about itself: the ``cam/config`` table and ``checkpoint["cam_callback"]``.
 
 ``checkpoint["cam_callback"]`` is what :func:`cam_callback.explain` reads to rebuild the model and explain
-new images as the callback did; :data:`CHECKPOINT_VERSION` versions it and the callback's ``state_dict``.
+new images as the callback did; a Trainer with several CAMCallbacks writes one such summary per callback,
+keyed by its name, as ``checkpoint["cam_callbacks"][name]`` instead (``explain(..., callback=name)``).
+:data:`CHECKPOINT_VERSION` versions the summaries and the callback's ``state_dict``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningModule
@@ -15,16 +18,44 @@ from cam_callback._checks import layer_key, layer_names_of, target_key
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
 
-__all__ = ["CHECKPOINT_VERSION", "checkpoint_summary", "config", "config_markdown"]
+__all__ = ["CHECKPOINT_VERSION", "checkpoint_summary", "config", "config_markdown", "derived_name"]
 
 #: version of ``checkpoint["cam_callback"]`` and of the callback's ``state_dict``.
 CHECKPOINT_VERSION = 1
 
 
+def derived_name(callback: CAMCallback) -> str:
+    """A name from the callback's configuration: its methods, then what differs from the defaults.
+
+    Example:
+        >>> from cam_callback import CAMCallback
+        >>> derived_name(CAMCallback(methods=["gradcam", "xgradcam"], target="label", every_n_steps=50))
+        'gradcam+xgradcam-label-every50steps'
+    """
+    parts = ["+".join(callback.methods)]
+    if callback.target_layer is not None:
+        parts.append("+".join(layer_key(callback.target_layer) or []))
+    if callback.target != "pred":
+        target = target_key(callback.target)  # a task target by its text form: "seg:3" -> "seg_3"
+        parts.append(f"class{target}" if isinstance(target, int) else target)
+    if callback.aug_smooth:
+        parts.append("aug")
+    if callback.eigen_smooth:
+        parts.append("eigen")
+    if callback.every_n_steps is not None:
+        parts.append(f"every{callback.every_n_steps}steps")
+    elif callback.every_n_epochs != 1:
+        parts.append(f"every{callback.every_n_epochs}epochs")
+    if callback._user_batch is not None:
+        parts.append("images")
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts))
+
+
 def config(callback: CAMCallback) -> dict[str, Any]:
     """The callback's settings and what it resolved (layers, batch size, normalisation), as plain values."""
     batch = callback._batch
-    return {
+    settings: dict[str, Any] = {} if callback.tag_name is None else {"name": callback.tag_name}
+    return settings | {
         "methods": list(callback.methods),
         "target_layers": callback._layer_names
         if callback._layer_names is not None

@@ -7,6 +7,7 @@ where it goes in ``_logging``, and the configuration and checkpoint summary in `
 
 from __future__ import annotations
 
+import hashlib
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -15,8 +16,9 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -26,6 +28,7 @@ from cam_callback._checks import (
     LayerSpec,
     Target,
     check_alpha,
+    check_batch_settings,
     check_batch_to_images,
     check_colormap,
     check_flag,
@@ -33,27 +36,50 @@ from cam_callback._checks import (
     check_layers,
     check_mean_std,
     check_methods,
+    check_name,
     check_on_error,
     check_pointing_tolerance,
     check_positive_int,
     check_target,
     check_target_layers,
     check_trainer_has_images,
+    instance_names,
     layer_key,
     session_mean_std,
     target_key,
 )
-from cam_callback._logging import CamLogWriter
+from cam_callback._distributed import (
+    agree,
+    check_strategy,
+    gather_rows,
+    rank_zero_buffers,
+    rows_for,
+    share,
+    splits,
+    take_rows,
+    together,
+)
+from cam_callback._logging import CamLogWriter, destination, png_run_dir
+from cam_callback._probe import probe_model
 from cam_callback._run import (
     drift_scalars,
     engine_targets,
     log_config_and_input,
     log_overlays,
     metric_scalars,
+    per_image_metrics,
     predictions,
 )
-from cam_callback._schedule import due_after_epoch, due_after_step, due_after_validation
-from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown
+from cam_callback._schedule import (
+    due_after_epoch,
+    due_after_step,
+    due_after_validation,
+    never_fires,
+    repeats,
+    weights_fingerprint,
+)
+from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, config_markdown, derived_name
+from cam_callback._volumes import fixed_target
 
 __all__ = ["CAMCallback"]
 
@@ -62,13 +88,19 @@ class CAMCallback(Callback):
     """Log class activation maps of a fixed batch of images while a model trains.
 
     At the start of fitting the callback picks a fixed batch once (the first ``num_images`` samples of
-    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU. It
-    explains that batch before the first training step (the baseline), then at the end of every
-    ``every_n_epochs``-th validation epoch (or every ``every_n_steps`` optimizer steps), and logs, at
-    ``trainer.global_step``:
+    the first validation dataloader's dataset, or the ``images`` you pass) and keeps it on the CPU, then
+    probes the model: it explains the first image with the callback's methods and target, and a model it
+    cannot explain (no feature-map layer, a target layer with a ``(B, C)`` output, an output the target
+    cannot read, a class out of range, images of the wrong shape, ``mean``/``std`` that do not fit the
+    channels) stops the fit there with a ``MisconfigurationException``, before any training step. It
+    explains the batch before the first training step (the baseline), then after every
+    ``every_n_epochs``-th training epoch (at the end of the validation that follows the epoch's last
+    batch, or at the end of the epoch when there is none; mid-epoch validations do not count), or every
+    ``every_n_steps`` optimizer steps, and logs, at ``trainer.global_step``:
 
     - ``cam/input``: the de-normalised input images (once per fit), ``cam/<method>``: overlays of each
-      method's maps, as one image grid each;
+      method's maps, as one image grid each (volumes ``(N, C, D, H, W)``: the axial, coronal and sagittal
+      slices through each map's peak; a segmentation target: the explained mask's outline beside each);
     - ``cam_drift/<method>/vs_previous`` and ``cam_drift/<method>/vs_first``: ``1 - mean cosine
       similarity`` between this run's maps (B, H, W) and the previous/first run's
       (:func:`cams.metrics.drift`); ``cam_drift/pred_changed``: share of images whose predicted class
@@ -79,12 +111,25 @@ class CAMCallback(Callback):
       (rank correlation with the maps of a re-initialised copy: high means the map ignores the weights);
     - ``cam/config``: the run's configuration, once, as text.
 
-    TensorBoard loggers get images through ``logger.experiment``; other loggers with a ``log_image``
-    method (W&B) get the grids through it; with no such logger PNGs go under ``<trainer.log_dir>/cams/``
-    and a warning says so. Only global rank zero computes and logs, on the unwrapped LightningModule.
-    The maps never change training: no ``.grad`` writes, no hooks left behind, modes, BatchNorm buffers
-    and the global RNG as found (the :mod:`cams` engine guarantees it). ``trainer.validate`` with the
-    callback attached explains the batch once at the end of validation.
+    Each logger gets the images through its own API: TensorBoard ``add_image``, MLflow ``log_image``
+    on the logger's run, Comet ``log_image``, others with a ``log_image`` method (W&B) through it; with
+    no such logger PNGs go under ``<run folder>/cams/`` (the logger's own version folder, or a new
+    ``<default_root_dir>/cams/version_<n>``), and a warning says so. With several processes (DDP,
+    ``ModelParallelStrategy`` with FSDP2) every rank explains its share of the fixed batch on its own
+    device, on the unwrapped LightningModule; the maps are gathered and global rank zero logs exactly what
+    one process would (``FSDPStrategy``, DeepSpeed ZeRO-3 and tensor parallelism are refused at ``setup``).
+    The maps never change training: no ``.grad`` writes, no hooks left behind, modes, BatchNorm buffers,
+    sharded parameters and the global RNG as found (the :mod:`cams` engine guarantees it).
+    ``trainer.validate`` with the callback attached explains the batch once at the end of validation,
+    and adds nothing when the same weights were already logged to the same loggers (``validate`` right
+    after ``fit``). A schedule that cannot log anything after the baseline within
+    ``max_epochs``/``max_steps`` is reported by a warning at fit start.
+
+    Several CAMCallbacks can share a Trainer: each gets a name (``name=``, else one derived from
+    its configuration, e.g. ``gradcam+xgradcam-label``) that goes into its tags (``cam/<name>/gradcam``,
+    ``cam_drift/<name>/...``) and keys its checkpoint summary ``checkpoint["cam_callbacks"][name]``
+    (``explain(..., callback=name)``). A callback alone in its Trainer keeps the plain tags unless
+    given a ``name``.
 
     Args:
         method: one CAM method name (``"gradcam"``, ``"xgradcam"``, ``"gradcam++"``, ``"scorecam"``, ...;
@@ -96,14 +141,15 @@ class CAMCallback(Callback):
         every_n_steps: explain every n optimizer steps instead of per epoch.
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
-            or ``(images, labels)``.
+            or volumes ``(N, C, D, H, W)``, or ``(images, labels)``.
         target_layer: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
             spatial size > 1.
-        target: which class each map explains: ``"pred"`` (the model's current prediction), ``"label"``
-            (the sample's label from the batch), a fixed class index, or a callable ``output -> (N,)`` scores
-            for outputs without readable logits (logits are read from tensors, Hugging Face outputs, dicts
-            with ``"logits"``/``"out"`` and tuples; see :func:`cams.targets.logits_of`).
+        target: what each map explains: ``"pred"`` (the model's current prediction), ``"label"``
+            (the sample's label from the batch), a fixed class index, a task target from :mod:`cams.targets`
+            (``SegmentationTarget(3)``: class 3 over its predicted mask, whose outline is logged beside each
+            overlay; ``MultiLabelTarget()``: every class above 0.5; ``DetectionTarget()``, ``EmbeddingTarget``),
+            or a callable ``output -> (N,)`` scores.
         aug_smooth: average maps over flipped and rescaled copies (6x the cost).
         eigen_smooth: keep the first principal component of the weighted activations.
         mean: per-channel normalisation mean to undo for display (default: ``datamodule.mean`` when it
@@ -113,17 +159,20 @@ class CAMCallback(Callback):
             ``image``/``label``/``boxes``/``masks``, for dataloaders whose batches are not a tensor, a
             tuple or such a dict.
         reshape_transform: passed to :class:`cams.CamEngine` (for transformers' token outputs).
-        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (else taken
-            from the batch's ``"boxes"`` key when present).
-        masks: ``(N, H, W)`` object masks for the fixed batch (else from the batch's ``"masks"`` key).
+        boxes: ``(N, 4)`` object boxes ``x0, y0, x1, y1`` in pixels for the fixed batch (volumes: ``(N, 6)``
+            ``x0, y0, z0, x1, y1, z1`` in voxels; else taken from the batch's ``"boxes"`` key when present).
+        masks: ``(N, H, W)`` (volumes: ``(N, D, H, W)``) object masks for the fixed batch (else from the
+            batch's ``"masks"`` key).
         pointing_tolerance: pixels around the object that still count as a hit in the pointing game
             (15 as in Zhang et al. for 224² images; use a smaller value for small images).
         faithfulness: also log Average Drop, Increase in Confidence and deletion/insertion AUC.
         sanity_check: also log the parameter-randomisation similarity of each method's maps.
         alpha: weight of the colour map in the overlays, in ``[0, 1]``.
         colormap: OpenCV colour map name for the overlays (``"jet"``, ``"turbo"``, ``"viridis"``, ...).
-        on_error: ``"warn"`` reports a failing CAM run once, with its traceback, and skips it;
-            ``"raise"`` stops training with the error.
+        on_error: for a CAM run that fails after the fit-start probe passed: ``"warn"`` reports it once,
+            with its traceback, and skips it; ``"raise"`` stops training with the error.
+        name: a short name (letters, digits, ``_ . + -``) for this callback's tags and checkpoint summary;
+            needed only to tell several CAMCallbacks apart by a name of your choice.
 
     Raises:
         ValueError: for an unknown method (with close matches) or an invalid argument value.
@@ -131,7 +180,9 @@ class CAMCallback(Callback):
         MisconfigurationException: at ``setup`` when there is nothing to explain (no validation data
             and no ``images``) or the target layer does not exist (with close matches; checked at fit
             start instead for modules that build layers in ``setup``/``configure_model``); before the first
-            training step when ``target="label"`` but the batch has no labels.
+            training step when ``target="label"`` but the batch has no labels, when ``mean``/``std`` do not
+            fit the images' channels, or when the probe cannot explain the first image (the engine's
+            message, with the callback's settings).
         TypeError: before the first training step when a validation batch has no image tensor (pass
             ``batch_to_images``).
 
@@ -176,6 +227,7 @@ class CAMCallback(Callback):
         alpha: float = 0.5,
         colormap: str = "jet",
         on_error: Literal["warn", "raise"] = "warn",
+        name: str | None = None,
     ) -> None:
         super().__init__()
         self.methods: tuple[str, ...] = check_methods(method, methods)
@@ -198,6 +250,8 @@ class CAMCallback(Callback):
         self._user_batch = check_images(images, boxes, masks, self.target)
         self._boxes = None if boxes is None else torch.as_tensor(boxes)
         self._masks = None if masks is None else torch.as_tensor(masks)
+        self.name = check_name(name)
+        self._images_digest = None if self._user_batch is None else _digest(self._user_batch.images)
 
         # resumable state (state_dict / load_state_dict)
         self._batch: FixedBatch | None = None
@@ -207,11 +261,17 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self.runs = 0
         self._last_step = -1
+        self._last_fingerprint: Tensor | None = None  # the weights and the loggers of the latest run
+        self._last_destination: str | None = None
         # per fit/validate session
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
         self._writer: CamLogWriter | None = None
-        self._logged_input = False
+        self._input_logged_to: str | None = None  # destination that got cam/input and cam/config
+        self._destination: str | None = None
+        self._tag_name: str | None = self.name  # the name in this Trainer's tags (None: plain "cam/...")
+        self._summary_name: str = self.name or derived_name(self)
+        self._only_one = True  # the only CAMCallback of its Trainer
         self._reported: set[str] = set()
         self._defer_layer_check = False
         self._session_mean: tuple[float, ...] | None = self.mean
@@ -221,17 +281,35 @@ class CAMCallback(Callback):
     @property
     def state_key(self) -> str:
         """Unique per configuration, so several ``CAMCallback`` instances keep separate state."""
+        extra: dict[str, Any] = {}  # only what differs from the defaults: keys of 0.1 configurations are unchanged
+        if self.name is not None:
+            extra["name"] = self.name
+        if self.every_n_epochs != 1:
+            extra["every_n_epochs"] = self.every_n_epochs
+        if self.every_n_steps is not None:
+            extra["every_n_steps"] = self.every_n_steps
+        if self._images_digest is not None:
+            extra["images"] = self._images_digest
+        elif self.num_images != 8:
+            extra["num_images"] = self.num_images
         return self._generate_state_key(
             methods=list(self.methods),
             target_layer=layer_key(self.target_layer),
             target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
+            **extra,
         )
 
     @property
+    def tag_name(self) -> str | None:
+        """The name in this callback's tags (``cam/<name>/gradcam``): ``name=``, or with several CAMCallbacks
+        in the Trainer one derived from the configuration; ``None`` (plain ``cam/gradcam``) otherwise."""
+        return self._tag_name
+
+    @property
     def fixed_images(self) -> Tensor | None:
-        """The fixed batch ``(N, C, H, W)`` on the CPU (``None`` until chosen, and on ranks other than 0)."""
+        """The fixed batch ``(N, C, H, W)`` on the CPU (``None`` until chosen; every rank holds the same)."""
         return None if self._batch is None else self._batch.images
 
     @property
@@ -267,46 +345,49 @@ class CAMCallback(Callback):
             return
         check_target_layers(pl_module, self.target_layer)
 
+    # Every hook runs on every rank and decides from what all ranks share (see ``_distributed``).
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        ensure_val_dataloaders(trainer, self._user_batch)  # every rank: Lightning's data setup has a barrier
-        if not trainer.is_global_zero:
-            return
-        self._start(trainer, pl_module, baseline=True)
+        ensure_val_dataloaders(trainer, self._user_batch)  # Lightning's data setup has a barrier
+        self._prepare(trainer, pl_module)  # all ranks fail alike
+        problem = never_fires(trainer, self.every_n_epochs, self.every_n_steps)
+        if problem is not None:
+            rank_zero_warn(problem, category=UserWarning)
+        if agree(trainer, not self._first):  # the baseline, unless resuming
+            self._run(trainer, pl_module)
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.state.fn != TrainerFn.VALIDATING or not trainer.is_global_zero:
+        if trainer.state.fn != TrainerFn.VALIDATING:
             return
-        self._start(trainer, pl_module, baseline=False)
+        self._prepare(trainer, pl_module)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (
-            trainer.sanity_checking
-            or not trainer.is_global_zero
-            or not due_after_validation(trainer, self.every_n_epochs, self.every_n_steps)
+        if trainer.sanity_checking or not agree(
+            trainer, due_after_validation(trainer, self.every_n_epochs, self.every_n_steps)
         ):
+            return
+        if trainer.state.fn == TrainerFn.VALIDATING and self._repeats(trainer, pl_module):
             return
         self._run(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (
-            not trainer.is_global_zero
-            or trainer.enable_validation
-            or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
-        ):
-            return
-        self._run(trainer, pl_module)
+        due = (
+            trainer.global_step != self._last_step  # not explained after this epoch's validation already
+            and due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
+        )
+        if agree(trainer, due):
+            self._run(trainer, pl_module)
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.is_global_zero or not due_after_step(trainer, self.every_n_steps, self._last_step):
-            return
-        self._run(trainer, pl_module)
+        # no collective per training step: the global step and the latest run's step are the same on every rank
+        if due_after_step(trainer, self.every_n_steps, self._last_step):
+            self._run(trainer, pl_module)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -324,6 +405,8 @@ class CAMCallback(Callback):
             "layer_names": self._layer_names,
             "runs": self.runs,
             "last_step": self._last_step,
+            "last_fingerprint": self._last_fingerprint,
+            "last_destination": self._last_destination,
         }
 
     @override
@@ -336,43 +419,81 @@ class CAMCallback(Callback):
         self._layer_names = state_dict.get("layer_names")
         self.runs = int(state_dict.get("runs", 0))
         self._last_step = int(state_dict.get("last_step", -1))
+        self._last_fingerprint = state_dict.get("last_fingerprint")
+        self._last_destination = state_dict.get("last_destination")
 
     @override
     def on_save_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["cam_callback"] = checkpoint_summary(self, pl_module)
+        summary = checkpoint_summary(self, pl_module)
+        if self._only_one:  # the layout explain has always read
+            checkpoint["cam_callback"] = summary
+        else:  # one summary per CAMCallback: explain(..., callback=name) chooses
+            checkpoint.setdefault("cam_callbacks", {})[self._summary_name] = summary
 
     # ------------------------------------------------------------------ helpers
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Trainer-level checks (every rank, so every rank fails alike) and per-session state."""
         check_trainer_has_images(trainer, stage, self._user_batch)
+        check_strategy(trainer, self.sanity_check)
         self._defer_layer_check = is_overridden("configure_model", pl_module) or is_overridden(
             "setup", pl_module
         )
         if not self._defer_layer_check:
             check_target_layers(pl_module, self.target_layer)
+        siblings = [cb for cb in trainer.callbacks if isinstance(cb, CAMCallback)]
+        names = instance_names([(cb.name, derived_name(cb)) for cb in siblings])
+        self._only_one = len(siblings) <= 1
+        mine = [n for cb, n in zip(siblings, names, strict=True) if cb is self]
+        self._summary_name = mine[0] if mine else self.name or derived_name(self)
+        self._tag_name = self.name if self._only_one else self._summary_name
         datamodule = getattr(trainer, "datamodule", None)
         self._session_mean, self._session_std = session_mean_std(self.mean, self.std, datamodule)
-        log_dir = trainer.log_dir  # every rank: it broadcasts
         self._engine = self._engine_module = None
-        self._logged_input = False
         self._writer = None
+        self._destination = None
         if trainer.is_global_zero:
-            self._writer = CamLogWriter(trainer.loggers, log_dir)
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
             if self._writer.png_dir is not None:
                 rank_zero_warn(
-                    "CAMCallback: no logger takes images (TensorBoardLogger or one with `log_image`); "
+                    "CAMCallback: no logger takes images (TensorBoard, MLflow, Comet or one with `log_image`); "
                     f"the CAM grids are written as PNG files under {self._writer.png_dir}",
                     category=UserWarning,
                 )
 
-    def _start(self, trainer: Trainer, pl_module: LightningModule, baseline: bool) -> None:
-        """Choose the fixed batch once; explain it before the first training step unless resuming."""
-        if self._batch is None:
-            self._batch = self._choose_batch(trainer)
-        if baseline and not self._first:
-            self._run(trainer, pl_module)
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Choose the fixed batch once on global rank zero and share it, then probe the model with it on every
+        rank (see ``_probe``; a sharded model's forward needs them all); call on every rank: a failure on any
+        rank is raised on every rank, before any training step."""
+
+        def choose() -> None:
+            if trainer.is_global_zero and self._batch is None:
+                self._batch = self._choose_batch(trainer)
+
+        def probe() -> None:
+            assert self._batch is not None
+            check_batch_settings(self._batch, self.faithfulness)
+            probe_model(self, trainer, pl_module)
+
+        together(trainer, choose, MisconfigurationException)
+        self._batch = share(trainer, self._batch)  # the same images on every rank, whatever its data shard
+        together(trainer, probe, MisconfigurationException)
+
+    def _repeats(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit;
+        global rank zero decides (its loggers, its weights or its shard of them) for every rank."""
+        same = trainer.is_global_zero and repeats(
+            weights_fingerprint(pl_module), self._destination or "", self._last_fingerprint, self._last_destination
+        )
+        if not share(trainer, same):
+            return False
+        rank_zero_info(
+            f"CAMCallback: the weights have not changed since the run at global step {self._last_step}, which "
+            "these loggers already have; nothing new to log"
+        )
+        return True
 
     def _choose_batch(self, trainer: Trainer) -> FixedBatch:
         return choose_batch(
@@ -398,43 +519,82 @@ class CAMCallback(Callback):
                 )
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Explain the fixed batch, log images and scalars, and remember the maps for the next drift."""
-        if self._batch is None:
-            self._batch = self._choose_batch(trainer)
-        if self._writer is None:
-            self._writer = CamLogWriter(trainer.loggers, None)
-        batch, writer, step = self._batch, self._writer, trainer.global_step
-        plugin = trainer.precision_plugin
-        x = plugin.convert_input(batch.images.to(pl_module.device))
-        engine = self._get_engine(pl_module)
-        with plugin.forward_context():
-            result = engine(
-                x,
-                methods=self.methods,
-                targets=engine_targets(batch, self.target, x.device),
-                aug_smooth=self.aug_smooth,
-                eigen_smooth=self.eigen_smooth,
-            )
-        self._layer_names = list(engine.layer_names) or None
-        maps = {m: result[m].detach().float().cpu() for m in self.methods}
-        preds = predictions(result, self.target)
-
-        mean, std = self._session_mean, self._session_std
-        if not self._logged_input:
-            log_config_and_input(writer, config_markdown(config(self)), batch.images, mean, std, step)
-            self._logged_input = True
-        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap)
-        scalars = self._drift_scalars(maps, preds)
-        scalars.update(metric_scalars(self, trainer, pl_module, x, result))
-        writer.scalars(scalars, step)
-        writer.flush()
+        """Explain this rank's share of the fixed batch, gather the whole batch's maps on every rank, log them
+        on global rank zero, and remember them for the next drift (see ``_distributed``)."""
+        assert self._batch is not None  # chosen and shared by _prepare, before any run
+        step, n = trainer.global_step, len(self._batch)
+        split = splits(self.target)
+        rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
+        with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
+            part, fixed = together(trainer, lambda: self._explain_rows(trainer, pl_module, rows))
+        whole = gather_rows(trainer, part, n, split)
+        maps = {m: whole[f"map/{m}"] for m in self.methods}
+        preds = whole.get("pred")
+        values = {key[len("metric/") :]: v for key, v in whole.items() if key.startswith("metric/")}
+        together(
+            trainer, lambda: self._log(trainer, maps, preds, values, fixed, step) if trainer.is_global_zero else None
+        )
 
         for name, cam in maps.items():
             self._first.setdefault(name, cam)
         self._previous = maps
         self._previous_preds = preds
         self._last_step = step
+        self._last_fingerprint = weights_fingerprint(pl_module)
+        self._last_destination = self._destination
         self.runs += 1
+
+    def _explain_rows(
+        self, trainer: Trainer, pl_module: LightningModule, rows: Tensor
+    ) -> tuple[dict[str, Tensor], Any]:
+        """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
+        ``(k,)`` and ``metric/<tag>`` ``(k,)`` per-image values, on that device; and the target with its
+        choices made explicit (a task target's predicted mask, for the outlines)."""
+        assert self._batch is not None
+        part = take_rows(self._batch, rows)
+        plugin = trainer.precision_plugin
+        x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
+        engine = self._get_engine(pl_module)
+        targets = engine_targets(part, self.target, x.device)
+        with plugin.forward_context():
+            result = engine(
+                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
+            )
+        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
+        self._layer_names = list(engine.layer_names) or None
+        out = {f"map/{m}": result[m].detach().float() for m in self.methods}
+        preds = predictions(result, self.target)
+        if preds is not None:
+            out["pred"] = preds
+        chosen = None if fixed is targets else fixed
+        for tag, value in per_image_metrics(self, trainer, pl_module, part, x, result, chosen).items():
+            out[f"metric/{tag}"] = value
+        return out, fixed
+
+    def _log(
+        self,
+        trainer: Trainer,
+        maps: dict[str, Tensor],
+        preds: Tensor | None,
+        values: dict[str, Tensor],
+        fixed: Any,
+        step: int,
+    ) -> None:
+        """Log one run's images and scalars (global rank zero): the whole batch's maps and per-image metrics."""
+        assert self._batch is not None
+        if self._writer is None:
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
+        writer, images = self._writer, self._batch.images
+        mean, std = self._session_mean, self._session_std
+        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
+            log_config_and_input(writer, config_markdown(config(self)), images, mean, std, step)
+            self._input_logged_to = self._destination
+        log_overlays(writer, images, maps, step, mean, std, self.alpha, self.colormap, fixed)
+        scalars = self._drift_scalars(maps, preds)
+        scalars.update(metric_scalars(values))
+        writer.scalars(scalars, step)
+        writer.flush()
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:
@@ -445,3 +605,9 @@ class CAMCallback(Callback):
 
     def _drift_scalars(self, maps: dict[str, Tensor], preds: Tensor | None) -> dict[str, float]:
         return drift_scalars(maps, preds, self._first, self._previous, self._previous_preds)
+
+
+def _digest(images: Tensor) -> str:
+    """A short, stable digest of a tensor's values (the ``state_key`` of ``images=``)."""
+    raw = images.detach().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:12]

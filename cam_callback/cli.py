@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-id", type=int, help="class to explain (default: the callback's fixed class, else the predicted one)"
     )
     ex.add_argument(
+        "--target",
+        metavar="SPEC",
+        help="what to explain instead of a class: seg:CLASS (a segmentation class over its predicted mask), "
+        "multilabel:CLASS, multilabel:all (every class above probability 0.5), multilabel:all@THRESHOLD",
+    )
+    ex.add_argument(
         "--target-layer",
         action="append",
         metavar="NAME",
@@ -78,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-class",
         metavar="PATH",
         help="package.module.ClassName of the LightningModule, for checkpoints without CAMCallback state",
+    )
+    ex.add_argument(
+        "--callback",
+        metavar="NAME",
+        help="which CAMCallback's settings to use, for a checkpoint of a Trainer with several (their names)",
     )
     ex.add_argument(
         "--trusted",
@@ -116,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _explain(args: argparse.Namespace) -> list[str]:
     from .explain import _import_class, explain
 
+    if args.target is not None and args.class_id is not None:
+        raise InputError(
+            f"give --class-id or --target, not both (got --class-id {args.class_id} --target {args.target})"
+        )
     out_dir = check_output_dir(args.output_dir)
     model = _import_class(args.model_class, f"--model-class {args.model_class!r}") if args.model_class else None
     result = explain(
@@ -123,17 +138,18 @@ def _explain(args: argparse.Namespace) -> list[str]:
         list(args.images),
         args.method,
         methods=args.methods,
-        target=args.class_id,
+        target=args.target if args.target is not None else args.class_id,
         target_layer=args.target_layer,
         aug_smooth=args.aug_smooth,
         eigen_smooth=args.eigen_smooth,
         device=args.device,
         model=model,
         trusted=args.trusted,
+        callback=args.callback,
     )
     files = result.save(out_dir)
     lines = [
-        f"{image}: class {int(c)} (score {float(s):.4g})"
+        f"{image}: {f'class {int(c)}' if int(c) >= 0 or not result.target else result.target} (score {float(s):.4g})"
         for image, c, s in zip(args.images, result.classes, result.scores, strict=True)
     ]
     lines.append(

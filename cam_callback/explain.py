@@ -3,7 +3,9 @@
 A checkpoint written by a ``Trainer`` that had a :class:`~cam_callback.CAMCallback` carries everything
 needed: ``checkpoint["cam_callback"]`` names the LightningModule class, the explained layers, the CAM
 methods, the input size and the normalisation; ``checkpoint["hyper_parameters"]`` rebuilds the module
-and ``checkpoint["state_dict"]`` holds its weights. For any other checkpoint pass ``model=``.
+and ``checkpoint["state_dict"]`` holds its weights. A Trainer with several CAMCallbacks writes one such
+summary per callback name under ``checkpoint["cam_callbacks"]``; ``callback=`` chooses one. For any other
+checkpoint pass ``model=``.
 
 Loading is safe by default: ``torch.load(weights_only=True)`` accepts tensors and plain Python
 containers only. A checkpoint whose hyperparameters hold other objects (a ``pathlib.Path``, a numpy
@@ -41,6 +43,7 @@ from cams.io import (
 __all__ = ["Explanation", "InputError", "UnsafeCheckpointError", "explain", "load_checkpoint"]
 
 STATE_KEY = "cam_callback"
+STATES_KEY = "cam_callbacks"  # name -> summary, one per CAMCallback of the Trainer
 SUPPORTED_VERSIONS = (1,)
 
 ImageInput = Any
@@ -61,6 +64,8 @@ class Explanation:
         names: file stems used by :meth:`save` (the image files' stems, else ``image0``, ``image1``, ...).
         target_layers: dotted names of the explained layers.
         colormap: colour map of the heat maps and overlays.
+        target: what was explained when it is not one class per image (``"seg:3"``, ``"multilabel:all"``,
+            a target's repr); ``""`` for classes. :attr:`classes` is then ``-1`` where no single class applies.
 
     Example:
         >>> e = Explanation(maps={"gradcam": torch.rand(1, 8, 8)},
@@ -82,6 +87,7 @@ class Explanation:
     names: list[str]
     target_layers: list[str]
     colormap: str = "jet"
+    target: str = ""
 
     @property
     def methods(self) -> list[str]:
@@ -123,6 +129,8 @@ class Explanation:
             "methods": self.methods,
             "target_layers": self.target_layers,
         }
+        if self.target:
+            summary["target"] = self.target
         files["explanation.json"] = (json.dumps(summary, indent=2) + "\n").encode()
         return write_files(directory, files)
 
@@ -130,8 +138,25 @@ class Explanation:
 # --------------------------------------------------------------------------- checkpoint and model
 
 
-def _cam_state(checkpoint: Mapping[str, Any], where: str) -> dict[str, Any] | None:
-    state = checkpoint.get(STATE_KEY)
+def _cam_state(checkpoint: Mapping[str, Any], where: str, callback: str | None = None) -> dict[str, Any] | None:
+    """The summary of the CAMCallback named ``callback`` (or of the only one) in ``checkpoint``."""
+    summaries = checkpoint.get(STATES_KEY)
+    if not isinstance(summaries, Mapping) or not summaries:  # a checkpoint of one callback, before names
+        summaries = {} if checkpoint.get(STATE_KEY) is None else {None: checkpoint[STATE_KEY]}
+    if callback is None and len(summaries) > 1:
+        raise InputError(
+            f"{where} holds the summaries of {len(summaries)} CAMCallbacks {sorted(map(str, summaries))}; "
+            "choose one with callback= (command line: --callback NAME)"
+        )
+    if callback is not None and None not in summaries and callback not in summaries:
+        from cams.names import close_matches
+
+        raise InputError(
+            f"{where}: callback={callback!r} is not one of the checkpoint's CAMCallbacks "
+            f"{sorted(map(str, summaries))}{close_matches(callback, [str(k) for k in summaries])}"
+        )
+    key = callback if callback in summaries else next(iter(summaries), None)
+    state = summaries.get(key)
     if state is None:
         return None
     if not isinstance(state, Mapping):
@@ -409,20 +434,38 @@ def _methods(method: str | None, methods: Sequence[str] | None, state: Mapping[s
 
 
 def _target(model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, Any] | None) -> Any:
-    """The target to explain (an explicit one, else the checkpoint's int target, else ``None`` = predicted),
-    checked with :func:`cams.targets.resolve_targets` on one image, so a bad class fails here, named.
+    """The target to explain (an explicit one, else the checkpoint's class or task target, else ``None`` =
+    predicted), checked on one image, so a bad class or a target that does not fit the model fails here, named.
     """
-    if target is None and state is not None and isinstance(state.get("target"), int):
-        target = state["target"]
+    import warnings
+
+    from cams.state import frozen_model
+    from cams.targets import Target, parse_target, resolve_targets
+
+    saved = state.get("target") if state is not None else None
+    if target is None and (isinstance(saved, int) or (isinstance(saved, str) and saved not in ("pred", "label"))):
+        target = saved
+    if isinstance(target, str):
+        try:
+            target = parse_target(target)
+        except ValueError as exc:
+            if target != saved:
+                raise InputError(f"target: {exc}") from exc
+            raise InputError(
+                f"target: the checkpoint's callback explained {saved}, which explain cannot rebuild from text; "
+                "pass target= (command line: --target or --class-id)"
+            ) from exc
     if target is None:
         return None
-    from cams.state import frozen_model
-    from cams.targets import resolve_targets
-
     with torch.no_grad(), frozen_model(model):
         out = model(x[:1])
     try:
-        resolve_targets(target, x.shape[0], out if isinstance(out, torch.Tensor) and out.dim() == 2 else None)
+        logits = out if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+        resolved = resolve_targets(target, x.shape[0], logits)
+        if isinstance(target, Target):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the real call warns, once
+                resolved(out, torch.zeros(1, dtype=torch.long))
     except (TypeError, ValueError) as exc:
         raise InputError(f"target: {exc}") from exc
     return target
@@ -446,7 +489,7 @@ def explain(
     method: str | None = None,
     *,
     methods: Sequence[str] | None = None,
-    target: int | Sequence[int] | torch.Tensor | None = None,
+    target: int | Sequence[int] | torch.Tensor | str | Any | None = None,
     target_layer: str | Sequence[str] | None = None,
     aug_smooth: bool | None = None,
     eigen_smooth: bool | None = None,
@@ -458,6 +501,7 @@ def explain(
     std: Sequence[float] | None = None,
     alpha: float = 0.5,
     colormap: str = "jet",
+    callback: str | None = None,
 ) -> Explanation:
     """Class activation maps for ``img`` from the model saved in ``ckpt``.
 
@@ -474,8 +518,11 @@ def explain(
             normalised (only resized if needed); a uint8 tensor is treated as raw pixels.
         method: one CAM method (``"gradcam++"``, aliases like ``"GradCAM++"`` accepted).
         methods: more methods; with ``method`` neither given, the checkpoint's methods (else ``gradcam``).
-        target: class to explain: an int, or one per image. ``None``: the checkpoint's target if it is an
-            int, else each image's predicted class.
+        target: what to explain: a class (an int, or one per image); a text form of
+            :func:`cams.targets.parse_target` (``"seg:3"``: class 3 of a segmentation model over its
+            predicted mask, ``"multilabel:3"``, ``"multilabel:all"``: every class above probability 0.5,
+            ``"multilabel:all@0.3"``); or a target from :mod:`cams.targets`. ``None``: the checkpoint's
+            target if it is a class or such a form, else each image's predicted class.
         target_layer: dotted layer name(s), relative to the model; ``None``: the checkpoint's layers
             (else the engine's automatic choice).
         aug_smooth: test-time augmentation smoothing; ``None``: as the checkpoint's callback was set.
@@ -492,6 +539,8 @@ def explain(
         std: per-channel normalisation override.
         alpha: heat-map weight of the overlays.
         colormap: OpenCV colour map name of heat maps and overlays.
+        callback: the name of the CAMCallback whose summary to use, for a checkpoint written by a Trainer
+            with several (``checkpoint["cam_callbacks"]``); not needed with one.
 
     Returns:
         An :class:`Explanation`: ``.maps[method]`` ``(B, H, W)`` float32 in ``[0, 1]``, ``.overlays``,
@@ -511,10 +560,15 @@ def explain(
     where = f"checkpoint '{ckpt}'"
     dev = _device(device)
     checkpoint = load_checkpoint(ckpt, trusted=trusted)
-    state = _cam_state(checkpoint, where)
+    state = _cam_state(checkpoint, where, callback)
     names = _methods(method, methods, state)
     if input_size is None and state is not None and state.get("input_size") is not None:
         input_size = state["input_size"]
+    if input_size is not None and len(input_size) == 4:
+        raise InputError(
+            f"input_size {list(input_size)}: the model takes volumes (C, D, H, W), and explain reads 2-D images; "
+            "explain volumes with cams.CamEngine(model)(x) on a (B, C, D, H, W) tensor"
+        )
     if input_size is not None and len(input_size) != 3:
         raise InputError(f"input_size must be (C, H, W); got {list(input_size)}")
     if mean is None and std is None and state is not None:
@@ -561,4 +615,15 @@ def explain(
         names=stems,
         target_layers=list(engine.layer_names),
         colormap=colormap,
+        target=_describe_target(classes),
     )
+
+
+def _describe_target(target: Any) -> str:
+    """``""`` for class targets, else the target's text form (or repr) for :attr:`Explanation.target`."""
+    from cams.targets import Target
+
+    if not isinstance(target, Target):
+        return ""
+    spec = getattr(target, "spec", None)
+    return spec if isinstance(spec, str) else repr(target)

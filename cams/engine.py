@@ -33,14 +33,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
+from cams.hooks import (
+    auto_layer,
+    capture,
+    find_layer,
+    from_leaves,
+    grad_capable,
+    map_tensors,
+    prepare,
+    tensor_leaves,
+)
 from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
 from cams.names import uncompiled_name
 from cams.ops import EigenSign, minmax, resize, sum_or_project
 from cams.passes import Pass, score_rows
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, readable_logits, resolve_targets
+from cams.targets import Target, Targets, readable_logits, resolve_targets, select_rows
 
 __all__ = ["CamEngine", "CamMaps", "find_layer"]
 
@@ -164,7 +173,8 @@ class CamEngine:
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
                 class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
                 ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
-                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target`. Perturbation methods
+                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target` (segmentation,
+                detection, multi-label, embeddings: see :mod:`cams.targets`). Perturbation methods
                 call a batch callable on chunks of perturbed rows, so it must act row by row.
             aug_smooth: average over the six test-time augmentations of the reference (horizontal
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
@@ -174,7 +184,9 @@ class CamEngine:
                 accelerators) and Ablation-CAM
                 (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
-                positive) or ``"none"`` (the solver's sign, as the reference).
+                positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
+                pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
+                reproduce the reference's eigen maps).
 
         Returns:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
@@ -237,7 +249,7 @@ class CamEngine:
             if needs_grads:
                 grads = _gradients(score_per_row, records.outputs, self.layer_names)
             scores = score_per_row.detach().float()
-        raw = [v.detach() for v in records.values]
+        raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
         layouts = [self._layout(x, i, r) for i, r in enumerate(raw)]
         acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw, strict=True)]
         if grads is not None:
@@ -262,17 +274,17 @@ class CamEngine:
                 weighted = spec.weigh(*(state.get(name, i) for name in spec.inputs))
                 cam = sum_or_project(weighted, spec.project or eigen_smooth, sign).clamp_min(0)
                 per_method[spec.name].append(resize(minmax(cam), tuple(x.shape[2:])))
-        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)) for k, v in per_method.items()}
+        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)).float() for k, v in per_method.items()}
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
 
-    def _layout(self, x: torch.Tensor, i: int, raw: torch.Tensor) -> Layout:
+    def _layout(self, x: torch.Tensor, i: int, raw: Any) -> Layout:
         """The layout of target layer ``i``'s output, read once per input and output size."""
         assert self._layers is not None
         name, module = self._layers[i]
-        key = (tuple(raw.shape[1:]), tuple(x.shape[1:]))
+        key = (tuple(tuple(t.shape[1:]) for t in tensor_leaves(raw) or []), tuple(x.shape[1:]))
         if name not in self._layouts or self._layouts[name][0] != key:
             self._layouts[name] = (key, layout_of(self.model, name, module, raw, x, self.reshape_transform))
         return self._layouts[name][1]
@@ -305,45 +317,57 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _gradients(scores: torch.Tensor, records: list[torch.Tensor], names: list[str]) -> list[torch.Tensor]:
-    """``∂ scores.sum() / ∂ record`` per target layer; a layer the score does not depend on is an error."""
+def _gradients(scores: torch.Tensor, records: list[Any], names: list[str]) -> list[Any]:
+    """``∂ scores.sum() / ∂ record`` per target layer (per tensor of a dict/list/tuple output, zeros for the
+    tensors the score does not use); a layer the score does not depend on at all is an error."""
     if not scores.requires_grad:
         raise RuntimeError(
             f"the target score does not depend on the target layers {names}; choose layers that the "
             "output is computed from (and a target that is not detached)"
         )
-    grads = torch.autograd.grad(scores.sum(), records, allow_unused=True)
-    unused = [name for name, g in zip(names, grads, strict=True) if g is None]
+    leaves = [tensor_leaves(r) or [] for r in records]
+    flat = [t for group in leaves for t in group]
+    grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True))
+    out, start, unused = [], 0, []
+    for name, record, group in zip(names, records, leaves, strict=True):
+        mine = grads[start : start + len(group)]
+        start += len(group)
+        if all(g is None for g in mine):
+            unused.append(name)
+        filled = [torch.zeros_like(t) if g is None else g for t, g in zip(group, mine, strict=True)]
+        out.append(from_leaves(record, filled))
     if unused:
         raise RuntimeError(
             f"target layer(s) {unused}: the target score does not depend on their output (no gradient "
             "reaches them), so gradient methods would give empty maps; choose a layer the prediction is "
             "computed from"
         )
-    return list(grads)
+    return out
 
 
-def _check_gradients(grads: list[torch.Tensor], names: list[str], layouts: list[Layout]) -> None:
+def _check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
     """Refuse a layer whose feature map gets an exactly zero gradient: every gradient map would be empty."""
     for grad, name, layout in zip(grads, names, layouts, strict=True):
-        if not bool((layout.to_feature_map(grad) == 0).all()):
+        mapped = layout.to_feature_map(grad)
+        if not bool((mapped == 0).all()):
             continue
-        if bool((grad == 0).all()):
+        if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
             why = (
                 "the target score does not change with this layer's output at all (a classifier head "
                 "initialised to zero, as torchvision's ViT and timm's MLP-Mixer are before training, or a "
                 "layer cut off by a stop-gradient)"
             )
-        else:
+        elif layout.prefix:
             why = (
                 f"only its {layout.prefix} prefix token(s) get one: the model reads the class token after "
                 "this layer; explain a layer before the last attention (the last block's first norm), or "
                 "let target_layers=None choose"
             )
+        else:
+            why = "the gradient reaches only parts of the output that reshape_transform leaves out"
         raise RuntimeError(
             f"target layer {name!r}: the gradient of the target score is zero at every position of its "
-            f"feature map {tuple(layout.to_feature_map(grad).shape)}: {why}. Gradient methods would give "
-            "empty maps"
+            f"feature map {tuple(mapped.shape)}: {why}. Gradient methods would give empty maps"
         )
 
 
@@ -362,6 +386,12 @@ def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
     import numpy as np
 
     if isinstance(targets, Target):
+        if targets.geometric:
+            raise ValueError(
+                f"aug_smooth flips the input horizontally, but targets={targets!r} is tied to the unflipped "
+                "image (a given mask or given boxes); pass aug_smooth=False, or let the target choose from the "
+                "model's output (SegmentationTarget(category) without mask=, DetectionTarget() without boxes=)"
+            )
         return _Repeated(targets, batch, times)
     if targets is None or isinstance(targets, (int, np.integer)) or callable(targets):
         return targets
@@ -373,11 +403,25 @@ def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
 
 
 class _Repeated(Target):
-    """A user's :class:`~cams.targets.Target` for ``batch`` images, applied to ``times`` stacked copies."""
+    """A user's :class:`~cams.targets.Target` for ``batch`` images, applied to ``times`` stacked copies.
+
+    Each copy has its own fresh target, so a target that chooses from the output (classes above a
+    threshold, a predicted mask) chooses from that copy's own forward, as ``targets=None`` does.
+    """
 
     def __init__(self, target: Target, batch: int, times: int) -> None:
-        self.target, self.batch = target, batch
+        self.batch = batch
+        self.copies = [target.fresh() for _ in range(times)]
         self.classes = None if target.classes is None else target.classes.repeat(times)
 
     def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
-        return self.target(output, images % self.batch)
+        copy = images // self.batch
+        if bool((copy == copy[0]).all()):
+            return self.copies[int(copy[0])](output, images % self.batch)
+        scores: list[torch.Tensor] = []
+        order: list[torch.Tensor] = []
+        for k in copy.unique().tolist():
+            rows = (copy == k).nonzero()[:, 0]
+            scores.append(self.copies[k](select_rows(output, rows), images[rows] % self.batch))
+            order.append(rows)
+        return torch.cat(scores)[torch.argsort(torch.cat(order))]

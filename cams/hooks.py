@@ -23,10 +23,13 @@ __all__ = [
     "auto_layer",
     "capture",
     "find_layer",
+    "from_leaves",
     "grad_capable",
+    "map_tensors",
     "output_shape",
     "prepare",
     "replacing_output",
+    "tensor_leaves",
 ]
 
 _POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool2d,
@@ -84,6 +87,9 @@ class Records:
 def capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[Records]:
     """Record each module's output for one forward; hooks are removed on exit, also on error.
 
+    An output is a tensor, or a dict/list/tuple of tensors (a detector backbone's feature pyramid) that a
+    ``reshape_transform`` turns into one feature map.
+
     With ``grad`` the forward runs under ``no_grad`` and a pre-hook switches autograd on when the
     first target layer starts, so no graph is built for the layers before it and the backward
     stops at the target layers.
@@ -94,7 +100,7 @@ def capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[
     exactly as pytorch-grad-cam sees them.
 
     Raises:
-        TypeError: a target layer returned something other than a tensor.
+        TypeError: a target layer returned something other than a tensor or a dict/list/tuple of tensors.
         RuntimeError: a target layer did not run during the forward.
     """
     records = Records(len(modules))
@@ -103,17 +109,18 @@ def capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[
     def pre_hook(module: nn.Module, args: Any) -> None:
         torch.set_grad_enabled(True)
 
-    def make_hook(i: int) -> Callable[..., torch.Tensor]:
-        def hook(module: nn.Module, args: Any, output: Any) -> torch.Tensor:
-            if not isinstance(output, torch.Tensor):
+    def make_hook(i: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if tensor_leaves(output) is None:
                 raise TypeError(
-                    f"target layer {names[i]!r} returned a {type(output).__name__}; CAMs need a tensor "
-                    "output — choose a layer that returns one"
+                    f"target layer {names[i]!r} returned a {type(output).__name__}; CAMs need a tensor output "
+                    "(or a dict/list/tuple of tensors with a reshape_transform, e.g. a detector's feature "
+                    "pyramid with cams.targets.fpn_reshape) — choose a layer that returns one"
                 )
-            if grad and not output.requires_grad:
-                output = output.detach().requires_grad_()
+            if grad:
+                output = map_tensors(output, lambda t: t if t.requires_grad else t.detach().requires_grad_())
             records.outputs[i] = output
-            records.values[i] = output.clone()
+            records.values[i] = map_tensors(output, torch.clone)
             return records.values[i]
 
         return hook
@@ -130,6 +137,36 @@ def capture(modules: list[nn.Module], names: list[str], grad: bool) -> Iterator[
     missing = [names[i] for i, r in enumerate(records.outputs) if r is None]
     if missing:
         raise RuntimeError(f"target layer(s) {missing} did not run during the forward pass")
+
+
+def tensor_leaves(output: Any) -> list[torch.Tensor] | None:
+    """The tensors of a layer output: a tensor, or a dict/list/tuple of tensors (else ``None``).
+
+    Example:
+        >>> len(tensor_leaves({"0": torch.zeros(1), "pool": torch.zeros(1)}))
+        2
+    """
+    if isinstance(output, torch.Tensor):
+        return [output]
+    items = list(output.values()) if isinstance(output, dict) else output
+    if isinstance(output, (dict, list, tuple)) and items and all(isinstance(t, torch.Tensor) for t in items):
+        return list(items)
+    return None
+
+
+def map_tensors(output: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``fn`` applied to each tensor of a layer output, the structure (dict, list, tuple) kept."""
+    if isinstance(output, torch.Tensor):
+        return fn(output)
+    if isinstance(output, dict):
+        return type(output)((k, fn(v)) for k, v in output.items())
+    return type(output)(fn(t) for t in output)
+
+
+def from_leaves(like: Any, leaves: list[torch.Tensor]) -> Any:
+    """A layer output shaped like ``like`` holding ``leaves`` (the inverse of :func:`tensor_leaves`)."""
+    values = iter(leaves)
+    return map_tensors(like, lambda _: next(values))
 
 
 @contextlib.contextmanager

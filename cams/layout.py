@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -82,9 +82,9 @@ class Layout:
     prefix: int = 0
     source: str = ""
     channel_dim: int = 1
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    transform: Callable[[Any], torch.Tensor] | None = field(default=None, compare=False)
 
-    def to_feature_map(self, t: torch.Tensor) -> torch.Tensor:
+    def to_feature_map(self, t: Any) -> torch.Tensor:
         """``t`` (a raw output, or its gradient) as a contiguous ``(B, C, *grid)``."""
         if self.kind == "custom":
             assert self.transform is not None
@@ -98,7 +98,7 @@ class Layout:
     def __str__(self) -> str:
         shape = tuple(self.shape)
         if self.kind == "custom":
-            return f"custom {shape}: reshape_transform"
+            return f"custom {shape or 'dict/list/tuple of tensors'}: reshape_transform"
         grid = "×".join(map(str, self.grid))
         if self.kind == "tokens":
             dropped = f"{self.prefix} prefix token{'s' if self.prefix != 1 else ''} dropped, " if self.prefix else ""
@@ -231,19 +231,20 @@ def _matching(grids: Sequence[tuple[str, Grid]], grid: Grid) -> str | None:
 
 
 def infer_layout(
-    raw: torch.Tensor,
+    raw: Any,
     input_shape: Sequence[int],
     grids: Sequence[tuple[str, Grid]] = (),
     *,
     name: str = "the target layer",
-    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reshape_transform: Callable[[Any], torch.Tensor] | None = None,
     prefix_hint: int | None = None,
     probe: Callable[[], tuple[int, ...] | None] | None = None,
 ) -> Layout:
     """Read the layout of ``raw``, the output of layer ``name`` for an input of shape ``input_shape``.
 
     Args:
-        raw: the layer's output ``(B, ...)`` (only its shape is read, except with ``reshape_transform``).
+        raw: the layer's output ``(B, ...)`` (only its shape is read, except with ``reshape_transform``), or a
+            dict/list/tuple of such tensors (a feature pyramid), which needs ``reshape_transform``.
         input_shape: ``(B, C, H, W)`` (or ``(B, C, D, H, W)``) of the model's input.
         grids: the patch grids the model announces (:func:`grid_hints`).
         name: the layer's name, for messages.
@@ -256,10 +257,15 @@ def infer_layout(
         ValueError: the output cannot be read as a feature map, or reads two ways; the message names the
             shapes and the ``reshape_transform`` to pass.
     """
-    shape = tuple(int(s) for s in raw.shape)
     size = tuple(int(s) for s in input_shape[2:])
     if reshape_transform is not None:
-        return _custom(raw, shape, size, name, reshape_transform)
+        return _custom(raw, size, name, reshape_transform)
+    if not isinstance(raw, torch.Tensor):
+        raise ValueError(
+            f"target layer {name!r} returns a {type(raw).__name__} of tensors; pass reshape_transform to make "
+            "one (B, C, h, w) feature map of it (for a detector's feature pyramid: cams.targets.fpn_reshape)"
+        )
+    shape = tuple(int(s) for s in raw.shape)
     if len(size) == 3:
         if raw.dim() == 5:
             return Layout("channels_first", shape, shape[2:], source="volume")
@@ -304,9 +310,9 @@ def layout_of(
     model: nn.Module,
     name: str,
     module: nn.Module,
-    raw: torch.Tensor,
+    raw: Any,
     x: torch.Tensor,
-    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reshape_transform: Callable[[Any], torch.Tensor] | None = None,
 ) -> Layout:
     """:func:`infer_layout` for layer ``name`` (``module``) of ``model``, whose output for the input ``x`` was
     ``raw``: the model's patch grids and prefix-token count as hints, and, for a 4-D output that reads two
@@ -329,19 +335,17 @@ def layout_of(
     )
 
 
-def _custom(
-    raw: torch.Tensor,
-    shape: tuple[int, ...],
-    size: tuple[int, ...],
-    name: str,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-) -> Layout:
+def _custom(raw: Any, size: tuple[int, ...], name: str, transform: Callable[[Any], torch.Tensor]) -> Layout:
+    from cams.hooks import map_tensors
+
+    is_tensor = isinstance(raw, torch.Tensor)
+    shape = tuple(int(s) for s in raw.shape) if is_tensor else ()
     with torch.no_grad():
-        mapped = transform(raw[:1])
+        mapped = transform(map_tensors(raw, lambda t: t[:1]))
     if not isinstance(mapped, torch.Tensor) or mapped.dim() != len(size) + 2:
         got = tuple(mapped.shape) if isinstance(mapped, torch.Tensor) else type(mapped).__name__
         raise ValueError(
-            f"reshape_transform maps the output {shape} of {name!r} to {got}; CAMs need "
+            f"reshape_transform maps the output {shape or type(raw).__name__} of {name!r} to {got}; CAMs need "
             f"(B, C, {', '.join('hwd'[: len(size)][::-1])}) feature maps"
         )
     return Layout(
@@ -349,7 +353,7 @@ def _custom(
         shape,
         tuple(int(s) for s in mapped.shape[2:]),
         source="reshape_transform",
-        channel_dim=_custom_channel_dim(raw, transform, int(mapped.shape[1])),
+        channel_dim=_custom_channel_dim(raw, transform, int(mapped.shape[1])) if is_tensor else -1,
         transform=transform,
     )
 

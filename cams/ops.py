@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EigenSign", "first_principal_component", "minmax", "resize", "spatial_dims", "sum_or_project"]
+__all__ = ["EigenSign", "first_principal_component", "minmax", "peak", "resize", "spatial_dims", "sum_or_project"]
 
 EigenSign = Literal["max", "none"]
 
@@ -70,7 +70,11 @@ def first_principal_component(activations: torch.Tensor, sign: EigenSign = "max"
 
     The sign of a singular vector is arbitrary. ``sign="max"`` (default) flips each projection so that
     its largest-magnitude value is positive (salient regions come out positive; the rule of
-    Seg-Eigen-CAM, Eq. 13). ``sign="none"`` keeps the solver's sign, as the reference does.
+    Seg-Eigen-CAM, Eq. 13). ``sign="none"`` keeps whatever sign ``torch.linalg.svd`` returns. That is
+    *not* the reference's sign: pytorch-grad-cam takes the SVD with numpy, and the two solvers return
+    opposite signs for some images, whose maps then come out inverted relative to the reference. To
+    compare with pytorch-grad-cam, use ``"max"`` on both sides (its ``get_2d_projection_with_sign_correction``
+    applies the same rule).
 
     Example:
         >>> a = torch.zeros(1, 2, 2, 2)
@@ -97,3 +101,32 @@ def sum_or_project(weighted: torch.Tensor, project: bool, sign: EigenSign = "max
     if project:
         return first_principal_component(weighted, sign)
     return weighted.sum(dim=1)
+
+
+def peak(maps: torch.Tensor) -> torch.Tensor:
+    """Where each map (B, H, W) or volume (B, D, H, W) is highest → (B, 2) or (B, 3) long indices.
+
+    Ties go to the maximum nearest the centre ``((n - 1) / 2`` along every axis; then the first in raster
+    order), so a constant map points at its centre: the pointing game's rule, and where the callback cuts
+    its slices through a volume.
+
+    Example:
+        >>> m = torch.zeros(1, 3, 4, 5)
+        >>> m[0, 2, 1, 3] = 1.0
+        >>> peak(m).tolist(), peak(torch.zeros(1, 3, 3)).tolist()
+        ([[2, 1, 3]], [[1, 1]])
+    """
+    batch, *spatial = maps.shape
+    flat = maps.flatten(1)
+    is_max = flat == flat.max(dim=1, keepdim=True).values
+    grids = torch.meshgrid(
+        *(torch.arange(n, device=maps.device, dtype=torch.float32) for n in spatial), indexing="ij"
+    )
+    centre_distance = sum((g.flatten() - (n - 1) / 2) ** 2 for g, n in zip(grids, spatial, strict=True))
+    distance = torch.where(is_max, centre_distance.expand(batch, -1), torch.inf)
+    index = distance.argmin(dim=1)  # first in raster order among equally central maxima
+    coords = []
+    for n in reversed(spatial):
+        coords.append(index % n)
+        index = index // n
+    return torch.stack(coords[::-1], dim=1)

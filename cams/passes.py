@@ -52,7 +52,7 @@ class Pass:
     model: nn.Module
     x: torch.Tensor
     layers: Sequence[tuple[str, nn.Module]]
-    raw: list[torch.Tensor]
+    raw: list[Any]
     acts: list[torch.Tensor]
     grads: list[torch.Tensor] | None
     target: Target | None
@@ -92,6 +92,11 @@ def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
     name, module = p.layers[i]
     raw = p.raw[i]
+    if not isinstance(raw, torch.Tensor):
+        raise ValueError(
+            f"ablationcam ablates channels of one layer output; layer {name!r} gives a {type(raw).__name__} of "
+            "tensors (a feature pyramid): explain one of its levels, or use a gradient method"
+        )
     channel_dim = 1 if p.layouts is None else p.layouts[i].channel_dim
     if channel_dim < 0 or raw.shape[channel_dim] != p.acts[i].shape[1]:
         raise ValueError(
@@ -148,7 +153,7 @@ def masked_input_scores(
         for start in range(0, len(jobs), batch_size):
             job = jobs[start : start + batch_size]
             b = image[job]
-            mask = F.interpolate(acts.view(-1, 1, *acts.shape[2:])[job], size=size, mode=mode, align_corners=True)
+            mask = F.interpolate(acts.reshape(-1, 1, *acts.shape[2:])[job], size=size, mode=mode, align_corners=True)
             flat = mask.flatten(1)
             shape = (-1,) + (1,) * (mask.dim() - 1)
             lo = flat.min(1).values.view(shape)
@@ -159,7 +164,9 @@ def masked_input_scores(
 
 
 def _expand_rows(output: Any, n: int) -> Any:
-    """Repeat a one-row model output ``n`` times (tensors, and tuples/lists/dicts of them)."""
+    """Repeat a one-row model output ``n`` times (tensors, tuples/lists/dicts of them, one-dict-per-image lists)."""
+    if isinstance(output, list) and len(output) == 1 and isinstance(output[0], dict):
+        return output * n  # a detector's output: one dict per image
     if isinstance(output, torch.Tensor):
         return output.expand(n, *output.shape[1:])
     if isinstance(output, (tuple, list)):
@@ -221,6 +228,8 @@ def ablated_scores(
 def _rows(output: Any) -> int | None:
     if isinstance(output, torch.Tensor):
         return output.shape[0] if output.dim() > 0 else None
+    if isinstance(output, list) and output and all(isinstance(o, dict) for o in output):
+        return len(output)  # a detector's output: one dict per image
     if isinstance(output, (tuple, list)) and output:
         return _rows(output[0])
     if isinstance(output, dict) and output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -65,7 +66,10 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
 
     BatchNorm running statistics are not updated in ``eval`` mode, dropout does not sample,
     the global RNG is restored on exit (also when the body raises), and ``torch.compile``'d code runs
-    eagerly (:func:`eager`), so hooks fire and the maps equal the uncompiled model's.
+    eagerly (:func:`eager`), so hooks fire and the maps equal the uncompiled model's. Modules sharded with
+    FSDP2 (``torch.distributed.fsdp.fully_shard``) whose parameters were sharded on entry are resharded on
+    exit: a forward without a backward (Eigen-CAM, Score-CAM's masked forwards) would otherwise leave the
+    root's gathered parameters in memory.
 
     Example:
         >>> from torch import nn
@@ -78,6 +82,7 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     """
     flags = [(module, module.training) for module in model.modules()]
     device = model_device(model)
+    sharded = _sharded_fsdp_modules(model)
     try:
         with rng_guard(device), eager():
             model.eval()
@@ -85,6 +90,29 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, flag in flags:
             module.training = flag
+        for module in sharded:
+            module.reshard()  # type: ignore[operator]
+
+
+def _sharded_fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The FSDP2 modules of ``model`` whose own parameters are sharded (``DTensor``) now."""
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing was sharded in this process: skip the import
+        return []
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    found = []
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        nested = [n for n, m in module.named_modules() if m is not module and isinstance(m, FSDPModule)]
+        own = [
+            p for n, p in module.named_parameters()
+            if not any(n == inner or n.startswith(inner + ".") for inner in nested)
+        ]  # fmt: skip
+        if own and all(isinstance(p, DTensor) for p in own):
+            found.append(module)
+    return found
 
 
 def model_device(model: nn.Module) -> torch.device:

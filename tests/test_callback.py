@@ -264,12 +264,22 @@ def test_maps_explain_the_requested_target_on_the_final_model(make_trainer, targ
 
 
 # ---------------------------------------------------------------------- failures
-def _failing_engine_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-    raise RuntimeError("CAM exploded")
+def _fail_after_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every CAM run fails, but the fit-start probe (the first engine call) passes: a failure that appears later."""
+    real = cams.CamEngine.__call__
+    calls: list[int] = []
+
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            return real(self, *args, **kwargs)
+        raise RuntimeError("CAM exploded")
+
+    monkeypatch.setattr(cams.CamEngine, "__call__", call)
 
 
 def test_a_failing_cam_run_warns_once_with_traceback_and_training_continues(make_trainer, monkeypatch) -> None:
-    monkeypatch.setattr(cams.CamEngine, "__call__", _failing_engine_call)
+    _fail_after_the_probe(monkeypatch)
     model = TinyNet()
     cam = CAMCallback(num_images=2)
     with warnings.catch_warnings(record=True) as caught:
@@ -283,7 +293,7 @@ def test_a_failing_cam_run_warns_once_with_traceback_and_training_continues(make
 
 
 def test_on_error_raise_stops_training_with_the_error(make_trainer, monkeypatch) -> None:
-    monkeypatch.setattr(cams.CamEngine, "__call__", _failing_engine_call)
+    _fail_after_the_probe(monkeypatch)
     with pytest.raises(RuntimeError, match="CAM exploded"):
         make_trainer([CAMCallback(on_error="raise")]).fit(TinyNet(), datamodule=QuadrantData())
 

@@ -146,7 +146,7 @@ def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tm
     cam = CAMCallback(num_images=2)
     with pytest.warns(UserWarning, match="PNG"):
         make_trainer([cam], logger=False, max_epochs=2).fit(TinyNet(), datamodule=QuadrantData())
-    out = tmp_path / "cams"
+    out = tmp_path / "cams" / "version_0"  # this run's own folder
     with open(out / "scalars.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["tag"] for r in rows} == {"cam_drift/gradcam/vs_previous", "cam_drift/gradcam/vs_first",

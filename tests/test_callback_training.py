@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
+import cams
 from cam_callback import CAMCallback
 
 
@@ -27,15 +28,24 @@ def _fit(tmp_path: Path, callbacks: list[L.Callback], epochs: int = 3) -> tuple[
     return trainer, model
 
 
-def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path: Path) -> None:
+def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path: Path, monkeypatch) -> None:
     plain_trainer, plain = _fit(tmp_path / "plain", [])
     plain_rng = torch.random.get_rng_state()
     pair = CAMCallback(methods=["gradcam", "xgradcam"], num_images=4)
     smoothed = CAMCallback(method="gradcam++", aug_smooth=True, num_images=4)
     measured = CAMCallback(method="scorecam", num_images=4, faithfulness=True, sanity_check=True, target="label")
+    batch_sizes: list[int] = []
+    engine_call = cams.CamEngine.__call__
+
+    def spy(self: cams.CamEngine, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        batch_sizes.append(x.shape[0])
+        return engine_call(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(cams.CamEngine, "__call__", spy)
     cam_trainer, watched = _fit(tmp_path / "cam", [pair, smoothed, measured])
 
     assert pair.runs == smoothed.runs == measured.runs == 4  # baseline + every epoch: they really ran
+    assert batch_sizes.count(1) == 3  # and each probed one image at fit start
     for name, tensor in plain.state_dict().items():  # parameters and BatchNorm buffers
         assert torch.equal(tensor, watched.state_dict()[name]), name
     plain_opt, cam_opt = plain_trainer.optimizers[0].state_dict(), cam_trainer.optimizers[0].state_dict()

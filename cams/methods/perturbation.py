@@ -35,10 +35,22 @@ def ablation_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: 
     ``s_k`` = target score with channel ``k`` of the layer set to zero (to ``min − 1e7`` when the
     layer has negative values); ``α_k = (y − s_k) / y``;  map ``= ReLU(Σ_k α_k A_k)``.
 
+    Where ``y = 0`` (a ReLU before the logits gives such scores) the relative drop is undefined; the
+    weights are then the drops themselves, ``α_k = y − s_k`` — the same ranking of channels, and the scale
+    is removed by the min-max normalisation (the reference returns NaN maps there).
+
+    ``y − s_k`` is a difference of two nearly equal float32 scores, divided by ``y``: the weights are
+    computed, and the activations weighted, in float64, so that no rounding is added beyond what the
+    scores themselves carry.
+
     Example:
         >>> w = ablation_cam(torch.ones(1, 2, 1, 1), torch.tensor([[1.0, 2.0]]), torch.tensor([2.0]))
         >>> w.flatten().tolist()
         [0.5, 0.0]
+        >>> ablation_cam(torch.ones(1, 2, 1, 1), torch.tensor([[-1.0, 0.5]]), torch.tensor([0.0])).flatten().tolist()
+        [1.0, -0.5]
     """
-    weights = (base_scores[:, None] - channel_scores) / base_scores[:, None]
-    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts
+    y = base_scores.double()[:, None]
+    drop = y - channel_scores.double()
+    weights = torch.where(y != 0, drop / torch.where(y != 0, y, 1.0), drop)
+    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts.double()

@@ -1,4 +1,9 @@
-"""Localisation: does a map point at the object? Pointing game and energy-based pointing game."""
+"""Localisation: does a map point at the object? Pointing game and energy-based pointing game.
+
+Both take maps ``(B, H, W)`` with boxes ``(B, 4)`` or masks ``(B, H, W)``, or volumes ``(B, D, H, W)`` with
+boxes ``(B, 6)`` (``x0, y0, z0, x1, y1, z1`` in voxels: ``x`` along ``W``, ``y`` along ``H``, ``z`` along
+``D``) or masks ``(B, D, H, W)``; distances are Euclidean in pixels (voxels).
+"""
 
 from __future__ import annotations
 
@@ -6,51 +11,63 @@ import torch
 from torch import Tensor
 
 from cams.metrics._maps import as_maps
+from cams.ops import peak
 
 __all__ = ["energy_pointing_game", "pointing_game"]
 
 
-def _object_masks(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) -> Tensor:
-    """The object of each image as a bool ``(B, H, W)`` mask, from ``boxes`` or ``masks``."""
-    batch, height, width = maps.shape
+def _maps_and_objects(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Maps ``(B, H, W)`` or volumes ``(B, D, H, W)``, and each one's object as a bool mask of that shape.
+
+    Volumes are recognised by their objects: boxes ``(B, 6)`` or masks ``(B, D, H, W)``.
+    """
     if (boxes is None) == (masks is None):
         raise ValueError(
-            "pass exactly one of boxes (B, 4) as x0, y0, x1, y1 pixels or masks (B, H, W) bool; "
+            "pass exactly one of boxes ((B, 4) x0, y0, x1, y1 pixels; (B, 6) x0, y0, z0, x1, y1, z1 voxels for "
+            "volumes) or masks ((B, H, W) or (B, D, H, W), bool); "
             f"got boxes={'a tensor' if boxes is not None else None}, "
             f"masks={'a tensor' if masks is not None else None}"
         )
+    if boxes is not None:
+        boxes = torch.as_tensor(boxes)
     if masks is not None:
-        masks = torch.as_tensor(masks, device=maps.device)
-        if masks.dim() == 4 and masks.shape[1] == 1:
+        masks = torch.as_tensor(masks)
+    # (B, D, H, W) with D > 1 is a volume; (B, 1, H, W) is a map with a channel unless the objects are 3-D
+    volume = isinstance(maps, Tensor) and maps.dim() == 4 and (
+        maps.shape[1] != 1
+        or (boxes is not None and boxes.dim() == 2 and boxes.shape[1] == 6)
+    )
+    maps = as_maps(maps, volumes=volume)
+    batch, *spatial = maps.shape
+    if masks is not None:
+        masks = masks.to(maps.device)
+        if masks.dim() == len(spatial) + 2 and masks.shape[1] == 1:
             masks = masks[:, 0]
-        if tuple(masks.shape) != (batch, height, width):
+        if tuple(masks.shape) != tuple(maps.shape):
             raise ValueError(
-                f"masks must have the maps' shape {(batch, height, width)}, got {tuple(masks.shape)}; "
+                f"masks must have the maps' shape {tuple(maps.shape)}, got {tuple(masks.shape)}; "
                 "resize the masks (nearest) to the maps' size"
             )
-        return masks.bool() if masks.dtype == torch.bool else masks > 0.5
-    boxes = torch.as_tensor(boxes, device=maps.device)
-    if tuple(boxes.shape) != (batch, 4):
-        raise ValueError(f"boxes must have shape ({batch}, 4) as x0, y0, x1, y1, got {tuple(boxes.shape)}")
+        return maps, masks.bool() if masks.dtype == torch.bool else masks > 0.5
+    assert boxes is not None
+    boxes = boxes.to(maps.device)
+    half = len(spatial)
+    if tuple(boxes.shape) != (batch, 2 * half):
+        what = "x0, y0, x1, y1" if half == 2 else "x0, y0, z0, x1, y1, z1"
+        raise ValueError(f"boxes must have shape ({batch}, {2 * half}) as {what}, got {tuple(boxes.shape)}")
     boxes = boxes.float()
-    ys = torch.arange(height, device=maps.device, dtype=torch.float32).view(1, height, 1)
-    xs = torch.arange(width, device=maps.device, dtype=torch.float32).view(1, 1, width)
-    x0, y0, x1, y1 = (boxes[:, i].view(batch, 1, 1) for i in range(4))
-    # pixel (y, x) covers [x, x+1) x [y, y+1); x1, y1 are exclusive.
-    return (xs >= x0.floor()) & (xs < x1.ceil()) & (ys >= y0.floor()) & (ys < y1.ceil())
-
-
-def _peak(maps: Tensor) -> tuple[Tensor, Tensor]:
-    """Row and column of each map's maximum; ties go to the one nearest the image centre."""
-    batch, height, width = maps.shape
-    flat = maps.flatten(1)
-    is_max = flat == flat.max(dim=1, keepdim=True).values
-    ys = torch.arange(height, device=maps.device, dtype=torch.float32).repeat_interleave(width)
-    xs = torch.arange(width, device=maps.device, dtype=torch.float32).repeat(height)
-    centre_distance = (ys - (height - 1) / 2) ** 2 + (xs - (width - 1) / 2) ** 2
-    distance = torch.where(is_max, centre_distance.expand(batch, -1), torch.inf)
-    index = distance.argmin(dim=1)  # first in raster order among equally central maxima
-    return index // width, index % width
+    # box column k bounds axis x, y[, z] = the maps' last, second-to-last[, third-to-last] dimension;
+    # pixel i covers [i, i+1), so the upper bounds are exclusive.
+    inside = torch.ones(maps.shape, dtype=torch.bool, device=maps.device)
+    for k in range(half):
+        dim = half - k  # dimension of maps, counting the batch as 0
+        shape = [1] * (half + 1)
+        shape[dim] = spatial[dim - 1]
+        coord = torch.arange(spatial[dim - 1], device=maps.device, dtype=torch.float32).view(shape)
+        lo = boxes[:, k].view(-1, *[1] * half)
+        hi = boxes[:, k + half].view(-1, *[1] * half)
+        inside = inside & (coord >= lo.floor()) & (coord < hi.ceil())
+    return maps, inside
 
 
 def pointing_game(
@@ -77,10 +94,12 @@ def pointing_game(
       image's result is ``NaN`` (average with :func:`torch.nanmean` to skip such images).
 
     Args:
-        maps: ``(B, H, W)``.
-        boxes: ``(B, 4)`` ``x0, y0, x1, y1`` in pixels of the maps, ``x1, y1`` exclusive.
-        masks: ``(B, H, W)`` bool (or 0/1) object masks. Pass exactly one of ``boxes``, ``masks``.
-        tolerance: radius in pixels, ``15`` in the paper; ``0`` demands a hit on the object itself.
+        maps: ``(B, H, W)``, or volumes ``(B, D, H, W)``.
+        boxes: ``(B, 4)`` ``x0, y0, x1, y1`` in pixels of the maps, ``x1, y1`` exclusive; for volumes
+            ``(B, 6)`` ``x0, y0, z0, x1, y1, z1`` in voxels (``z`` along ``D``).
+        masks: ``(B, H, W)`` (volumes: ``(B, D, H, W)``) bool (or 0/1) object masks. Pass exactly one of
+            ``boxes``, ``masks``.
+        tolerance: radius in pixels (voxels), ``15`` in the paper; ``0`` demands a hit on the object itself.
 
     Returns:
         ``(B,)`` float32: ``1.`` hit, ``0.`` miss, ``nan`` no object.
@@ -95,16 +114,22 @@ def pointing_game(
         tensor([1., 0.])
         >>> pointing_game(maps, boxes=boxes, tolerance=16)
         tensor([1., 1.])
+        >>> volume = torch.zeros(1, 8, 8, 8)
+        >>> volume[0, 6, 1, 2] = 1.0             # z = 6, y = 1, x = 2
+        >>> pointing_game(volume, boxes=torch.tensor([[0, 0, 4, 4, 4, 8]]), tolerance=0)
+        tensor([1.])
     """
-    maps = as_maps(maps)
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance!r}; the paper uses 15")
-    objects = _object_masks(maps, boxes, masks)
-    batch, height, width = maps.shape
-    row, col = _peak(maps)
-    ys = torch.arange(height, device=maps.device, dtype=torch.float32).view(1, height, 1)
-    xs = torch.arange(width, device=maps.device, dtype=torch.float32).view(1, 1, width)
-    distance2 = (ys - row.view(batch, 1, 1).float()) ** 2 + (xs - col.view(batch, 1, 1).float()) ** 2
+    maps, objects = _maps_and_objects(maps, boxes, masks)
+    spatial = maps.shape[1:]
+    at = peak(maps).float()
+    distance2 = torch.zeros(maps.shape, device=maps.device)
+    for axis, n in enumerate(spatial):
+        shape = [1] * (len(spatial) + 1)
+        shape[axis + 1] = n
+        coord = torch.arange(n, device=maps.device, dtype=torch.float32).view(shape)
+        distance2 = distance2 + (coord - at[:, axis].view(-1, *[1] * len(spatial))) ** 2
     hit = (objects & (distance2 <= float(tolerance) ** 2)).flatten(1).any(dim=1)
     empty = ~objects.flatten(1).any(dim=1)
     return torch.where(empty, torch.nan, hit.float())
@@ -131,9 +156,10 @@ def energy_pointing_game(
     - **Empty object** (all-false mask or zero-area box): ``NaN``, as in :func:`pointing_game`.
 
     Args:
-        maps: ``(B, H, W)``.
-        boxes: ``(B, 4)`` ``x0, y0, x1, y1`` pixels, ``x1, y1`` exclusive.
-        masks: ``(B, H, W)`` bool (or 0/1). Pass exactly one of ``boxes``, ``masks``.
+        maps: ``(B, H, W)``, or volumes ``(B, D, H, W)``.
+        boxes: ``(B, 4)`` ``x0, y0, x1, y1`` pixels, ``x1, y1`` exclusive (volumes: ``(B, 6)``
+            ``x0, y0, z0, x1, y1, z1`` voxels).
+        masks: ``(B, H, W)`` (volumes: ``(B, D, H, W)``) bool (or 0/1). Pass exactly one of ``boxes``, ``masks``.
 
     Returns:
         ``(B,)`` float32 in ``[0, 1]`` (``nan`` where there is no object).
@@ -146,8 +172,7 @@ def energy_pointing_game(
         >>> energy_pointing_game(maps, boxes=torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2]]))
         tensor([1.0000, 0.2500])
     """
-    maps = as_maps(maps)
-    objects = _object_masks(maps, boxes, masks)
+    maps, objects = _maps_and_objects(maps, boxes, masks)
     mass = maps.clamp_min(0).flatten(1).float()
     flat_objects = objects.flatten(1)
     total = mass.sum(dim=1)

@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 
 from cams.metrics.similarity import spearman
 from cams.state import frozen_model, rng_guard
-from cams.targets import Targets
+from cams.targets import Target, Targets
 
 __all__ = ["randomized_copy", "sanity_check"]
 
@@ -220,7 +220,9 @@ def sanity_check(
         target_layers: as in :class:`cams.CamEngine` (``None``: its automatic choice).
         method: a name from :data:`cams.METHODS`.
         targets: as in :class:`cams.CamEngine`; ``None`` explains each image's predicted class
-            of ``model``, and the randomised copy explains the same classes.
+            of ``model``, and the randomised copy explains the same classes. A task target from
+            :mod:`cams.targets` is given to both as it is: pass ``target.fixed(model(x))`` so that the copy
+            explains what ``model`` chose (its predicted mask, its classes above the threshold).
         seed: seed of the re-initialisation (see :func:`randomized_copy`).
         batch_size: rows per forward for perturbation methods (``None``: the engine's defaults).
         reshape_transform: as in :class:`cams.CamEngine`.
@@ -243,7 +245,9 @@ def sanity_check(
     original = engine(x, methods=name, targets=targets, batch_size=batch_size)
     layer_names = engine.layer_names
     randomized = randomized_copy(model, x, layer_names, seed=seed)
-    same_classes = original.classes if original.classes is not None else targets
+    # a task target (segmentation, detection, ...) is passed on as given: its classes alone would not fit the model
+    task = isinstance(targets, Target)
+    same_classes = original.classes if original.classes is not None and not task else targets
     other = CamEngine(randomized, layer_names, reshape_transform)(
         x, methods=name, targets=same_classes, batch_size=batch_size
     )

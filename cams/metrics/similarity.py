@@ -14,7 +14,9 @@ _MEASURES = ("cosine", "spearman")
 
 
 def _pair(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    a, b = as_maps(a, "a"), as_maps(b, "b")
+    # volumes (B, D, H, W) compare voxel by voxel, like maps pixel by pixel
+    a = as_maps(a, "a", volumes=isinstance(a, Tensor) and a.dim() == 4 and a.shape[1] != 1)
+    b = as_maps(b, "b", volumes=isinstance(b, Tensor) and b.dim() == 4 and b.shape[1] != 1)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     dtype = torch.promote_types(a.dtype, b.dtype)
@@ -37,7 +39,7 @@ def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     ``1``; one all-zero map against a non-zero one gives ``0``. A norm below ``eps`` counts as zero.
 
     Args:
-        a: maps ``(B, H, W)``.
+        a: maps ``(B, H, W)`` (or volumes ``(B, D, H, W)``).
         b: maps ``(B, H, W)``, same shape.
         eps: norms at or below this are treated as zero.
 
@@ -91,7 +93,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     maps give ``1`` (same, empty, ordering); one constant map against a non-constant one gives ``0``.
 
     Args:
-        a: maps ``(B, H, W)``.
+        a: maps ``(B, H, W)`` (or volumes ``(B, D, H, W)``).
         b: maps ``(B, H, W)``, same shape.
 
     Returns:
@@ -126,7 +128,7 @@ def drift(a: Tensor, b: Tensor, measure: str = "cosine") -> Tensor:
     ``0`` means unchanged.
 
     Args:
-        a: maps ``(B, H, W)``, e.g. the first maps of a run.
+        a: maps ``(B, H, W)`` (or volumes ``(B, D, H, W)``), e.g. the first maps of a run.
         b: maps ``(B, H, W)``, e.g. the current maps of the same images.
         measure: ``"cosine"`` or ``"spearman"``.
 

@@ -3,6 +3,20 @@
 A :class:`Target` maps a model output and the source image of each row to one score per row
 (see :mod:`cams.targets.base`). :func:`resolve_targets` turns every form a user may pass into one.
 
+One module per task:
+
+- classification (:mod:`~cams.targets.classification`): :class:`ClassTarget`, the logit or softmax
+  probability of a class (what an int, a list of ints or ``None`` becomes);
+- multi-label (:mod:`~cams.targets.multilabel`): :class:`MultiLabelTarget`, a class or every class above a
+  threshold of sigmoid outputs; :func:`classes_above` for one map per (image, class);
+- semantic segmentation (:mod:`~cams.targets.segmentation`): :class:`SegmentationTarget`, a class's logits
+  summed over its predicted (or a given) mask;
+- detection (:mod:`~cams.targets.detection`): :class:`DetectionTarget`, the score of detections matching
+  boxes; :func:`fpn_reshape` for detector backbones' feature pyramids;
+- embeddings (:mod:`~cams.targets.embedding`): :class:`EmbeddingTarget`, cosine similarity to a concept.
+
+:func:`parse_target` reads the text forms of the command line (``seg:3``, ``multilabel:all``).
+
 Example:
     >>> import torch
     >>> target = resolve_targets(None, 2, output=torch.tensor([[0.1, 0.9], [0.8, 0.2]]))
@@ -22,16 +36,29 @@ import torch
 
 from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
 from cams.targets.classification import ClassTarget, check_classes, logits_of, readable_logits
+from cams.targets.detection import DetectionTarget, fpn_reshape
+from cams.targets.embedding import EmbeddingTarget
+from cams.targets.multilabel import MultiLabelTarget, classes_above
+from cams.targets.segmentation import SegmentationTarget, segmentation_logits
+from cams.targets.spec import parse_target
 
 __all__ = [
     "ClassTarget",
+    "DetectionTarget",
+    "EmbeddingTarget",
     "FunctionTarget",
+    "MultiLabelTarget",
     "PerImageTargets",
+    "SegmentationTarget",
     "Target",
     "Targets",
+    "classes_above",
+    "fpn_reshape",
     "logits_of",
+    "parse_target",
     "readable_logits",
     "resolve_targets",
+    "segmentation_logits",
     "select_rows",
 ]
 
@@ -43,7 +70,7 @@ def resolve_targets(targets: Targets, batch: int, output: Any = None, *, softmax
         targets: ``None`` (each image's predicted class: needs ``output``), an int (NumPy ints too) for every
             image, one class per image (sequence, 1-D integer tensor or NumPy array), a callable
             ``output -> (N,)`` scores, one callable per image (pytorch-grad-cam's ``ClassifierOutputTarget``
-            style), or a :class:`Target` (returned as is).
+            style), or a :class:`Target` (a fresh copy, see :meth:`Target.fresh`).
         batch: the number of source images.
         output: the model's output for the source images; needed for ``targets=None`` and used to check
             class indices against the number of classes.
@@ -55,7 +82,7 @@ def resolve_targets(targets: Targets, batch: int, output: Any = None, *, softmax
         ValueError: a class index out of range, or a wrong number of targets.
     """
     if isinstance(targets, Target):
-        return targets
+        return targets.fresh()
     if callable(targets) and not isinstance(targets, torch.Tensor):
         return FunctionTarget(targets, softmax=softmax)
     if (

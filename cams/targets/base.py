@@ -30,16 +30,38 @@ Targets = Union[
 class Target:
     """Turns a model output into one score per row; subclasses implement :meth:`__call__`.
 
+    A target that chooses what to explain from the model's own output (every class above a threshold,
+    the predicted mask of a class, the detected boxes) makes that choice for each source image from the
+    first rows of that image it scores, and keeps it for later rows. Those first rows are always the
+    unperturbed forward: the engine scores the plain forward before any Score-CAM/Ablation-CAM forward,
+    and the faithfulness metrics score the originals first. :meth:`fresh` gives each call its own copy,
+    so every call chooses anew; :meth:`fixed` turns the choice into an explicit target.
+
     Attributes:
         classes: ``(B,)`` long, the class explained for each source image when the target is a class
             (reported as :attr:`cams.CamMaps.classes`), else ``None``.
+        geometric: the target is tied to the input's geometry (a given mask or given boxes), so it cannot
+            follow the horizontal flip of ``aug_smooth``.
     """
 
     classes: torch.Tensor | None = None
+    geometric: bool = False
 
     def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
         """Scores ``(N,)`` of the ``N`` rows of ``output``; row ``r`` comes from source image ``images[r]``."""
         raise NotImplementedError
+
+    def fresh(self) -> Target:
+        """This target with nothing chosen yet, for one call (stateless targets return themselves)."""
+        return self
+
+    def fixed(self, output: Any) -> Target:
+        """The target with its choices made from ``output``, the unperturbed forward of the source images.
+
+        The result explains the same thing for any model (a copy with re-initialised weights, a perturbed
+        input). Targets that choose nothing return themselves.
+        """
+        return self
 
 
 class FunctionTarget(Target):
@@ -103,14 +125,32 @@ class PerImageTargets(Target):
 def select_rows(output: Any, rows: int | slice | torch.Tensor) -> Any:
     """Index the rows of a model output: a tensor, or tuples/lists/dicts of them (other leaves pass through).
 
+    A list of dicts is one dict per image (torchvision's detectors): its rows are its items.
+
     Example:
         >>> select_rows({"logits": torch.arange(6).view(3, 2)}, slice(1, 3))["logits"].tolist()
         [[2, 3], [4, 5]]
+        >>> select_rows([{"scores": torch.ones(2)}, {"scores": torch.zeros(1)}], torch.tensor([False, True]))
+        [{'scores': tensor([0.])}]
     """
     if isinstance(output, torch.Tensor):
         return output[rows]
+    if isinstance(output, list) and output and all(isinstance(o, dict) for o in output):
+        return _pick(output, rows)  # torchvision detectors: one dict per image
     if isinstance(output, (tuple, list)):
         return type(output)(select_rows(o, rows) for o in output)
     if isinstance(output, dict):
         return {k: select_rows(v, rows) for k, v in output.items()}
     return output
+
+
+def _pick(items: list[Any], rows: int | slice | torch.Tensor) -> Any:
+    """``items[rows]`` for an int, a slice, an index tensor or a boolean mask."""
+    if isinstance(rows, (int, slice)):
+        return items[rows]
+    rows = torch.as_tensor(rows)
+    if rows.dtype == torch.bool:
+        rows = rows.nonzero()[:, 0]
+    if rows.dim() == 0:
+        return items[int(rows)]
+    return [items[int(i)] for i in rows.tolist()]

@@ -1,0 +1,175 @@
+"""The fit-start probe: explain one image of the fixed batch before training, or fail at once.
+
+A model the callback cannot explain (no layer with a feature map, a target layer that outputs ``(B, C)``,
+an output the target cannot read, a class index out of range, images the model cannot take, ...) would
+otherwise surface only at the first CAM run, as one warning followed by an empty images tab. The probe
+runs the engine itself, with the callback's methods and target, on the first image of the fixed batch
+(the engine leaves the model exactly as found: modes, BatchNorm statistics, ``.grad``, hooks and the
+global RNG), and turns any failure into a ``MisconfigurationException`` carrying the engine's own message
+and the callback's configuration. It checks nothing the engine does not: what the engine can explain
+passes. Later failures (a run that breaks after some training) are left to ``on_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from cam_callback._checks import layer_key
+from cam_callback._run import engine_targets
+
+if TYPE_CHECKING:
+    from cam_callback.callback import CAMCallback
+
+__all__ = ["check_channels", "check_labels", "probe", "probe_model"]
+
+
+def probe_model(callback: CAMCallback, trainer: Trainer, pl_module: LightningModule) -> None:
+    """Check the callback's ``mean``/``std`` against its fixed batch, then :func:`probe` the model with it.
+
+    Runs on every rank with the fixed batch chosen and shared (a sharded model's forward needs every rank;
+    the same image gives every rank the same outcome), on the model's device, under the Trainer's precision
+    (as a CAM run does). With ``target="label"`` every label is checked against the model's classes.
+
+    Raises:
+        MisconfigurationException: from :func:`check_channels`, :func:`probe` or :func:`check_labels`.
+    """
+    batch = callback._batch
+    assert batch is not None
+    source = "mean=/std=" if callback.mean is not None else "datamodule.mean/.std"
+    check_channels(batch.images, callback._session_mean, callback._session_std, source)
+    plugin = trainer.precision_plugin
+    x = plugin.convert_input(batch.images.to(pl_module.device))
+    engine = callback._get_engine(pl_module)
+
+    def explain(images: Tensor, targets: Any) -> Any:
+        with torch.inference_mode(False), plugin.forward_context():
+            return engine(
+                images, callback.methods, targets, aug_smooth=callback.aug_smooth, eigen_smooth=callback.eigen_smooth
+            )
+
+    layers = layer_key(callback.target_layer)
+    settings = (
+        f"methods={list(callback.methods)}, target={callback.target!r}, "
+        f"target_layer={layers[0] if layers and len(layers) == 1 else layers}"
+    )
+    origin = "images=" if callback._user_batch is not None else "the validation data"
+    targets = engine_targets(batch, callback.target, x.device)
+    result = probe(explain, x, targets, type(pl_module).__name__, settings, origin)
+    logits = getattr(result, "logits", None)
+    if callback.target == "label" and batch.labels is not None and isinstance(logits, Tensor):
+        check_labels(batch.labels, int(logits.shape[1]), type(pl_module).__name__, origin)
+
+
+def check_labels(labels: Tensor, num_classes: int, model_name: str, source: str) -> None:
+    """Every label of the fixed batch must be a class of the model (``target="label"``).
+
+    The probe explains one image; a label out of range further on would fail every run, and with several
+    processes on the one rank whose slice holds it. Checked here, on every rank alike, before training.
+
+    Raises:
+        MisconfigurationException: naming the first image with a label out of range.
+
+    Example:
+        >>> import torch
+        >>> check_labels(torch.tensor([0, 3, 1]), 4, "Net", "images=")
+        >>> check_labels(torch.tensor([0, 4]), 4, "Net", "images=")
+        Traceback (most recent call last):
+        ...
+        lightning.fabric.utilities.exceptions.MisconfigurationException: CAMCallback(target='label'): image 1 ...
+    """
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise MisconfigurationException(
+            f"CAMCallback(target='label'): image {i} of the fixed batch (from {source}) has label "
+            f"{int(labels[i])}, but {model_name} outputs {num_classes} classes (0..{num_classes - 1}); "
+            f"{bad.numel()} of {labels.numel()} labels are out of range. Fix the labels, or use target='pred'."
+        )
+
+
+def check_channels(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None, source: str) -> None:
+    """The display normalisation must have one value, or one per channel of ``images`` ``(N, C, ...)``.
+
+    Args:
+        images: the fixed batch.
+        mean: the normalisation to undo for display (or ``None``).
+        std: as ``mean``.
+        source: where ``mean``/``std`` came from, for the message (``"mean=/std="`` or
+            ``"datamodule.mean/.std"``).
+
+    Raises:
+        MisconfigurationException: naming the channel count, the values and what to pass instead.
+
+    Example:
+        >>> import torch
+        >>> check_channels(torch.zeros(2, 3, 4, 4), (0.5,), (0.2,), "mean=/std=")  # one value: every channel
+        >>> check_channels(torch.zeros(2, 1, 4, 4), (0.4, 0.4, 0.4), (0.2,) * 3, "mean=/std=")
+        Traceback (most recent call last):
+        ...
+        lightning.fabric.utilities.exceptions.MisconfigurationException: CAMCallback: the fixed batch has 1 channel ...
+    """
+    channels = int(images.shape[1])
+    for values in (mean, std):
+        if values is not None and len(values) not in (1, channels):
+            raise MisconfigurationException(
+                f"CAMCallback: the fixed batch has {channels} channel{'s' if channels != 1 else ''} "
+                f"(shape {tuple(images.shape)}) but {source} give {len(values)} values (mean={list(mean or [])}, "
+                f"std={list(std or [])}); undoing them would tint every overlay and `explain` would refuse the "
+                f"checkpoint. Pass CAMCallback(mean=..., std=...) with {channels} value"
+                f"{'s' if channels != 1 else ''} (or one for all channels), as the images were normalised."
+            )
+
+
+def probe(
+    explain: Callable[[Tensor, Any], Any],
+    images: Tensor,
+    targets: Any,
+    model_name: str,
+    settings: str,
+    source: str,
+) -> Any:
+    """Run ``explain(images[:1], targets)`` once and return its result; on failure raise ``MisconfigurationException``.
+
+    A model that fails on one image but explains the whole batch (a ``squeeze()`` in its forward, say)
+    passes: the probe then retries on all images before it concludes.
+
+    Args:
+        explain: ``(x, targets) -> maps``, the callback's engine call (with its methods, smoothing,
+            device and precision).
+        images: the fixed batch ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) as the model takes it.
+        targets: the engine's ``targets`` for all ``N`` images (``None``, an int or an ``(N,)`` tensor).
+        model_name: the LightningModule's class name, for the message.
+        settings: the callback's settings that the engine used, e.g. ``"method='gradcam', target=12"``.
+        source: where the images came from, e.g. ``"the first validation dataloader"``.
+
+    Raises:
+        MisconfigurationException: with the engine's error and what was tried.
+    """
+    try:
+        return explain(images[:1], _first(targets))
+    except Exception as err:  # any failure of the engine or of the model's forward
+        error: Exception = err
+    if images.shape[0] > 1:
+        try:
+            return explain(images, targets)
+        except Exception:
+            pass  # the whole batch fails too: report the first image's error, the one the message describes
+    raise MisconfigurationException(
+        f"CAMCallback cannot explain {model_name} ({settings}): {type(error).__name__}: {error}\n"
+        f"Found before training by explaining the first image of the fixed batch (shape "
+        f"{tuple(images[:1].shape)}, from {source}); no training step ran. Fix the argument named above, or "
+        "remove the callback."
+    ) from error
+
+
+def _first(targets: Any) -> Any:
+    """The targets of the first image: per-image tensors are cut, ``None`` and ints apply to any batch."""
+    if isinstance(targets, Tensor) and targets.dim() > 0:
+        return targets[:1]
+    return targets

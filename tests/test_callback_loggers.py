@@ -1,0 +1,171 @@
+"""CAMCallback and each logger's own image API: MLflow (real, file store), Comet (its API, faked offline),
+and the PNG fallback in a folder of each run's own."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import QuadrantData, TinyNet
+from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger
+
+from cam_callback import CAMCallback
+
+
+def _fit(make_trainer, logger: Any, **cam: Any) -> CAMCallback:
+    callback = CAMCallback(num_images=2, **cam)
+    make_trainer([callback], logger=logger, max_epochs=1).fit(TinyNet(), datamodule=QuadrantData(n_train=16))
+    return callback  # one optimizer step per epoch: runs at steps 0 and 1
+
+
+# ---------------------------------------------------------------------- MLflow
+def test_mlflow_runs_get_images_metrics_and_config_on_their_own_run(make_trainer, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks to opt in to Lightning's default store
+    store = tmp_path / "mlruns"
+    runs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two runs in one tracking store must not share or overwrite files
+            logger = MLFlowLogger(experiment_name="cams", save_dir=str(store))
+            _fit(make_trainer, logger, methods=["gradcam", "gradcam++"])
+            runs.append(logger.run_id)
+    assert not [w for w in caught if "PNG" in str(w.message) or "Replacing" in str(w.message)]
+
+    client = MlflowClient(f"file:{store}")
+    for run in runs:
+        logged = {
+            (name.split("+step+")[0], int(name.split("+step+")[1].split("+")[0]))
+            for name in (Path(a.path).name for a in client.list_artifacts(run, "images"))
+            if name.endswith(".png")
+        }
+        assert logged == {
+            ("cam~input", 0),
+            ("cam~gradcam", 0),
+            ("cam~gradcam", 1),
+            ("cam~gradcampp", 0),  # MLflow keys allow no '+': gradcam++ -> gradcampp, apart from gradcam
+            ("cam~gradcampp", 1),
+        }
+        assert [a.path for a in client.list_artifacts(run, "cam")] == ["cam/config.md"]
+        assert "gradcam++" in Path(client.download_artifacts(run, "cam/config.md", str(tmp_path))).read_text()
+        assert [m.step for m in client.get_metric_history(run, "cam_drift/gradcampp/vs_first")] == [1]
+        assert [m.step for m in client.get_metric_history(run, "cam_drift/gradcam/vs_first")] == [1]
+    assert not list(store.rglob("cams"))  # nothing beside the runs, no PNG fallback in the store
+    experiment = client.get_experiment_by_name("cams")
+    assert {r.info.run_id for r in client.search_runs([experiment.experiment_id])} == set(runs)
+
+
+# ---------------------------------------------------------------------- Comet
+class CometExperiment:
+    """Records what a ``comet_ml`` experiment is given (same signatures as comet_ml 3.58's ``Experiment``)."""
+
+    def __init__(self) -> None:
+        self.images: list[tuple[str | None, int | None, np.ndarray]] = []
+        self.texts: list[tuple[str, int | None, dict | None]] = []
+        self.metrics: list[tuple[dict, int | None]] = []
+
+    def log_image(self, image_data: Any, name: str | None = None, overwrite: bool = False,
+                  image_format: str = "png", image_scale: float = 1.0, image_shape: Any = None,
+                  image_colormap: Any = None, image_minmax: Any = None, image_channels: str = "last",
+                  copy_to_tmp: bool = True, step: int | None = None, annotations: Any = None,
+                  metadata: Any = None) -> None:  # fmt: skip
+        assert image_channels == "last"
+        self.images.append((name, step, np.asarray(image_data)))
+
+    def log_text(self, text: str, step: int | None = None, metadata: dict | None = None) -> None:
+        self.texts.append((text, step, metadata))
+
+    def __internal_api__log_metrics__(self, dic: dict, step: int | None = None, **kwargs: Any) -> None:
+        self.metrics.append((dict(dic), step))
+
+    def __internal_api__log_parameters__(self, parameters: dict, **kwargs: Any) -> None:
+        pass
+
+    def __internal_api__set_model_graph__(self, graph: Any, **kwargs: Any) -> None:
+        pass
+
+    def get_key(self) -> str:
+        return "offline0"
+
+    def flush(self) -> None:
+        pass
+
+
+class OfflineComet(CometLogger):
+    """Lightning's CometLogger around a recording experiment (comet_ml itself is not installed)."""
+
+    def __init__(self, save_dir: str) -> None:
+        Logger.__init__(self)
+        self._experiment = CometExperiment()
+        self._project_name = "cams"
+        self._prefix = ""
+        self._experiment_key = "offline0"
+        self._comet_config = SimpleNamespace(offline_directory=save_dir)
+
+
+def test_comet_gets_images_and_config_through_its_experiment(make_trainer, tmp_path: Path) -> None:
+    logger = OfflineComet(str(tmp_path / "comet"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(make_trainer, logger)
+    assert not [w for w in caught if "PNG" in str(w.message)]
+    experiment = logger.experiment
+    assert [(name, step) for name, step, _ in experiment.images] == [
+        ("cam/input", 0),
+        ("cam/gradcam", 0),
+        ("cam/gradcam", 1),
+    ]
+    assert all(image.dtype == np.uint8 and image.shape == (20, 2 * 18 + 2, 3) for _, _, image in experiment.images)
+    ((text, step, metadata),) = experiment.texts
+    assert "| methods | gradcam |" in text and step == 0 and metadata == {"tag": "cam/config"}
+    assert [step for metrics, step in experiment.metrics if "cam_drift/gradcam/vs_first" in metrics] == [1]
+    assert not (tmp_path / "comet").exists()
+
+
+# ---------------------------------------------------------------------- the PNG fallback
+class MetricsOnly(Logger):
+    """A logger with no image API and no ``log_dir``: its run folder is ``save_dir/name/version``."""
+
+    def __init__(self, save_dir: Path) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+
+    @property
+    def name(self) -> str:
+        return "experiment"
+
+    @property
+    def version(self) -> str:
+        return "run7"
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+
+def test_png_fallback_is_a_folder_of_each_runs_own(make_trainer, tmp_path: Path) -> None:
+    for _ in range(2):  # no logger at all: a new version folder per run
+        with pytest.warns(UserWarning, match="PNG"):
+            _fit(make_trainer, False)
+    runs = sorted((tmp_path / "cams").iterdir())
+    assert [run.name for run in runs] == ["version_0", "version_1"]
+    for run in runs:
+        assert sorted(p.name for p in (run / "gradcam").iterdir()) == ["step_0000000.png", "step_0000001.png"]
+        assert (run / "input" / "input.png").exists() and (run / "config.md").exists()
+        assert len((run / "scalars.csv").read_text().splitlines()) == 1 + 3  # header, one run's drift scalars
+
+    with pytest.warns(UserWarning, match="PNG"):
+        _fit(make_trainer, MetricsOnly(tmp_path / "store"))
+    assert (tmp_path / "store" / "experiment" / "run7" / "cams" / "gradcam" / "step_0000001.png").exists()
