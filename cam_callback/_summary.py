@@ -78,7 +78,7 @@ def config(callback: CAMCallback) -> dict[str, Any]:
 
 
 def _layout(callback: CAMCallback) -> str | None:
-    """How the engine read the (first) target layer's output, e.g. ``tokens (8, 17, 192): 1 prefix token ...``."""
+    """How the engine read the (first) target layer's output, e.g. ``tokens (B, 17, 192): 1 prefix token ...``."""
     layout = getattr(callback._engine, "layout", None)
     return None if layout is None else str(layout)
 

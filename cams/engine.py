@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -123,7 +124,7 @@ class CamEngine:
     def layout(self) -> Layout | None:
         """How the (first) target layer's output was read as a feature map in the last call (``None`` before).
 
-        Example: ``tokens (2, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed``.
+        Example: ``tokens (B, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed``.
         """
         layouts = self.layouts
         return layouts[self.layer_names[0]] if layouts else None
@@ -346,29 +347,35 @@ def _gradients(scores: torch.Tensor, records: list[Any], names: list[str]) -> li
 
 
 def _check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
-    """Refuse a layer whose feature map gets an exactly zero gradient: every gradient map would be empty."""
+    """Say loudly why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
+
+    The score does not change with the layer's output at all (an untrained classifier head initialised to
+    zero, a segmentation class predicted nowhere): a ``RuntimeWarning``, since training or another image
+    changes it. The gradient reaches only what the layout drops (a class token read after this layer):
+    an error, since this layer can never give a map.
+    """
     for grad, name, layout in zip(grads, names, layouts, strict=True):
         mapped = layout.to_feature_map(grad)
         if not bool((mapped == 0).all()):
             continue
+        where = f"target layer {name!r}: the gradient of the target score is zero at every position of its " \
+            f"feature map {tuple(mapped.shape)}"
         if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
-            why = (
-                "the target score does not change with this layer's output at all (a classifier head "
-                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer are before training, or a "
-                "layer cut off by a stop-gradient)"
+            warnings.warn(
+                f"{where}: the score does not change with this layer's output (an untrained classifier head "
+                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer have before training, or a "
+                "target that scores nothing, such as a class predicted nowhere); gradient maps are empty",
+                RuntimeWarning,
+                stacklevel=4,
             )
         elif layout.prefix:
-            why = (
-                f"only its {layout.prefix} prefix token(s) get one: the model reads the class token after "
-                "this layer; explain a layer before the last attention (the last block's first norm), or "
-                "let target_layers=None choose"
+            raise RuntimeError(
+                f"{where}: only its {layout.prefix} prefix token(s) get one, because the model reads the class "
+                "token after this layer; explain a layer before the last attention (the last block's first "
+                "norm), or let target_layers=None choose"
             )
         else:
-            why = "the gradient reaches only parts of the output that reshape_transform leaves out"
-        raise RuntimeError(
-            f"target layer {name!r}: the gradient of the target score is zero at every position of its "
-            f"feature map {tuple(mapped.shape)}: {why}. Gradient methods would give empty maps"
-        )
+            raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")
 
 
 def _augment(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:

@@ -292,7 +292,11 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
             continue
         candidates.append((end, module, 0 if layout is None else layout.prefix))
     if not candidates:
-        kind = "feature map ((B, C, h, w), (B, h, w, C) or tokens)" if x.dim() == 4 else f"{x.dim()}-D feature map"
+        kind = (
+            "4-D feature map ((B, C, h, w) or (B, h, w, C)) or tokens (B, N, C) on a grid"
+            if x.dim() == 4
+            else f"{x.dim()}-D feature map"
+        )
         raise ValueError(
             f"target_layers=None: no layer of {type(model).__name__} produced a {kind} with "
             "spatial size > 1; pass target_layers explicitly"

@@ -34,7 +34,7 @@ Example:
     >>> import torch
     >>> layout = infer_layout(torch.zeros(2, 197, 192), (2, 3, 224, 224), grids=[("patch_embed", (14, 14))])
     >>> print(layout)
-    tokens (2, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed
+    tokens (B, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed
     >>> layout.to_feature_map(torch.zeros(2, 197, 192)).shape
     torch.Size([2, 192, 14, 14])
     >>> infer_layout(torch.zeros(2, 7, 7, 768), (2, 3, 224, 224)).kind
@@ -96,7 +96,7 @@ class Layout:
         return t[:, self.prefix :].transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid).contiguous()
 
     def __str__(self) -> str:
-        shape = tuple(self.shape)
+        shape = "(B, " + ", ".join(map(str, self.shape[1:])) + ")" if self.shape else ""
         if self.kind == "custom":
             return f"custom {shape or 'dict/list/tuple of tensors'}: reshape_transform"
         grid = "×".join(map(str, self.grid))

@@ -1,5 +1,5 @@
 """Compiled models explain exactly like eager ones: ``torch.compile(model)``, compiled submodules and
-``trainer.fit(torch.compile(model))``, and a layer the score does not depend on is an error, never a zero map.
+``trainer.fit(torch.compile(model))``; a layer no gradient reaches is an error, never a silent zero map.
 
 Hooks added to a compiled model make Dynamo recompile, and inside an AOTAutograd graph the tensor a hook
 records is not the one gradients flow through (before this was handled, Grad-CAM of a compiled model was
@@ -90,11 +90,12 @@ def test_a_layer_the_score_does_not_depend_on_is_an_error_naming_it(x):
         CamEngine(SideBranch(), ["body", "probe"])(x, methods="gradcam")
 
 
-def test_a_score_that_ignores_every_input_is_an_error_not_a_zero_map(x):
+def test_a_score_that_ignores_every_input_gives_a_loud_warning_not_a_silent_zero_map(x):
     model = _cnn()
     nn.init.zeros_(model[7].weight)  # a zero-initialised head: the logits are the bias, whatever the image
-    with pytest.raises(RuntimeError, match=r"target layer '4'.*zero at every position.*initialised to zero"):
-        CamEngine(model)(x, methods="gradcam")
+    with pytest.warns(RuntimeWarning, match=r"target layer '4'.*zero at every position.*initialised to zero"):
+        maps = CamEngine(model)(x, methods="gradcam")
+    assert float(maps["gradcam"].abs().max()) == 0
 
 
 def test_a_class_token_models_final_norm_is_refused_with_the_layer_to_use():
@@ -155,7 +156,7 @@ def test_the_callback_with_no_arguments_logs_overlays_and_drift_on_a_timm_vit(ea
     events.Reload()
     assert len(events.Images("cam/gradcam")) == 3
     config = events.Tensors("cam/config/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "| layout | tokens (8, 17, 32): 1 prefix token dropped, grid 4×4 from model.patch_embed |" in config
+    assert "| layout | tokens (B, 17, 32): 1 prefix token dropped, grid 4×4 from model.patch_embed |" in config
     drift = [e.value for e in events.Scalars("cam_drift/gradcam/vs_first")]
     assert len(drift) == 2 and all(0 < d < 1 for d in drift), drift  # the maps move while the model learns
     for cam in callback.last_maps.values():

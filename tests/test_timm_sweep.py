@@ -7,7 +7,7 @@ target. Two things make a random network behave like one that has seen data, as 
 
 - weights timm initialises to exactly zero (classifier heads of MLP-Mixer/ResMLP/gMLP, the last BatchNorm of
   residual branches) are redrawn, otherwise the logits are constant and every gradient map is empty (the
-  engine then raises, as it must);
+  engine then says so with a RuntimeWarning);
 - BatchNorm statistics are calibrated with one forward of 8 random images in train mode, otherwise
   activations shrink layer after layer (LeViT's tokens become identical).
 

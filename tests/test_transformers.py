@@ -301,4 +301,4 @@ def test_volume_feature_maps_pass_through_untouched():
 
 def test_the_layout_is_shown_in_words():
     layout = Layout("tokens", (2, 21, 384), (4, 4), prefix=5, source="patch_embed", channel_dim=2)
-    assert str(layout) == "tokens (2, 21, 384): 5 prefix tokens dropped, grid 4×4 from patch_embed"
+    assert str(layout) == "tokens (B, 21, 384): 5 prefix tokens dropped, grid 4×4 from patch_embed"
