@@ -8,7 +8,7 @@ output's shape, the input's shape and the model's patch embedding, and :class:`L
 kind               raw output                 becomes
 =================  =========================  ===================================================================
 ``channels_first`` ``(B, C, h, w)``           itself (CNNs; and ``(B, C, d, h, w)`` volumes when the input is 5-D)
-``channels_last``  ``(B, h, w, C)``           ``permute(0, 3, 1, 2)`` (Swin, timm NHWC stages, ConvNeXt blocks)
+``channels_last``  ``(B, h, w, C)``           ``permute(0, 3, 1, 2)`` (Swin, MambaOut, Sequencer, timm NHWC stages)
 ``tokens``         ``(B, p + h·w, C)``        the ``p`` prefix tokens (class, distillation, register tokens)
                                               dropped, the rest read row-major as ``(h, w)`` (ViT, DeiT, BEiT,
                                               EVA, LeViT, Hugging Face ViT, ...)
