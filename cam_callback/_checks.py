@@ -104,8 +104,8 @@ def check_target(target: Any) -> Target:
         if target not in ("pred", "label"):
             raise ValueError(
                 f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label), a class index, or a target from cams.targets (SegmentationTarget(3), "
-                "MultiLabelTarget(), ...)"
+                "sample's label), a class index, a target from cams.targets (SegmentationTarget(3), "
+                "MultiLabelTarget(), ...) or a callable output -> (N,) scores"
             )
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
@@ -322,12 +322,18 @@ def target_key(target: Target) -> str | int:
     """The target as plain data for the state key, the config and the checkpoint.
 
     ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form
-    (``"seg:3"``, which ``explain`` reads back) or their repr.
+    (``"seg:3"``, which ``explain`` reads back) or their repr; a plain function by its qualified name
+    (``"callable:score_of_cats"``: a repr would carry a memory address, and the key must stay the same
+    when a run resumes in another process).
     """
     if isinstance(target, (str, int)):
         return target
     spec = getattr(target, "spec", None)
-    return spec if isinstance(spec, str) else repr(target)
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(target, cams.targets.Target) and hasattr(target, "__qualname__"):
+        return f"callable:{target.__qualname__}"
+    return repr(target)
 
 
 def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:

@@ -61,6 +61,7 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "target_layers": callback._layer_names
         if callback._layer_names is not None
         else layer_key(callback.target_layers),
+        "layout": _layout(callback),
         "target": target_key(callback.target),
         "num_images": None if batch is None else len(batch),
         "input_size": None if batch is None else list(batch.images.shape[1:]),
@@ -75,6 +76,12 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "sanity_check": callback.sanity_check,
         "drift": "1 - mean cosine similarity (cams.metrics.drift)",
     }
+
+
+def _layout(callback: CAMCallback) -> str | None:
+    """How the engine read the (first) target layer's output, e.g. ``tokens (B, 17, 192): 1 prefix token ...``."""
+    layout = getattr(callback._engine, "layout", None)
+    return None if layout is None else str(layout)
 
 
 def config_markdown(settings: dict[str, Any]) -> str:

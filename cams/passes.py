@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cams.hooks import replacing_output
+from cams.layout import Layout
 from cams.targets import Target, select_rows
 
 __all__ = ["PROVIDERS", "Pass", "Progress", "ablated_scores", "masked_input_scores"]
@@ -48,6 +49,8 @@ class Pass:
         scores: ``(B,)`` target scores of the plain forward (``None`` when no method needs a target).
         batch_size: rows per forward for the perturbation passes (``None``: their defaults).
         progress: told how far the perturbation passes are (``None``: nothing is reported).
+        layouts: how each layer's raw output became ``acts`` (:class:`cams.layout.Layout`); Ablation-CAM
+            ablates channels along the raw output's channel dimension.
     """
 
     model: nn.Module
@@ -59,8 +62,8 @@ class Pass:
     target: Target | None
     scores: torch.Tensor | None
     batch_size: int | None = None
-    to_feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None
     progress: Progress | None = None
+    layouts: Sequence[Layout] | None = None
     _cache: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
     def get(self, name: str, layer: int) -> torch.Tensor:
@@ -101,17 +104,25 @@ def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
     name, module = p.layers[i]
     raw = p.raw[i]
-    if p.to_feature_map is not None or not isinstance(raw, torch.Tensor) or raw.dim() != p.x.dim():
+    if not isinstance(raw, torch.Tensor):
         raise ValueError(
-            f"ablationcam ablates channels of a (B, C, *spatial) layer output; layer {name!r} gives "
-            f"{tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__} (reshape_transform is "
-            "not supported for ablation)"
+            f"ablationcam ablates channels of one layer output; layer {name!r} gives a {type(raw).__name__} of "
+            "tensors (a feature pyramid): explain one of its levels, or use a gradient method"
+        )
+    channel_dim = 1 if p.layouts is None else p.layouts[i].channel_dim
+    if channel_dim < 0 or raw.shape[channel_dim] != p.acts[i].shape[1]:
+        raise ValueError(
+            f"ablationcam ablates channels of the raw output of layer {name!r}, shape {tuple(raw.shape)}, but "
+            f"no single dimension of it becomes the {p.acts[i].shape[1]} channels that reshape_transform "
+            "returns; explain a layer whose output has a channel dimension"
         )
     batch_size = p.batch_size
     if batch_size is None:
         per_row = raw[0].numel() * raw.element_size()
-        batch_size = max(1, min(raw.shape[1], (256 << 20) // per_row))
-    return ablated_scores(p.model, module, p.x, raw, p.target, batch_size, p.reporter("ablationcam", i))
+        batch_size = max(1, min(raw.shape[channel_dim], (256 << 20) // per_row))
+    return ablated_scores(
+        p.model, module, p.x, raw, p.target, batch_size, p.reporter("ablationcam", i), channel_dim
+    )
 
 
 PROVIDERS: dict[str, Callable[[Pass, int], torch.Tensor]] = {
@@ -195,16 +206,25 @@ def ablated_scores(
     target: Target,
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
+    channel_dim: int = 1,
 ) -> torch.Tensor:
     """Ablation-CAM: target score with each channel of ``module``'s output ablated → (B, C).
+
+    Channels are ablated in the output's own layout, along ``channel_dim`` (1 for ``(B, C, h, w)``, the last
+    for tokens ``(B, N, C)`` and channels-last ``(B, h, w, C)``: every token, prefix tokens included, as
+    pytorch-grad-cam's ``AblationLayerVit``).
 
     The ablated copies replace the layer's output through a temporary forward hook while the model
     runs on the single source image: the layers before the target run once per chunk instead of once
     per ablated channel, and broadcasting carries any skip connection around the target. Models where
     that cannot work (the forward fails or returns a different batch) fall back to a repeated input.
-    ``progress(done, total)`` is called after each chunk, counting ablated channels over the batch.
+
+    Channels are ablated in the output's own layout, along ``channel_dim`` (1 for ``(B, C, h, w)``, the last
+    for tokens ``(B, N, C)`` and channels-last ``(B, h, w, C)``: every token, prefix tokens included, as
+    pytorch-grad-cam's ``AblationLayerVit``). ``progress(done, total)`` is called after each chunk, counting
+    ablated channels over the batch.
     """
-    batch, channels = raw.shape[:2]
+    batch, channels = raw.shape[0], raw.shape[channel_dim]
     scores = torch.empty(batch, channels, device=x.device)
     share_prefix = True
     with torch.no_grad():
@@ -214,7 +234,7 @@ def ablated_scores(
             for start in range(0, channels, batch_size):
                 index = torch.arange(start, min(channels, start + batch_size), device=x.device)
                 ablated = source.expand(len(index), *source.shape).clone()
-                ablated[torch.arange(len(index), device=x.device), index] = value
+                ablated.movedim(channel_dim % raw.dim(), 1)[torch.arange(len(index), device=x.device), index] = value
                 rows = torch.full((len(index),), b, device=x.device, dtype=torch.long)
                 output = None
                 if share_prefix:

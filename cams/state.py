@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["frozen_model", "model_device", "rng_guard"]
+__all__ = ["eager", "frozen_model", "model_device", "rng_guard"]
 
 
 @contextlib.contextmanager
@@ -36,14 +36,40 @@ def rng_guard(device: torch.device | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``'d models and functions eagerly (their original forward) for the duration.
+
+    A compiled graph does not call the hooks that CAMs register after compilation, and every new batch
+    size of the perturbation passes would recompile it. ``torch.compiler.set_stance("force_eager")``
+    (torch >= 2.6) runs the original Python code instead, with the same parameters, so the maps equal
+    those of the uncompiled model; the compiled code and its caches are untouched and used again when
+    the block ends. On older torch this is a no-op (hooks that do not fire are then reported as errors).
+
+    Example:
+        >>> import torch
+        >>> f = torch.compile(lambda t: t + 1)
+        >>> with eager():
+        ...     f(torch.zeros(1)).tolist()
+        [1.0]
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
+@contextlib.contextmanager
 def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in ``eval`` mode and restore every module's ``training`` flag afterwards.
 
     BatchNorm running statistics are not updated in ``eval`` mode, dropout does not sample,
-    and the global RNG is restored on exit (also when the body raises). Modules sharded with FSDP2
-    (``torch.distributed.fsdp.fully_shard``) whose parameters were sharded on entry are resharded on exit:
-    a forward without a backward (Eigen-CAM, Score-CAM's masked forwards) would otherwise leave the root's
-    gathered parameters in memory.
+    the global RNG is restored on exit (also when the body raises), and ``torch.compile``'d code runs
+    eagerly (:func:`eager`), so hooks fire and the maps equal the uncompiled model's. Modules sharded with
+    FSDP2 (``torch.distributed.fsdp.fully_shard``) whose parameters were sharded on entry are resharded on
+    exit: a forward without a backward (Eigen-CAM, Score-CAM's masked forwards) would otherwise leave the
+    root's gathered parameters in memory.
 
     Example:
         >>> from torch import nn
@@ -58,7 +84,7 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     device = model_device(model)
     sharded = _sharded_fsdp_modules(model)
     try:
-        with rng_guard(device):
+        with rng_guard(device), eager():
             model.eval()
             yield model
     finally:
