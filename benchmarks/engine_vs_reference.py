@@ -3,6 +3,7 @@
     python benchmarks/engine_vs_reference.py            # all cases, prints a markdown table
     python benchmarks/engine_vs_reference.py --quick    # smaller inputs, for a smoke run
     python benchmarks/engine_vs_reference.py --cases cam legrad --no-memory
+    python benchmarks/engine_vs_reference.py --device cuda   # on a GPU: batch 32 (``--model``, ``--batch``)
 
 Cases (measured on the CPU of the machine it runs on):
   * six gradient methods (gradcam, gradcam++, xgradcam, layercam, eigencam, eigengradcam) in ONE engine
@@ -15,7 +16,10 @@ Cases (measured on the CPU of the machine it runs on):
 Timings are medians of ``--repeats`` runs, ours and the peer interleaved. Peak memory is measured in a
 fresh child process that builds the model and the input, resets the kernel's peak-RSS counter
 (``/proc/self/clear_refs``), runs the case once and reports the peak resident set above what it held before
-the run: what the CAM computation itself adds.
+the run: what the CAM computation itself adds. With ``--device cuda`` the model and the input live on the
+GPU, every timing waits for the GPU (``torch.cuda.synchronize``), every case runs with batch 32 (CNN cases on
+resnet50; ``--model``/``--batch`` choose others), and the peak memory is the GPU's
+(``torch.cuda.max_memory_allocated`` above what the child held before the run).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -82,12 +86,23 @@ CASES: dict[str, Case] = {
 # fmt: on
 
 
-def build(case: str, size: int) -> tuple[torch.nn.Module, Case, torch.Tensor]:
+def setting(case: str, device: str = "cpu", net: str | None = None, batch: int | None = None) -> Case:
+    """A case as it runs on ``device``: on CUDA batch 32 and resnet50 for the CNN cases, unless chosen."""
     spec = CASES[case]
+    gpu = device != "cpu"
+    cnn = spec.net.startswith("resnet")
+    net = net or ("resnet50" if gpu and cnn else spec.net)
+    return replace(spec, net=net, batch=batch or (32 if gpu else spec.batch))
+
+
+def build(
+    case: str, size: int, device: str = "cpu", net: str | None = None, batch: int | None = None
+) -> tuple[torch.nn.Module, Case, torch.Tensor]:
+    spec = setting(case, device, net, batch)
     torch.manual_seed(0)
     extra = {"image_size": size} if spec.net.startswith("vit") else {}
-    model = getattr(torchvision.models, spec.net)(num_classes=1000, **extra).eval()
-    x = torch.randn(spec.batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+    model = getattr(torchvision.models, spec.net)(num_classes=1000, **extra).eval().to(device)
+    x = torch.randn(spec.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     return model, spec, x
 
 
@@ -131,7 +146,7 @@ def _pytorch_grad_cam(model: torch.nn.Module, spec: Case, x: torch.Tensor) -> Ca
         for m in spec.methods:  # the reference computes one method per call
             if m == "sobel":
                 images = (x - x.amin()) / (x.amax() - x.amin()) * 255
-                for image in images.permute(0, 2, 3, 1).numpy().astype(np.uint8):
+                for image in images.permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8):
                     sobel_cam(image)
                 continue
             if m == "dff":
@@ -188,11 +203,19 @@ def _status_kib(name: str) -> int:
     raise RuntimeError(f"{name} not in /proc/self/status")
 
 
-def child(case: str, impl: str, size: int) -> None:
-    """Run one case once in this (fresh) process; print the peak RSS it adds, in MiB."""
-    model, spec, x = build(case, size)
+def child(case: str, impl: str, size: int, device: str, net: str | None, batch: int | None) -> None:
+    """Run one case once in this (fresh) process; print the peak RSS (on CUDA: GPU memory) it adds, in MiB."""
+    model, spec, x = build(case, size, device, net, batch)
     run = (ours if impl == "ours" else reference)(model, spec, x)
     gc.collect()
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
+        return
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # reset VmHWM to the current RSS
@@ -200,15 +223,20 @@ def child(case: str, impl: str, size: int) -> None:
     print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
 
 
-def peak_mib(case: str, impl: str, size: int) -> float:
-    cmd = [sys.executable, __file__, "--child", case, impl, "--size", str(size)]
+def peak_mib(case: str, impl: str, size: int, device: str, net: str | None, batch: int | None) -> float:
+    cmd = [sys.executable, __file__, "--child", case, impl, "--size", str(size), "--device", device]
+    cmd += (["--model", net] if net else []) + (["--batch", str(batch)] if batch else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)["peak_mib"]
 
 
-def timed(fn: Callable[[], object]) -> float:
+def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+    if device != "cpu":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn()
+    if device != "cpu":
+        torch.cuda.synchronize()  # the GPU's work is done, not only queued
     return time.perf_counter() - start
 
 
@@ -220,39 +248,47 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-timing", action="store_true", help="only the peak-memory child processes")
+    parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' ('cuda:1', ...)")
+    parser.add_argument("--model", help="torchvision model for every case (default: per case; resnet50 on CUDA)")
+    parser.add_argument("--batch", type=int, help="batch size for every case (default: per case; 32 on CUDA)")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.quick:
         args.size, args.repeats = 112, 1
+    if args.device != "cpu" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    if args.device != "cpu":
+        torch.cuda.set_device(torch.device(args.device))
     if args.child:
-        child(args.child[0], args.child[1], args.size)
+        child(args.child[0], args.child[1], args.size, args.device, args.model, args.batch)
         return
 
     import pytorch_grad_cam
     import torchcam
 
+    where = torch.cuda.get_device_name() if args.device != "cpu" else "cpu"
     print(f"torch {torch.__version__}, pytorch-grad-cam {getattr(pytorch_grad_cam, '__version__', '1.5.7')}, "
           f"torchcam {torchcam.__version__}, {torch.get_num_threads()} threads, input {args.size}², median of "
-          f"{args.repeats}\n")  # fmt: skip
+          f"{args.repeats}, device {where}\n")  # fmt: skip
     print("| case | model, layer, batch | ours (s) | reference (s) | speed-up | peak MiB ours | peak MiB reference |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for case in args.cases:
-        model, spec, x = build(case, args.size)
+        model, spec, x = build(case, args.size, args.device, args.model, args.batch)
         run_ours, run_ref = ours(model, spec, x), reference(model, spec, x)
         t_ours, t_ref = [math.nan], [math.nan]
         if not args.no_timing:
             run_ours()  # warm-up (also picks up any lazy initialisation)
             t_ours, t_ref = [], []
             for _ in range(args.repeats):
-                t_ours.append(timed(run_ours))
-                t_ref.append(timed(run_ref))
+                t_ours.append(timed(run_ours, args.device))
+                t_ref.append(timed(run_ref, args.device))
         mo, mr = statistics.median(t_ours), statistics.median(t_ref)
         if args.no_memory:
             mem_ours = mem_ref = "n/a"
         else:
-            mem_ours = f"{peak_mib(case, 'ours', args.size):.0f}"
-            mem_ref = f"{peak_mib(case, 'reference', args.size):.0f}"
+            mem_ours = f"{peak_mib(case, 'ours', args.size, args.device, args.model, args.batch):.0f}"
+            mem_ref = f"{peak_mib(case, 'reference', args.size, args.device, args.model, args.batch):.0f}"
         layer = " + ".join(f"`{name.replace('encoder.layers.encoder_layer_', 'block ')}`" for name in spec.layers)
         ratio = f"**{mr / mo:.1f}×**"
         label = case if spec.peer == PGC or "torchcam" in case else f"{case} (torchcam)"

@@ -7,7 +7,8 @@ How one call runs (:meth:`CamEngine.__call__`):
    first target layer onwards when a method needs gradients;
 3. the user's ``targets`` become a :class:`cams.targets.Target` and score each image;
 4. one ``torch.autograd.grad`` from those scores to the layer outputs gives every gradient method its
-   gradients (parameter ``.grad`` is never written);
+   gradients (parameter ``.grad`` is never written); each layer's output and gradient are read as
+   ``(B, C, h, w)`` feature maps by :mod:`cams.layout` (tokens, channels-last);
 5. each method asks a :class:`cams.passes.Pass` for the inputs it names (activations, gradients,
    Score-CAM/Ablation-CAM channel scores, ...), weighs the activations, and the weighted maps are
    summed over channels (or projected on their first principal component), ReLU'd, min-max scaled and
@@ -27,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,11 +46,13 @@ from cams.hooks import (
     prepare,
     tensor_leaves,
 )
+from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
+from cams.names import uncompiled_name
 from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
-from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, score_rows
+from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, Progress, score_rows
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, resolve_targets, select_rows
+from cams.targets import Target, Targets, readable_logits, resolve_targets, select_rows
 
 __all__ = ["CamEngine", "CamMaps", "find_layer"]
 
@@ -78,12 +82,16 @@ class CamEngine:
             training flags restored, BatchNorm statistics and parameter ``.grad`` untouched, no hooks
             left, global RNG not consumed.
         target_layers: a module, a dotted name (``"layer4.1"``), or a list of those. ``None`` picks the
-            last module whose output is a feature map shaped like the input (4-D for images, 5-D for
-            volumes) with spatial size > 1 (found with one forward on the first call; adaptive pooling
-            layers are skipped). Several layers are aggregated like pytorch-grad-cam (per-layer ReLU
-            and min-max, resize, mean, min-max).
-        reshape_transform: maps a layer output to (B, C, h, w), e.g. for vision transformers' tokens;
-            applied to activations and gradients alike.
+            layer a practitioner would (:func:`cams.hooks.auto_layer`, one forward on the first call): the
+            last feature map of CNNs and pooled transformers, the last block's first norm of class-token
+            transformers (ViT, DeiT, BEiT, Hugging Face ViT). Several layers are aggregated like
+            pytorch-grad-cam (per-layer ReLU and min-max, resize, mean, min-max).
+        reshape_transform: maps a layer output to (B, C, h, w); applied to activations and gradients
+            alike. Rarely needed: token outputs ``(B, N, C)`` and channels-last ``(B, h, w, C)`` are read
+            automatically (:mod:`cams.layout`; see :attr:`layout`), and a transform given here always wins.
+
+    ``torch.compile``'d models and submodules are explained through their original forward
+    (:func:`cams.state.eager`): the maps equal the uncompiled model's.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -101,6 +109,7 @@ class CamEngine:
         self.model = model
         self.reshape_transform = reshape_transform
         self._layers: list[tuple[str, nn.Module]] | None = None
+        self._layouts: dict[str, tuple[tuple[tuple[int, ...], tuple[int, ...]], Layout]] = {}
         if target_layers is not None:
             specs = [target_layers] if isinstance(target_layers, (str, nn.Module)) else list(target_layers)
             if not specs:
@@ -112,6 +121,20 @@ class CamEngine:
     def layer_names(self) -> list[str]:
         """Dotted names of the target layers (empty until an automatic choice has been made)."""
         return [name for name, _ in self._layers or []]
+
+    @property
+    def layout(self) -> Layout | None:
+        """How the (first) target layer's output was read as a feature map in the last call (``None`` before).
+
+        Example: ``tokens (B, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed``.
+        """
+        layouts = self.layouts
+        return layouts[self.layer_names[0]] if layouts else None
+
+    @property
+    def layouts(self) -> dict[str, Layout]:
+        """Layer name -> :class:`cams.layout.Layout` of the last call."""
+        return {name: self._layouts[name][1] for name in self.layer_names if name in self._layouts}
 
     def resolve_layers(self, x: torch.Tensor) -> list[str]:
         """Choose the target layers now (one forward for the automatic choice) and return their names."""
@@ -127,7 +150,7 @@ class CamEngine:
         if isinstance(spec, nn.Module):
             for name, module in self.model.named_modules():
                 if module is spec and name:
-                    return name, module
+                    return uncompiled_name(name), module
             raise ValueError(
                 f"target_layers: the {type(spec).__name__} module given is not a sub-module of the model"
             )
@@ -144,6 +167,7 @@ class CamEngine:
         batch_size: int | None = None,
         eigen_sign: EigenSign = "max",
         seed: int | torch.Generator = 0,
+        progress: Progress | None = None,
     ) -> CamMaps:
         """Compute maps for every method in ``methods`` on the batch ``x`` (B, C, H, W) or (B, C, D, H, W).
 
@@ -173,6 +197,10 @@ class CamEngine:
                 (default 0: the same maps at every call), or a ``torch.Generator``, from which one number is
                 drawn per call (successive calls then differ). Each random input gets its own generator
                 derived from it; the global RNG is never used.
+            progress: called as ``progress(step, done, total)`` after each chunk of the long passes
+                (Score-CAM's masked forwards, Ablation-CAM's ablated ones), ``step`` naming the method and
+                layer; ``None`` (default) reports nothing. The command lines pass a printer
+                (:class:`cams.io.ProgressPrinter`).
 
         Returns:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
@@ -201,7 +229,9 @@ class CamEngine:
             if aug_smooth:
                 x = torch.cat([_augment(x, flip, f) for flip in (False, True) for f in _AUG_FACTORS])
                 targets = _repeat_targets(targets, len(_AUG_FACTORS) * 2, batch)
-            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed)
+            maps, info = self._run(
+                x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed, progress
+            )
             if aug_smooth:
                 maps = {k: _deaugment(v, batch) for k, v in maps.items()}
                 plain = slice(batch, 2 * batch)  # (no flip, factor 1.0)
@@ -222,6 +252,7 @@ class CamEngine:
         sign: EigenSign,
         block: int,
         seed: int = 0,
+        progress: Progress | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
         layer_list = self._layers if any(s.needs_layers for s in specs) else []
         assert layer_list is not None
@@ -241,7 +272,8 @@ class CamEngine:
                 taps = {n: stack.enter_context(TAPS[n](self.model, layer_list)) for n in inputs & TAPS.keys()}
                 stack.enter_context(torch.no_grad())
                 output = self.model(x)
-        logits = output.detach().float() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+        logits = readable_logits(output)
+        logits = None if logits is None else logits.detach().float()
 
         target = None
         scores: torch.Tensor | None = None
@@ -253,21 +285,30 @@ class CamEngine:
                 grads = _gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
-        needs_maps = bool(inputs - MAP_FREE_INPUTS)
+        needs_maps = bool(inputs - MAP_FREE_INPUTS) or grads is not None
+        layouts = [self._layout(x, i, r) for i, r in enumerate(raw)] if needs_maps else []
+        acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw)]  # none when not needed
+        graph_grads = grads if second_order else None
+        if grads is not None:
+            _check_gradients(grads, self.layer_names, layouts)
+            detached = [map_tensors(g, torch.Tensor.detach) for g in grads]
+            grads = [layout.to_feature_map(g).float() for layout, g in zip(layouts, detached, strict=True)]
         state = Pass(
             model=self.model,
             x=x,
             layers=layer_list,
             raw=raw,
-            acts=[self._feature_map(v).float() for v in raw] if needs_maps else [],
-            grads=[self._feature_map(map_tensors(g, torch.Tensor.detach)).float() for g in grads] if grads else None,
+            acts=acts,
+            grads=grads,
             target=target,
             scores=scores,
             batch_size=batch_size,
-            to_feature_map=self.reshape_transform,
+            progress=progress,
+            layouts=layouts,
+            reshape_transform=self.reshape_transform,
             output=output,
             outputs=records.outputs,
-            graph_grads=grads if second_order else None,
+            graph_grads=graph_grads,
             taps=taps,
             seed=seed,
             block=block,
@@ -286,20 +327,14 @@ class CamEngine:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
 
-    def _feature_map(self, t: Any) -> torch.Tensor:
-        if self.reshape_transform is not None:
-            t = self.reshape_transform(t)
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(
-                f"target layer output is a {type(t).__name__} of tensors; pass reshape_transform to make one "
-                "(B, C, h, w) feature map of it (for a detector's feature pyramid: cams.targets.fpn_reshape)"
-            )
-        if t.dim() < 4:
-            raise ValueError(
-                f"target layer output has shape {tuple(t.shape)}; CAMs need (B, C, h, w) feature maps — "
-                "choose a convolutional layer or pass reshape_transform"
-            )
-        return t
+    def _layout(self, x: torch.Tensor, i: int, raw: Any) -> Layout:
+        """The layout of target layer ``i``'s output, read once per input and output size."""
+        assert self._layers is not None
+        name, module = self._layers[i]
+        key = (tuple(tuple(t.shape[1:]) for t in tensor_leaves(raw) or []), tuple(x.shape[1:]))
+        if name not in self._layouts or self._layouts[name][0] != key:
+            self._layouts[name] = (key, layout_of(self.model, name, module, raw, x, self.reshape_transform))
+        return self._layouts[name][1]
 
 
 # ---------------------------------------------------------------------- helpers
@@ -358,7 +393,9 @@ def _check_input(x: Any) -> torch.Tensor:
 def _gradients(
     scores: torch.Tensor, records: list[Any], names: list[str], keep: bool = False, second_order: bool = False
 ) -> list[Any]:
-    """``∂score/∂output`` of each layer output (a tensor, or a dict/list/tuple of them), in one ``autograd.grad``.
+    """``∂ scores.sum() / ∂ record`` per target layer (per tensor of a dict/list/tuple output, zeros for the
+    tensors the score does not use), in one ``autograd.grad``; a layer the score does not depend on at all is
+    an error.
 
     ``keep``: the graph stays for later backwards (ShapleyCAM, Finer-CAM, LeGrad); ``second_order``: the
     gradients carry their own graph (ShapleyCAM's Hessian-vector product).
@@ -372,12 +409,53 @@ def _gradients(
     flat = [t for group in leaves for t in group]
     grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True, retain_graph=keep or second_order,
                                      create_graph=second_order))  # fmt: skip
-    filled = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads, strict=True)]
-    out, start = [], 0
-    for record, group in zip(records, leaves, strict=True):
-        out.append(from_leaves(record, filled[start : start + len(group)]))
+    out, start, unused = [], 0, []
+    for name, record, group in zip(names, records, leaves, strict=True):
+        mine = grads[start : start + len(group)]
         start += len(group)
+        if all(g is None for g in mine):
+            unused.append(name)
+        filled = [torch.zeros_like(t) if g is None else g for t, g in zip(group, mine, strict=True)]
+        out.append(from_leaves(record, filled))
+    if unused:
+        raise RuntimeError(
+            f"target layer(s) {unused}: the target score does not depend on their output (no gradient "
+            "reaches them), so gradient methods would give empty maps; choose a layer the prediction is "
+            "computed from"
+        )
     return out
+
+
+def _check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
+    """Say loudly why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
+
+    The score does not change with the layer's output at all (an untrained classifier head initialised to
+    zero, a segmentation class predicted nowhere): a ``RuntimeWarning``, since training or another image
+    changes it. The gradient reaches only what the layout drops (a class token read after this layer):
+    an error, since this layer can never give a map.
+    """
+    for grad, name, layout in zip(grads, names, layouts, strict=True):
+        mapped = layout.to_feature_map(grad)
+        if not bool((mapped == 0).all()):
+            continue
+        where = f"target layer {name!r}: the gradient of the target score is zero at every position of its " \
+            f"feature map {tuple(mapped.shape)}"
+        if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
+            warnings.warn(
+                f"{where}: the score does not change with this layer's output (an untrained classifier head "
+                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer have before training, or a "
+                "target that scores nothing, such as a class predicted nowhere); gradient maps are empty",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        elif layout.prefix:
+            raise RuntimeError(
+                f"{where}: only its {layout.prefix} prefix token(s) get one, because the model reads the class "
+                "token after this layer; explain a layer before the last attention (the last block's first "
+                "norm), or let target_layers=None choose"
+            )
+        else:
+            raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")
 
 
 def _augment(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:

@@ -40,7 +40,7 @@ def noisy_gradient_moments(
     std: float,
     generator: torch.Generator,
     rows_per_pass: int | None = None,
-    to_feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    to_feature_maps: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> list[torch.Tensor]:
     """Means of ``g, g², g³`` over ``num_samples`` noisy copies ``x + N(0, std²)`` → per layer (3, B, C, *spatial).
 
@@ -66,7 +66,7 @@ def noisy_gradient_moments(
         grads = torch.autograd.grad(scores.sum(), records.outputs, allow_unused=True)
         for i, (record, grad) in enumerate(zip(records.outputs, grads, strict=True)):
             g = torch.zeros_like(record) if grad is None else grad
-            g = (to_feature_map(g) if to_feature_map is not None else g).float()
+            g = (to_feature_maps[i](g) if to_feature_maps is not None else g).float()
             powers = torch.stack([g, g * g, g * g * g])
             if sums[i] is None:
                 sums[i] = powers.new_zeros((3, batch, *g.shape[1:]))

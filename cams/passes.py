@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cams.hooks import replacing_output
+from cams.layout import Layout
 from cams.targets import Target, select_rows
 
 __all__ = [
@@ -46,11 +47,15 @@ __all__ = [
     "SECOND_ORDER_INPUTS",
     "TAPS",
     "Pass",
+    "Progress",
     "ablated_scores",
     "accepted_options",
     "finer_gradients",
     "masked_input_scores",
 ]
+
+Progress = Callable[[str, int, int], None]
+"""``progress(step, done, total)``: how far a long pass is (``step`` names the method and layer)."""
 
 
 @dataclass
@@ -67,6 +72,11 @@ class Pass:
         target: the target of each row of ``x``.
         scores: ``(B,)`` target scores of the plain forward (``None`` when no method needs a target).
         batch_size: rows per forward for the perturbation passes (``None``: their defaults).
+        progress: told how far the perturbation passes are (``None``: nothing is reported).
+        layouts: how each layer's raw output became ``acts`` (:class:`cams.layout.Layout`); Ablation-CAM
+            ablates channels along the raw output's channel dimension.
+        reshape_transform: the user's ``reshape_transform`` (``None``: layouts found automatically), for the
+            methods that run the engine again on other inputs (SESS's patches).
         output: the model output of the shared forward (graph-connected when a method keeps the graph).
         outputs: each layer's output as captured, the tensors ``grads`` are taken with respect to.
         graph_grads: ``grads`` before detaching, with their own graph (only for second-order inputs).
@@ -85,7 +95,9 @@ class Pass:
     target: Target | None
     scores: torch.Tensor | None
     batch_size: int | None = None
-    to_feature_map: Callable[[torch.Tensor], torch.Tensor] | None = None
+    progress: Progress | None = None
+    layouts: Sequence[Layout] | None = None
+    reshape_transform: Callable[[Any], torch.Tensor] | None = None
     output: Any = None
     outputs: list[torch.Tensor] | None = None
     graph_grads: list[torch.Tensor] | None = None
@@ -119,6 +131,17 @@ class Pass:
         salt = zlib.crc32(f"{name}/{layer}".encode())
         return torch.Generator(device=self.x.device).manual_seed((self.seed * 1_000_003 + salt) % (1 << 63))
 
+    def reporter(self, method: str, layer: int) -> Callable[[int, int], None] | None:
+        """``(done, total) -> None`` telling :attr:`progress` about ``method`` on layer ``layer``."""
+        if self.progress is None:
+            return None
+        step, report = f"{method} on {self.layers[layer][0]}", self.progress
+        return lambda done, total: report(step, done, total)
+
+    def feature_map(self, layer: int, t: Any) -> torch.Tensor:
+        """``t`` (layer ``layer``'s raw output, or a gradient with respect to it) as ``(B, C, *spatial)``."""
+        return t if not self.layouts else self.layouts[layer].to_feature_map(t)
+
 
 def _acts(p: Pass, i: int) -> torch.Tensor:
     return p.acts[i]
@@ -136,24 +159,32 @@ def _scores(p: Pass, i: int) -> torch.Tensor:
 
 def _mask_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
-    return masked_input_scores(p.model, p.x, p.acts[i], p.target, p.batch_size)
+    return masked_input_scores(p.model, p.x, p.acts[i], p.target, p.batch_size, p.reporter("scorecam", i))
 
 
 def _ablation_scores(p: Pass, i: int) -> torch.Tensor:
     assert p.target is not None
     name, module = p.layers[i]
     raw = p.raw[i]
-    if p.to_feature_map is not None or not isinstance(raw, torch.Tensor) or raw.dim() != p.x.dim():
+    if not isinstance(raw, torch.Tensor):
         raise ValueError(
-            f"ablationcam ablates channels of a (B, C, *spatial) layer output; layer {name!r} gives "
-            f"{tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__} (reshape_transform is "
-            "not supported for ablation)"
+            f"ablationcam ablates channels of one layer output; layer {name!r} gives a {type(raw).__name__} of "
+            "tensors (a feature pyramid): explain one of its levels, or use a gradient method"
+        )
+    channel_dim = 1 if p.layouts is None else p.layouts[i].channel_dim
+    if channel_dim < 0 or raw.shape[channel_dim] != p.acts[i].shape[1]:
+        raise ValueError(
+            f"ablationcam ablates channels of the raw output of layer {name!r}, shape {tuple(raw.shape)}, but "
+            f"no single dimension of it becomes the {p.acts[i].shape[1]} channels that reshape_transform "
+            "returns; explain a layer whose output has a channel dimension"
         )
     batch_size = p.batch_size
     if batch_size is None:
         per_row = raw[0].numel() * raw.element_size()
-        batch_size = max(1, min(raw.shape[1], (256 << 20) // per_row))
-    return ablated_scores(p.model, module, p.x, raw, p.target, batch_size)
+        batch_size = max(1, min(raw.shape[channel_dim], (256 << 20) // per_row))
+    return ablated_scores(
+        p.model, module, p.x, raw, p.target, batch_size, p.reporter("ablationcam", i), channel_dim
+    )
 
 
 def accepted_options(fn: Callable[..., Any]) -> frozenset[str] | None:
@@ -234,7 +265,7 @@ def _hvp(p: Pass, i: int) -> torch.Tensor:
                                      allow_unused=True)  # fmt: skip
     if hvp is None:  # the score is linear in the layer's output after it: no second-order term
         return torch.zeros_like(p.acts[i])
-    return (p.to_feature_map(hvp) if p.to_feature_map is not None else hvp).float()
+    return p.feature_map(i, hvp).float()
 
 
 def _finer_grads(p: Pass, i: int, *, alpha: float, comparisons: Sequence[int]) -> torch.Tensor:
@@ -242,7 +273,7 @@ def _finer_grads(p: Pass, i: int, *, alpha: float, comparisons: Sequence[int]) -
     key = ("finer", alpha, tuple(comparisons))
     if key not in p._cache:
         grads = finer_gradients(p.output, p.outputs, p.target, alpha=alpha, comparisons=comparisons)
-        p._cache[key] = [(p.to_feature_map(g) if p.to_feature_map is not None else g).float() for g in grads]
+        p._cache[key] = [p.feature_map(j, g).float() for j, g in enumerate(grads)]
     return p._cache[key][i]
 
 
@@ -291,7 +322,8 @@ def _smooth_grads(p: Pass, i: int, *, num_samples: int, std: float) -> torch.Ten
     if key not in p._cache:
         p._cache[key] = noisy_gradient_moments(
             p.model, p.layers, p.x, p.target, num_samples=num_samples, std=std,
-            generator=p.generator("smooth_grads"), rows_per_pass=p.batch_size, to_feature_map=p.to_feature_map,
+            generator=p.generator("smooth_grads"), rows_per_pass=p.batch_size,
+            to_feature_maps=[layout.to_feature_map for layout in p.layouts] if p.layouts else None,
         )  # fmt: skip
     return p._cache[key][i]
 
@@ -383,7 +415,12 @@ TAPS: dict[str, Callable[[nn.Module, Sequence[tuple[str, nn.Module]]], AbstractC
 
 
 def masked_input_scores(
-    model: nn.Module, x: torch.Tensor, acts: torch.Tensor, target: Target, batch_size: int | None
+    model: nn.Module,
+    x: torch.Tensor,
+    acts: torch.Tensor,
+    target: Target,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Score-CAM: target score of ``x`` masked by each upsampled, min-max scaled channel → (B, C).
 
@@ -391,7 +428,8 @@ def masked_input_scores(
     where small batches stay in cache, 64 elsewhere); on the CPU the masked images go in channels-last
     layout, which oneDNN convolves faster. A channel that is constant over the map gives an
     all-zero mask, hence the same all-zero input for every image: it is scored once, not once per
-    channel (ReLU layers of trained networks have many such channels).
+    channel (ReLU layers of trained networks have many such channels). ``progress(done, total)`` is
+    called after each chunk, counting masked images.
     """
     on_cpu = x.device.type == "cpu"
     if batch_size is None:
@@ -421,6 +459,8 @@ def masked_input_scores(
             hi = flat.max(1).values.view(shape)
             mask = (mask - lo) / (hi - lo + 1e-8)
             scores[job] = target(model((x[b] * mask.to(x.dtype)).contiguous(memory_format=layout)), b).float()
+            if progress is not None:
+                progress(start + len(job), len(jobs))
     return scores.view(batch, channels)
 
 
@@ -438,16 +478,32 @@ def _expand_rows(output: Any, n: int) -> Any:
 
 
 def ablated_scores(
-    model: nn.Module, module: nn.Module, x: torch.Tensor, raw: torch.Tensor, target: Target, batch_size: int
+    model: nn.Module,
+    module: nn.Module,
+    x: torch.Tensor,
+    raw: torch.Tensor,
+    target: Target,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    channel_dim: int = 1,
 ) -> torch.Tensor:
     """Ablation-CAM: target score with each channel of ``module``'s output ablated → (B, C).
+
+    Channels are ablated in the output's own layout, along ``channel_dim`` (1 for ``(B, C, h, w)``, the last
+    for tokens ``(B, N, C)`` and channels-last ``(B, h, w, C)``: every token, prefix tokens included, as
+    pytorch-grad-cam's ``AblationLayerVit``).
 
     The ablated copies replace the layer's output through a temporary forward hook while the model
     runs on the single source image: the layers before the target run once per chunk instead of once
     per ablated channel, and broadcasting carries any skip connection around the target. Models where
     that cannot work (the forward fails or returns a different batch) fall back to a repeated input.
+
+    Channels are ablated in the output's own layout, along ``channel_dim`` (1 for ``(B, C, h, w)``, the last
+    for tokens ``(B, N, C)`` and channels-last ``(B, h, w, C)``: every token, prefix tokens included, as
+    pytorch-grad-cam's ``AblationLayerVit``). ``progress(done, total)`` is called after each chunk, counting
+    ablated channels over the batch.
     """
-    batch, channels = raw.shape[:2]
+    batch, channels = raw.shape[0], raw.shape[channel_dim]
     scores = torch.empty(batch, channels, device=x.device)
     share_prefix = True
     with torch.no_grad():
@@ -457,7 +513,7 @@ def ablated_scores(
             for start in range(0, channels, batch_size):
                 index = torch.arange(start, min(channels, start + batch_size), device=x.device)
                 ablated = source.expand(len(index), *source.shape).clone()
-                ablated[torch.arange(len(index), device=x.device), index] = value
+                ablated.movedim(channel_dim % raw.dim(), 1)[torch.arange(len(index), device=x.device), index] = value
                 rows = torch.full((len(index),), b, device=x.device, dtype=torch.long)
                 output = None
                 if share_prefix:
@@ -473,6 +529,8 @@ def ablated_scores(
                     with replacing_output(module, ablated):
                         output = model(repeated)
                 scores[b, index] = target(output, rows).float()
+                if progress is not None:
+                    progress(b * channels + int(index[-1]) + 1, batch * channels)
     return scores
 
 

@@ -322,9 +322,14 @@ def test_wrong_number_of_targets_is_rejected(net, x):
         CamEngine(net, "features")(x, targets=[0, 1])
 
 
+class EmbeddingNet(SmallNet):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"embedding": super().forward(x)}
+
+
 def test_non_classifier_output_without_callable_target_is_a_type_error(x):
-    with pytest.raises(TypeError, match="pass a callable target"):
-        CamEngine(DictNet(), "features")(x)
+    with pytest.raises(TypeError, match=r"returned a dict with keys \['embedding'\].*pass a callable target"):
+        CamEngine(EmbeddingNet(), "features")(x)
 
 
 def test_callable_target_with_wrong_shape_is_rejected(net, x):

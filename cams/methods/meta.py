@@ -191,7 +191,7 @@ def sess_maps(
     stacked = torch.stack(patches, dim=1).reshape(batch * count, x.shape[1], window, window)
     source = torch.arange(batch, device=x.device).repeat_interleave(count)
 
-    engine = CamEngine(p.model, [module for _, module in p.layers], reshape_transform=p.to_feature_map)
+    engine = CamEngine(p.model, [module for _, module in p.layers], reshape_transform=p.reshape_transform)
     chunk = p.batch_size or 32
     maps, scores = [], []
     for start in range(0, len(stacked), chunk):
