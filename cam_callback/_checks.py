@@ -100,16 +100,16 @@ def check_pointing_tolerance(value: Any) -> int:
 def check_target(target: Any) -> Target:
     if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
         return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
+    expected = (
+        "expected 'pred' (the model's prediction), 'label' (the sample's label), a class index >= 0, a target "
+        "from cams.targets (SegmentationTarget(3), MultiLabelTarget(), ...) or a callable output -> (N,) scores"
+    )
     if isinstance(target, str):
         if target not in ("pred", "label"):
-            raise ValueError(
-                f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label), a class index, a target from cams.targets (SegmentationTarget(3), "
-                "MultiLabelTarget(), ...) or a callable output -> (N,) scores"
-            )
+            raise ValueError(f"CAMCallback(target={target!r}): {expected}")
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"CAMCallback(target={target!r}): expected 'pred', 'label' or a class index >= 0")
+        raise ValueError(f"CAMCallback(target={target!r}): {expected}")
     return target
 
 
