@@ -7,6 +7,12 @@ alternate and each is repeated; the fastest of each kind is compared (wall and p
 the time spent inside the callback is measured directly, which a busy shared machine disturbs least.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/callback_overhead.py [--epochs 5] [--repeats 2]``.
+
+The realistic setting, for a GPU: ``python benchmarks/callback_overhead.py --realistic --device cuda``
+fits a torchvision ResNet-50 (10 classes, random init) on random 224x224 images (a fixed pool of 256,
+``--train-samples`` per epoch, batch 64) with ``CAMCallback(methods=["gradcam", "xgradcam", "layercam"],
+num_images=16)``; the target is at most 2 % of the fit time. Its images are random, so the maps say
+nothing: only the cost is measured.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+import torchvision
 from lightning.pytorch.loggers import TensorBoardLogger
 from sklearn.datasets import load_digits
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from cam_callback import CAMCallback
 
@@ -81,11 +88,67 @@ class DigitsData(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=256)
 
 
-class TimedCAMCallback(CAMCallback):
-    """``CAMCallback()`` that also adds up the wall time spent in its setup, batch choice and runs."""
+class ResNet50(L.LightningModule):
+    """torchvision's ResNet-50 (random init) for the realistic setting."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
+        self.net = torchvision.models.resnet50(num_classes=num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
+
+
+class PoolImages(Dataset):
+    """``length`` samples cycling over a fixed pool of random ``(3, size, size)`` images with random labels."""
+
+    def __init__(self, length: int, size: int, pool: int = 256, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(pool, 3, size, size, generator=gen)
+        self.labels = torch.randint(0, 10, (pool,), generator=gen)
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i % len(self.images)], self.labels[i % len(self.labels)]
+
+
+class RandomImagesData(L.LightningDataModule):
+    """Random 224x224 images for the realistic setting: ``train_samples`` per epoch, 512 for validation."""
+
+    def __init__(self, train_samples: int, size: int, batch_size: int, pin_memory: bool) -> None:
+        super().__init__()
+        self.train_set = PoolImages(train_samples, size, seed=0)
+        self.val_set = PoolImages(512, size, seed=1)
+        self.batch_size, self.pin_memory = batch_size, pin_memory
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, pin_memory=self.pin_memory)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, pin_memory=self.pin_memory)
+
+
+class TimedCAMCallback(CAMCallback):
+    """``CAMCallback(**options)`` that also adds up the wall time spent in its setup, batch choice and runs."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.seconds = 0.0
 
     def _timed(self, work: Any, *args: Any) -> Any:
@@ -113,16 +176,17 @@ class Fit:
     runs: int = 0
 
 
-def timed_fit(with_callback: bool, epochs: int, data: DigitsData) -> Fit:
-    """One ``trainer.fit`` with or without ``CAMCallback()``, timed."""
+def timed_fit(with_callback: bool, epochs: int, data: L.LightningDataModule, args: argparse.Namespace) -> Fit:
+    """One ``trainer.fit`` with or without the callback, timed."""
     L.seed_everything(0, verbose=False)
-    callback = TimedCAMCallback() if with_callback else None
+    callback = TimedCAMCallback(**args.callback) if with_callback else None
     callbacks = [callback] if callback is not None else []
     with tempfile.TemporaryDirectory() as log_dir:
         trainer = L.Trainer(
             max_epochs=epochs,
-            accelerator="cpu",
+            accelerator="gpu" if args.device == "cuda" else args.device,
             devices=1,
+            precision=args.precision,
             logger=TensorBoardLogger(log_dir),
             callbacks=callbacks,
             enable_progress_bar=False,
@@ -131,7 +195,7 @@ def timed_fit(with_callback: bool, epochs: int, data: DigitsData) -> Fit:
             num_sanity_val_steps=0,
         )
         start, cpu = time.perf_counter(), time.process_time()
-        trainer.fit(DigitsCNN(), datamodule=data)
+        trainer.fit(ResNet50() if args.realistic else DigitsCNN(), datamodule=data)
         fit = Fit(time.perf_counter() - start, time.process_time() - cpu)
     if callback is not None:
         fit.inside, fit.runs = callback.seconds, callback.runs
@@ -143,22 +207,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--realistic", action="store_true",
+                        help="ResNet-50, 224x224, batch 64, gradcam/xgradcam/layercam, num_images=16 (for a GPU)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="the Trainer's accelerator")
+    parser.add_argument("--precision", default="32-true", help="the Trainer's precision, e.g. 16-mixed")
+    parser.add_argument("--train-samples", type=int, default=12800, help="realistic setting: images per epoch")
+    parser.add_argument("--size", type=int, default=224, help="realistic setting: image side")
+    parser.add_argument("--batch-size", type=int, default=64, help="realistic setting: training batch size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    data = DigitsData()
-    timed_fit(True, 1, data)  # warm-up: imports, cv2 colour maps, PNG encoder
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    if args.realistic:
+        data: L.LightningDataModule = RandomImagesData(
+            args.train_samples, args.size, args.batch_size, pin_memory=args.device == "cuda"
+        )
+        args.callback = {"methods": ["gradcam", "xgradcam", "layercam"], "num_images": 16}
+    else:
+        data = DigitsData()
+        args.callback = {}
+    where = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"device {where}, precision {args.precision}, "
+          + ("ResNet-50 realistic setting" if args.realistic else "digits CNN") + f", callback {args.callback}")
+    timed_fit(True, 1, data, args)  # warm-up: imports, cv2 colour maps, PNG encoder, CUDA kernels
     plain: list[Fit] = []
     watched: list[Fit] = []
     for _ in range(args.repeats):  # alternate, so drifting machine load hits both kinds alike
-        plain.append(timed_fit(False, args.epochs, data))
-        watched.append(timed_fit(True, args.epochs, data))
+        plain.append(timed_fit(False, args.epochs, data, args))
+        watched.append(timed_fit(True, args.epochs, data, args))
     base, cam = min(f.wall for f in plain), min(f.wall for f in watched)
     base_cpu, cam_cpu = min(f.cpu for f in plain), min(f.cpu for f in watched)
     inside = min(f.inside for f in watched)
     runs = watched[0].runs
     print(f"fit without callback: {base:.2f} s wall  (all: {', '.join(f'{f.wall:.2f}' for f in plain)})")
-    print(f"fit with CAMCallback(): {cam:.2f} s wall  (all: {', '.join(f'{f.wall:.2f}' for f in watched)})")
+    print(f"fit with the callback: {cam:.2f} s wall  (all: {', '.join(f'{f.wall:.2f}' for f in watched)})")
     print(f"CAM runs per fit: {runs}; time inside the callback: {inside * 1000:.0f} ms "
           f"({inside / max(runs, 1) * 1000:.0f} ms per run) = {100 * inside / cam:.1f} % of the fit")
     print(f"CPU-time ratio: {cam_cpu / base_cpu:.3f}  (overhead {100 * (cam_cpu / base_cpu - 1):+.1f} %)")

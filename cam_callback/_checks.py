@@ -50,6 +50,7 @@ __all__ = [
     "instance_names",
     "layer_key",
     "layer_names_of",
+    "layers_argument",
     "session_mean_std",
     "target_key",
 ]
@@ -104,21 +105,33 @@ def check_pointing_tolerance(value: Any) -> int:
 def check_target(target: Any) -> Target:
     if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
         return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
+    expected = (
+        "expected 'pred' (the model's prediction), 'label' (the sample's label), a class index >= 0, a target "
+        "from cams.targets (SegmentationTarget(3), MultiLabelTarget(), ...) or a callable output -> (N,) scores"
+    )
     if isinstance(target, str):
         if target not in ("pred", "label"):
-            raise ValueError(
-                f"CAMCallback(target={target!r}): expected 'pred' (the model's prediction), 'label' (the "
-                "sample's label), a class index, or a target from cams.targets (SegmentationTarget(3), "
-                "MultiLabelTarget(), ...)"
-            )
+            raise ValueError(f"CAMCallback(target={target!r}): {expected}")
         return target  # type: ignore[return-value]
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
-        raise ValueError(f"CAMCallback(target={target!r}): expected 'pred', 'label' or a class index >= 0")
+        raise ValueError(f"CAMCallback(target={target!r}): {expected}")
     return target
 
 
+def layers_argument(target_layers: Any, target_layer: Any) -> Any:
+    """``target_layers``, or ``target_layer`` given under its other name (torchcam's); never both."""
+    if target_layer is None:
+        return target_layers
+    if target_layers is not None:
+        raise ValueError(
+            f"CAMCallback(target_layers={target_layers!r}, target_layer={target_layer!r}): the two are one "
+            "argument under two names; give only target_layers"
+        )
+    return target_layer
+
+
 def check_layers(target_layer: Any) -> list[LayerSpec] | None:
-    """``target_layer`` as a non-empty list of names and modules, or ``None`` (automatic)."""
+    """``target_layers`` as a non-empty list of names and modules, or ``None`` (automatic)."""
     if target_layer is None:
         return None
     if isinstance(target_layer, (str, nn.Module)):
@@ -129,12 +142,12 @@ def check_layers(target_layer: Any) -> list[LayerSpec] | None:
         layers = [target_layer]  # rejected below with the type named
     if not layers:
         raise ValueError(
-            "CAMCallback(target_layer=[]): give a layer name, a module, a list of them, or None (auto)"
+            "CAMCallback(target_layers=[]): give a layer name, a module, a list of them, or None (auto)"
         )
     for layer in layers:
         if not isinstance(layer, (str, nn.Module)):
             raise TypeError(
-                f"CAMCallback(target_layer={layer!r}): expected a dotted layer name such as 'layer4', "
+                f"CAMCallback(target_layers={layer!r}): expected a dotted layer name such as 'layer4', "
                 "a module, or a list of them"
             )
     return layers
@@ -360,11 +373,11 @@ def check_target_layers(pl_module: LightningModule, target_layer: list[LayerSpec
                 cams.find_layer(pl_module, layer)
             except ValueError as err:
                 raise MisconfigurationException(
-                    f"CAMCallback(target_layer={layer!r}) is not a layer of {type(pl_module).__name__}: {err}"
+                    f"CAMCallback(target_layers={layer!r}) is not a layer of {type(pl_module).__name__}: {err}"
                 ) from err
         elif layer not in modules:
             raise MisconfigurationException(
-                f"CAMCallback(target_layer={type(layer).__name__}(...)) is not a submodule of "
+                f"CAMCallback(target_layers={type(layer).__name__}(...)) is not a submodule of "
                 f"{type(pl_module).__name__}; pass one of its modules or a dotted name such as 'layer4'"
             )
 
@@ -385,12 +398,18 @@ def target_key(target: Target) -> str | int:
     """The target as plain data for the state key, the config and the checkpoint.
 
     ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form
-    (``"seg:3"``, which ``explain`` reads back) or their repr.
+    (``"seg:3"``, which ``explain`` reads back) or their repr; a plain function by its qualified name
+    (``"callable:score_of_cats"``: a repr would carry a memory address, and the key must stay the same
+    when a run resumes in another process).
     """
     if isinstance(target, (str, int)):
         return target
     spec = getattr(target, "spec", None)
-    return spec if isinstance(spec, str) else repr(target)
+    if isinstance(spec, str):
+        return spec
+    if not isinstance(target, cams.targets.Target) and hasattr(target, "__qualname__"):
+        return f"callable:{target.__qualname__}"
+    return repr(target)
 
 
 def layer_key(layers: list[LayerSpec] | None) -> list[str] | None:

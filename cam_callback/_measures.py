@@ -13,6 +13,14 @@
   maps of the fixed batch and of the same batch plus Gaussian noise of ``eps`` times its pixel standard
   deviation (seeded, its own generator), with the same weights and the same classes. Drift between runs
   well above it is the model changing; drift near it is noise.
+
+The measures that run the model (the baselines' faithfulness, ROAD, axioms, the noise floor) are per-image
+values, computed by each process for its slice of the fixed batch and gathered like the maps
+(:mod:`cam_callback._distributed`); the baseline maps and the noise-floor perturbation are drawn for the whole
+batch and sliced, so they are the same images whatever the number of processes. ROAD's imputation noise is
+drawn per call, hence per slice: with several processes its values differ from one process's by that noise
+(``noise=0.01`` of the image range). The measures that read only maps (the baselines' localisation, the
+shortcut energies, whose ratio is taken over the whole batch) are computed from the gathered maps.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from cams.state import frozen_model
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
 
-__all__ = ["BASELINES", "NOISE_SEED", "baseline_maps", "measure_scalars", "noise_floor_scalars"]
+__all__ = ["BASELINES", "NOISE_SEED", "baseline_maps", "map_measures", "per_image_measures"]
 
 BASELINES = ("baseline_centre", "baseline_random")
 """The pseudo-method names the baseline maps are logged under."""
@@ -64,17 +72,53 @@ def _localisation(name: str, cam: Tensor, batch: FixedBatch, tolerance: int) -> 
     }
 
 
-def measure_scalars(
-    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any, target: Any = None
-) -> dict[str, float]:
-    """Baselines, shortcut energies, ROAD and axioms for one run (each only when it applies).
+def _wants_baselines(callback: CAMCallback, batch: FixedBatch) -> bool:
+    has_object = batch.boxes is not None or batch.masks is not None
+    return callback.baselines and (has_object or callback.faithfulness or callback.road)
+
+
+def map_measures(callback: CAMCallback, maps: dict[str, Tensor]) -> dict[str, float]:
+    """What reads the whole batch's maps only: the baselines' localisation and the shortcut energies.
 
     Args:
-        callback: the callback (settings, fixed batch, resolved layers).
-        trainer: the Trainer, for its precision plugin's forward context.
+        callback: the callback (settings and the fixed batch).
+        maps: each method's maps of the whole fixed batch, ``(N, H, W)`` (``(N, D, H, W)``), on the CPU.
+    """
+    batch = callback._batch
+    assert batch is not None
+    shape = tuple(next(iter(maps.values())).shape)
+    base = baseline_maps(shape, torch.device("cpu")) if _wants_baselines(callback, batch) else {}
+    scalars: dict[str, float] = {}
+    if batch.boxes is not None or batch.masks is not None:
+        for name, cam in base.items():
+            scalars.update(_localisation(name, cam, batch, callback.pointing_tolerance))
+    if batch.spurious is not None:
+        scalars.update(shortcut_scalars({**maps, **base}, batch))
+    return scalars
+
+
+def per_image_measures(
+    callback: CAMCallback,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    engine: Any,
+    rows: Tensor,
+    x: Tensor,
+    result: Any,
+    targets: Any,
+    target: Any = None,
+) -> dict[str, Tensor]:
+    """The measures that run the model, per image: ``tag -> (k,)`` for the fixed batch's ``rows``.
+
+    Args:
+        callback: the callback (settings, the whole fixed batch, resolved layers).
+        trainer: the Trainer, for its precision plugin.
         pl_module: the model.
-        x: the fixed batch ``(N, C, H, W)`` as the model takes it.
+        engine: the callback's :class:`cams.CamEngine` (the noise floor explains the perturbed images again).
+        rows: which images of the fixed batch ``x`` holds (this process's slice; all of them with one process).
+        x: those images as the model takes them, on its device.
         result: the engine's result for ``x``.
+        targets: the targets the run explained.
         target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
     """
     from cams import metrics
@@ -82,30 +126,26 @@ def measure_scalars(
     batch = callback._batch
     assert batch is not None
     maps = {name: result[name].detach().float() for name in callback.methods}
-    has_object = batch.boxes is not None or batch.masks is not None
-    wants_baselines = callback.baselines and (has_object or callback.faithfulness or callback.road)
-    base = baseline_maps(tuple(next(iter(maps.values())).shape), x.device) if wants_baselines else {}
+    whole = (len(batch), *next(iter(maps.values())).shape[1:])
+    base = {}
+    if _wants_baselines(callback, batch) and (callback.faithfulness or callback.road):
+        base = {name: cam[rows.to(cam.device)].to(x.device) for name, cam in baseline_maps(whole, x.device).items()}
     classes = result.classes if target is None else target
     context = trainer.precision_plugin.forward_context
 
-    scalars: dict[str, float] = {}
-    if has_object:
-        for name, cam in base.items():
-            scalars.update(_localisation(name, cam, batch, callback.pointing_tolerance))
-    if batch.spurious is not None:
-        scalars.update(shortcut_scalars({**maps, **base}, batch))
+    values: dict[str, Tensor] = {}
     if callback.faithfulness:
         for name, cam in base.items():
             with frozen_model(pl_module), torch.no_grad(), context():
                 scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
             for key, value in scores.items():
-                scalars[f"cam_faithfulness/{name}/{key}"] = float(value.float().mean())
+                values[f"cam_faithfulness/{name}/{key}"] = value.float()
     if callback.road:
         for name, cam in {**maps, **base}.items():
             with frozen_model(pl_module), torch.no_grad(), context():
                 scores = metrics.road(pl_module, x, cam, targets=classes)
             for key, value in scores.items():
-                scalars[f"cam_faithfulness/{name}/road_{key}"] = float(value.float().mean())
+                values[f"cam_faithfulness/{name}/road_{key}"] = value.float()
     if callback.axioms:
         layer = (callback._layer_names or [None])[0]
         for name in callback.methods:
@@ -114,8 +154,10 @@ def measure_scalars(
             with context():
                 errors = metrics.axioms(pl_module, x, layer, method=name, targets=classes)
             for key, value in errors.items():
-                scalars[f"cam_axioms/{name}/{key}"] = float(torch.nanmean(value.float()))
-    return scalars
+                values[f"cam_axioms/{name}/{key}"] = value.float()
+    if callback.noise_floor is not None:
+        values.update(_noise_floor(callback, trainer, engine, rows, x, result, targets))
+    return values
 
 
 def _projects(name: str) -> bool:
@@ -125,26 +167,20 @@ def _projects(name: str) -> bool:
     return cams.get_method(name).project
 
 
-def noise_floor_scalars(
-    callback: CAMCallback, trainer: Trainer, engine: Any, x: Tensor, result: Any, targets: Any
-) -> dict[str, float]:
-    """``cam_drift/<method>/noise_floor``: drift of the maps under a tiny seeded perturbation of ``x``.
-
-    Args:
-        callback: the callback (``noise_floor``, methods, smoothing settings).
-        trainer: the Trainer, for its precision plugin's forward context.
-        engine: the callback's :class:`cams.CamEngine`.
-        x: the fixed batch as the model takes it.
-        result: the engine's result for ``x``.
-        targets: the targets the run explained (the same classes are explained on the perturbed copy).
-    """
+def _noise_floor(
+    callback: CAMCallback, trainer: Trainer, engine: Any, rows: Tensor, x: Tensor, result: Any, targets: Any
+) -> dict[str, Tensor]:
+    """``cam_drift/<method>/noise_floor`` per image: ``1 -`` the cosine similarity of each map with the map of
+    the same image plus seeded Gaussian noise of ``noise_floor`` times the fixed batch's pixel standard
+    deviation (the noise is drawn for the whole batch and sliced), explaining the same classes."""
     from cams import metrics
 
-    assert callback.noise_floor is not None
+    batch = callback._batch
+    assert batch is not None and callback.noise_floor is not None
+    sigma = callback.noise_floor * float(trainer.precision_plugin.convert_input(batch.images).float().std())
     generator = torch.Generator(device=x.device).manual_seed(NOISE_SEED)
-    sigma = callback.noise_floor * float(x.detach().float().std())
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
-    noisy = (x.detach().float() + sigma * noise).to(x.dtype)
+    noise = torch.randn((len(batch), *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
+    noisy = (x.detach().float() + sigma * noise[rows.to(x.device)]).to(x.dtype)
     classes = result.classes if result.classes is not None else targets
     with trainer.precision_plugin.forward_context():
         again = engine(
@@ -155,6 +191,6 @@ def noise_floor_scalars(
             eigen_smooth=callback.eigen_smooth,
         )
     return {
-        f"cam_drift/{name}/noise_floor": float(metrics.drift(again[name].float(), result[name].float()))
+        f"cam_drift/{name}/noise_floor": 1.0 - metrics.cosine_similarity(again[name].float(), result[name].float())
         for name in callback.methods
     }

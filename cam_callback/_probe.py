@@ -26,17 +26,18 @@ from cam_callback._run import engine_targets
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
 
-__all__ = ["check_channels", "probe", "probe_model"]
+__all__ = ["check_channels", "check_labels", "probe", "probe_model"]
 
 
 def probe_model(callback: CAMCallback, trainer: Trainer, pl_module: LightningModule) -> None:
     """Check the callback's ``mean``/``std`` against its fixed batch, then :func:`probe` the model with it.
 
-    Runs on global rank zero with the fixed batch chosen, on the model's device, under the Trainer's
-    precision (as a CAM run does).
+    Runs on every rank with the fixed batch chosen and shared (a sharded model's forward needs every rank;
+    the same image gives every rank the same outcome), on the model's device, under the Trainer's precision
+    (as a CAM run does). With ``target="label"`` every label is checked against the model's classes.
 
     Raises:
-        MisconfigurationException: from :func:`check_channels` or :func:`probe`.
+        MisconfigurationException: from :func:`check_channels`, :func:`probe` or :func:`check_labels`.
     """
     batch = callback._batch
     assert batch is not None
@@ -52,14 +53,44 @@ def probe_model(callback: CAMCallback, trainer: Trainer, pl_module: LightningMod
                 images, callback.methods, targets, aug_smooth=callback.aug_smooth, eigen_smooth=callback.eigen_smooth
             )
 
-    layers = layer_key(callback.target_layer)
+    layers = layer_key(callback.target_layers)
     settings = (
         f"methods={list(callback.methods)}, target={callback.target!r}, "
-        f"target_layer={layers[0] if layers and len(layers) == 1 else layers}"
+        f"target_layers={layers[0] if layers and len(layers) == 1 else layers}"
     )
     origin = "images=" if callback._user_batch is not None else "the validation data"
     targets = engine_targets(batch, callback.target, x.device)
-    probe(explain, x, targets, type(pl_module).__name__, settings, origin)
+    result = probe(explain, x, targets, type(pl_module).__name__, settings, origin)
+    logits = getattr(result, "logits", None)
+    if callback.target == "label" and batch.labels is not None and isinstance(logits, Tensor):
+        check_labels(batch.labels, int(logits.shape[1]), type(pl_module).__name__, origin)
+
+
+def check_labels(labels: Tensor, num_classes: int, model_name: str, source: str) -> None:
+    """Every label of the fixed batch must be a class of the model (``target="label"``).
+
+    The probe explains one image; a label out of range further on would fail every run, and with several
+    processes on the one rank whose slice holds it. Checked here, on every rank alike, before training.
+
+    Raises:
+        MisconfigurationException: naming the first image with a label out of range.
+
+    Example:
+        >>> import torch
+        >>> check_labels(torch.tensor([0, 3, 1]), 4, "Net", "images=")
+        >>> check_labels(torch.tensor([0, 4]), 4, "Net", "images=")
+        Traceback (most recent call last):
+        ...
+        lightning.fabric.utilities.exceptions.MisconfigurationException: CAMCallback(target='label'): image 1 ...
+    """
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise MisconfigurationException(
+            f"CAMCallback(target='label'): image {i} of the fixed batch (from {source}) has label "
+            f"{int(labels[i])}, but {model_name} outputs {num_classes} classes (0..{num_classes - 1}); "
+            f"{bad.numel()} of {labels.numel()} labels are out of range. Fix the labels, or use target='pred'."
+        )
 
 
 def check_channels(images: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None, source: str) -> None:
@@ -102,8 +133,8 @@ def probe(
     model_name: str,
     settings: str,
     source: str,
-) -> None:
-    """Run ``explain(images[:1], targets)`` once; on failure raise ``MisconfigurationException``.
+) -> Any:
+    """Run ``explain(images[:1], targets)`` once and return its result; on failure raise ``MisconfigurationException``.
 
     A model that fails on one image but explains the whole batch (a ``squeeze()`` in its forward, say)
     passes: the probe then retries on all images before it concludes.
@@ -121,14 +152,12 @@ def probe(
         MisconfigurationException: with the engine's error and what was tried.
     """
     try:
-        explain(images[:1], _first(targets))
-        return
+        return explain(images[:1], _first(targets))
     except Exception as err:  # any failure of the engine or of the model's forward
         error: Exception = err
     if images.shape[0] > 1:
         try:
-            explain(images, targets)
-            return
+            return explain(images, targets)
         except Exception:
             pass  # the whole batch fails too: report the first image's error, the one the message describes
     raise MisconfigurationException(

@@ -5,9 +5,10 @@ the tag) at :func:`log_step`: the step Lightning logs its own metrics of that mo
 ``val_loss``, its CAM scalars and its images share one step. ``trainer.callback_metrics`` gets the same
 tags: runs at the end of a validation epoch (or of a training epoch) put them there with
 ``pl_module.log(..., logger=False, on_epoch=True)``, where ``ModelCheckpoint(monitor=...)`` and
-``EarlyStopping(monitor=...)`` read them; under DDP only global rank 0 computes them and broadcasts them,
-so every rank logs the same values (a monitoring callback runs on every rank). Runs Lightning gives no
-epoch-level logging slot to (the baseline before the first step, runs every ``n`` steps) go into rank 0's
+``EarlyStopping(monitor=...)`` read them; with several processes every rank computes them from the gathered
+maps and per-image values (:mod:`cam_callback._distributed`), so every rank logs the same values (a
+monitoring callback runs on every rank). Runs Lightning gives no
+epoch-level logging slot to (the baseline before the first step, runs every ``n`` steps) go into every rank's
 ``trainer.callback_metrics`` directly.
 """
 
@@ -20,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 
 from cam_callback._logging import CamLogWriter, prefixed
 
-__all__ = ["EPOCH_END_HOOKS", "from_rank_zero", "log_step", "publish"]
+__all__ = ["EPOCH_END_HOOKS", "log_step", "publish"]
 
 EPOCH_END_HOOKS = frozenset({"on_validation_epoch_end", "on_train_epoch_end"})
 """Hooks whose runs fill ``callback_metrics`` through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
@@ -40,14 +41,6 @@ def log_step(trainer: Trainer, hook: str) -> int:
     if hook == "on_train_epoch_end":
         stepped -= 1
     return max(stepped, 0)
-
-
-def from_rank_zero(trainer: Trainer, scalars: Mapping[str, float] | None) -> dict[str, float]:
-    """Rank 0's scalars on every rank (every rank must call this at the same hook)."""
-    if trainer.world_size <= 1:
-        return dict(scalars or {})
-    shared = trainer.strategy.broadcast(dict(scalars or {}), src=0)
-    return dict(shared or {})
 
 
 def publish(

@@ -3,7 +3,8 @@
 - images: the input grid (once) and one overlay grid per method, under ``cam/``;
 - ``cam_drift/``: each method's drift against the previous and the first run, and the share of changed
   predictions;
-- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for.
+- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for, means of
+  per-image values (computed on each rank's slice of the batch, see ``_distributed``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "log_config_and_input",
     "log_overlays",
     "metric_scalars",
+    "per_image_metrics",
     "predictions",
 ]
 
@@ -50,13 +52,13 @@ def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> A
 
 
 def predictions(result: Any, target: Target) -> Tensor | None:
-    """Each image's predicted class ``(N,)`` on the CPU, from the engine's logits (or classes for "pred")."""
+    """Each image's predicted class ``(N,)`` on the maps' device, from the engine's logits (or classes for "pred")."""
     logits = getattr(result, "logits", None)
     if isinstance(logits, Tensor) and logits.dim() == 2:
-        return logits.detach().argmax(dim=1).cpu()
+        return logits.detach().argmax(dim=1)
     classes = getattr(result, "classes", None)
     if target == "pred" and isinstance(classes, Tensor):
-        return classes.detach().cpu()
+        return classes.detach()
     return None
 
 
@@ -134,26 +136,35 @@ def drift_scalars(
     return scalars
 
 
-def metric_scalars(
-    callback: CAMCallback, trainer: Trainer, pl_module: LightningModule, x: Tensor, result: Any, target: Any = None
-) -> dict[str, float]:
-    """Localisation, faithfulness and sanity scalars: extra forwards only when asked for.
+def per_image_metrics(
+    callback: CAMCallback,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    batch: FixedBatch,
+    x: Tensor,
+    result: Any,
+    target: Any = None,
+) -> dict[str, Tensor]:
+    """Localisation, faithfulness and sanity values per image, ``tag -> (B,)`` on ``x``'s device.
+
+    Every value depends on its own image only, so each rank computes them for its slice of the fixed
+    batch and the slices are gathered (:func:`metric_scalars` averages them). Extra forwards run only
+    when asked for.
 
     Args:
-        callback: the callback, for its settings, fixed batch and resolved layers.
+        callback: the callback, for its settings and resolved layers.
         trainer: the Trainer, for its precision plugin's forward context.
         pl_module: the model.
-        x: the fixed batch ``(N, C, H, W)`` as the model takes it.
+        batch: the images explained (the fixed batch or a rank's slice of it), with boxes and masks.
+        x: ``batch.images`` as the model takes them, ``(B, C, H, W)`` on its device.
         result: the engine's result for ``x``.
         target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
     """
-    assert callback._batch is not None
-    batch = callback._batch
     if batch.boxes is None and batch.masks is None and not callback.faithfulness and not callback.sanity_check:
         return {}
     from cams import metrics
 
-    scalars: dict[str, float] = {}
+    values: dict[str, Tensor] = {}
     boxes = None if batch.boxes is None else batch.boxes.to(x.device)
     masks = None if batch.masks is None else batch.masks.to(x.device)
     classes = result.classes if target is None else target
@@ -162,13 +173,13 @@ def metric_scalars(
         if boxes is not None or masks is not None:
             pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=callback.pointing_tolerance)
             energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
-            scalars[f"cam_localisation/{name}/pointing_game"] = float(torch.nanmean(pointing.float()))
-            scalars[f"cam_localisation/{name}/energy"] = float(torch.nanmean(energy.float()))
+            values[f"cam_localisation/{name}/pointing_game"] = pointing.float()
+            values[f"cam_localisation/{name}/energy"] = energy.float()
         if callback.faithfulness:
             with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
                 scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
             for key, value in scores.items():
-                scalars[f"cam_faithfulness/{name}/{key}"] = float(value.float().mean())
+                values[f"cam_faithfulness/{name}/{key}"] = value.float()
         if callback.sanity_check:
             with frozen_model(pl_module), trainer.precision_plugin.forward_context():
                 similarity = metrics.sanity_check(
@@ -179,5 +190,14 @@ def metric_scalars(
                     targets=classes,
                     reshape_transform=callback.reshape_transform,
                 )
-            scalars[f"cam_sanity/{name}/spearman"] = float(similarity.float().mean())
-    return scalars
+            values[f"cam_sanity/{name}/spearman"] = similarity.float()
+    return values
+
+
+def metric_scalars(values: dict[str, Tensor]) -> dict[str, float]:
+    """The batch means of per-image values (:func:`per_image_metrics`, ``_measures.per_image_measures``);
+    localisation ignores images without an object and the axioms images where they are undefined (``nan``)."""
+    return {tag: float(torch.nanmean(v) if tag.startswith(_NAN_MEAN) else v.mean()) for tag, v in values.items()}
+
+
+_NAN_MEAN = ("cam_localisation/", "cam_axioms/")

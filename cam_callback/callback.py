@@ -55,19 +55,32 @@ from cam_callback._checks import (
     check_trainer_has_images,
     instance_names,
     layer_key,
+    layers_argument,
     session_mean_std,
     target_key,
 )
+from cam_callback._distributed import (
+    agree,
+    check_strategy,
+    gather_rows,
+    rank_zero_buffers,
+    rows_for,
+    share,
+    splits,
+    take_rows,
+    together,
+)
 from cam_callback._logging import CamLogWriter, destination, png_run_dir
-from cam_callback._measures import measure_scalars, noise_floor_scalars
+from cam_callback._measures import map_measures, per_image_measures
 from cam_callback._probe import probe_model
-from cam_callback._publish import from_rank_zero, log_step, publish
+from cam_callback._publish import log_step, publish
 from cam_callback._run import (
     drift_scalars,
     engine_targets,
     log_config_and_input,
     log_overlays,
     metric_scalars,
+    per_image_metrics,
     predictions,
 )
 from cam_callback._schedule import (
@@ -137,12 +150,15 @@ class CAMCallback(Callback):
     Each logger gets the images through its own API: TensorBoard ``add_image``, MLflow ``log_image``
     on the logger's run, Comet ``log_image``, others with a ``log_image`` method (W&B) through it; with
     no such logger PNGs go under ``<run folder>/cams/`` (the logger's own version folder, or a new
-    ``<default_root_dir>/cams/version_<n>``), and a warning says so. Only global rank zero computes and
-    logs, on the unwrapped LightningModule. The maps never change training: no ``.grad`` writes, no
-    hooks left behind, modes, BatchNorm buffers and the global RNG as found (the :mod:`cams` engine
-    guarantees it). ``trainer.validate`` with the callback attached explains the batch once at the end
-    of validation, and adds nothing when the same weights were already logged to the same loggers
-    (``validate`` right after ``fit``). A schedule that cannot log anything after the baseline within
+    ``<default_root_dir>/cams/version_<n>``), and a warning says so. With several processes (DDP,
+    ``ModelParallelStrategy`` with FSDP2) every rank explains its share of the fixed batch on its own
+    device, on the unwrapped LightningModule; the maps are gathered and global rank zero logs exactly what
+    one process would (``FSDPStrategy``, DeepSpeed ZeRO-3 and tensor parallelism are refused at ``setup``).
+    The maps never change training: no ``.grad`` writes, no hooks left behind, modes, BatchNorm buffers,
+    sharded parameters and the global RNG as found (the :mod:`cams` engine guarantees it).
+    ``trainer.validate`` with the callback attached explains the batch once at the end of validation,
+    and adds nothing when the same weights were already logged to the same loggers (``validate`` right
+    after ``fit``). A schedule that cannot log anything after the baseline within
     ``max_epochs``/``max_steps`` is reported by a warning at fit start.
 
     Several CAMCallbacks can share a Trainer: each gets a name (``name=``, else one derived from
@@ -162,9 +178,10 @@ class CAMCallback(Callback):
         num_images: how many samples of the validation data to explain (ignored with ``images``).
         images: the images to explain instead: a ``(N, C, H, W)`` tensor (normalised as the model expects),
             or volumes ``(N, C, D, H, W)``, or ``(images, labels)``.
-        target_layer: the layer(s) to explain: a dotted name relative to the LightningModule
+        target_layers: the layer(s) to explain: a dotted name relative to the LightningModule
             (``"model.layer4"``), a module, or a list; ``None`` picks the last layer with a 4-D output of
-            spatial size > 1.
+            spatial size > 1. The same name as :class:`cams.CamEngine`'s and pytorch-grad-cam's.
+        target_layer: accepted as another name for ``target_layers`` (torchcam's); give one of the two.
         target: what each map explains: ``"pred"`` (the model's current prediction), ``"label"``
             (the sample's label from the batch), a fixed class index, a task target from :mod:`cams.targets`
             (``SegmentationTarget(3)``: class 3 over its predicted mask, whose outline is logged beside each
@@ -251,6 +268,7 @@ class CAMCallback(Callback):
         every_n_steps: int | None = None,
         num_images: int = 8,
         images: Tensor | tuple[Tensor, Tensor] | None = None,
+        target_layers: LayerSpec | Sequence[LayerSpec] | None = None,
         target_layer: LayerSpec | Sequence[LayerSpec] | None = None,
         target: Target = "pred",
         aug_smooth: bool = False,
@@ -284,7 +302,7 @@ class CAMCallback(Callback):
         self.num_images = check_positive_int("num_images", num_images)
         self.pointing_tolerance = check_pointing_tolerance(pointing_tolerance)
         self.target: Target = check_target(target)
-        self.target_layer = check_layers(target_layer)
+        self.target_layers = check_layers(layers_argument(target_layers, target_layer))
         self.aug_smooth = check_flag("aug_smooth", aug_smooth)
         self.eigen_smooth = check_flag("eigen_smooth", eigen_smooth)
         self.faithfulness = check_flag("faithfulness", faithfulness)
@@ -353,12 +371,17 @@ class CAMCallback(Callback):
             extra["num_images"] = self.num_images
         return self._generate_state_key(
             methods=list(self.methods),
-            target_layer=layer_key(self.target_layer),
+            target_layer=layer_key(self.target_layers),
             target=target_key(self.target),
             aug_smooth=self.aug_smooth,
             eigen_smooth=self.eigen_smooth,
             **extra,
         )
+
+    @property
+    def target_layer(self) -> list[LayerSpec] | None:
+        """Alias of :attr:`target_layers` (the engine's and pytorch-grad-cam's name)."""
+        return self.target_layers
 
     @property
     def tag_name(self) -> str | None:
@@ -368,7 +391,7 @@ class CAMCallback(Callback):
 
     @property
     def fixed_images(self) -> Tensor | None:
-        """The fixed batch ``(N, C, H, W)`` on the CPU (``None`` until chosen, and on ranks other than 0)."""
+        """The fixed batch ``(N, C, H, W)`` on the CPU (``None`` until chosen; every rank holds the same)."""
         return None if self._batch is None else self._batch.images
 
     @property
@@ -416,20 +439,19 @@ class CAMCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._defer_layer_check:
             return
-        check_target_layers(pl_module, self.target_layer)
+        check_target_layers(pl_module, self.target_layers)
 
+    # Every hook runs on every rank and decides from what all ranks share (see ``_distributed``).
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        ensure_val_dataloaders(trainer, self._user_batch)  # every rank: Lightning's data setup has a barrier
-        self._prepare(trainer, pl_module)  # every rank: all fail alike
-        if not trainer.is_global_zero:
-            return
+        ensure_val_dataloaders(trainer, self._user_batch)  # Lightning's data setup has a barrier
+        self._prepare(trainer, pl_module)  # all ranks fail alike
         problem = never_fires(trainer, self.every_n_epochs, self.every_n_steps)
         if problem is not None:
             rank_zero_warn(problem, category=UserWarning)
         self._budget.start()
-        if not self._first:  # the baseline, unless resuming
-            self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_start"), "on_train_start")
+        if agree(trainer, not self._first):  # the baseline, unless resuming
+            self._run(trainer, pl_module, "on_train_start")
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -439,26 +461,30 @@ class CAMCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.sanity_checking or not due_after_validation(trainer, self.every_n_epochs, self.every_n_steps):
+        if trainer.sanity_checking or not agree(
+            trainer, due_after_validation(trainer, self.every_n_epochs, self.every_n_steps)
+        ):
             return
-        self._run_on_every_rank(trainer, pl_module, "on_validation_epoch_end")
+        if trainer.state.fn == TrainerFn.VALIDATING and self._repeats(trainer, pl_module):
+            return
+        self._run(trainer, pl_module, "on_validation_epoch_end")
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if (
-            trainer.global_step == self._last_step  # explained after this epoch's validation already
-            or not due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
-        ):
-            return
-        self._run_on_every_rank(trainer, pl_module, "on_train_epoch_end")
+        due = (
+            trainer.global_step != self._last_step  # not explained after this epoch's validation already
+            and due_after_epoch(trainer, self.every_n_epochs, self.every_n_steps)
+        )
+        if agree(trainer, due):
+            self._run(trainer, pl_module, "on_train_epoch_end")
 
     @override
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not trainer.is_global_zero or not due_after_step(trainer, self.every_n_steps, self._last_step):
-            return
-        self._publish(trainer, pl_module, self._run(trainer, pl_module, "on_train_batch_end"), "on_train_batch_end")
+        # no collective per training step: the global step and the latest run's step are the same on every rank
+        if due_after_step(trainer, self.every_n_steps, self._last_step):
+            self._run(trainer, pl_module, "on_train_batch_end")
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -510,11 +536,12 @@ class CAMCallback(Callback):
     def _setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Trainer-level checks (every rank, so every rank fails alike) and per-session state."""
         check_trainer_has_images(trainer, stage, self._user_batch)
+        check_strategy(trainer, self.sanity_check)
         self._defer_layer_check = is_overridden("configure_model", pl_module) or is_overridden(
             "setup", pl_module
         )
         if not self._defer_layer_check:
-            check_target_layers(pl_module, self.target_layer)
+            check_target_layers(pl_module, self.target_layers)
         siblings = [cb for cb in trainer.callbacks if isinstance(cb, CAMCallback)]
         names = instance_names([(cb.name, derived_name(cb)) for cb in siblings])
         self._only_one = len(siblings) <= 1
@@ -538,27 +565,30 @@ class CAMCallback(Callback):
                 )
 
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Choose the fixed batch once and probe the model with it on global rank zero (see ``_probe``);
-        call on every rank: a failure on rank zero is raised on every rank, before any training step."""
-        error: Exception | None = None
-        if trainer.is_global_zero:
-            try:
-                if self._batch is None:
-                    self._batch = self._choose_batch(trainer)
-                check_batch_settings(self._batch, self.faithfulness, self.road)
-                probe_model(self, trainer, pl_module)
-            except Exception as err:
-                error = err
-        message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
-        if error is not None:
-            raise error
-        if message is not None:
-            raise MisconfigurationException(f"CAMCallback failed on global rank 0: {message}")
+        """Choose the fixed batch once on global rank zero and share it, then probe the model with it on every
+        rank (see ``_probe``; a sharded model's forward needs them all); call on every rank: a failure on any
+        rank is raised on every rank, before any training step."""
 
-    def _repeats(self, pl_module: LightningModule) -> bool:
-        """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit."""
-        if not repeats(weights_fingerprint(pl_module), self._destination or "", self._last_fingerprint,
-                       self._last_destination):  # fmt: skip
+        def choose() -> None:
+            if trainer.is_global_zero and self._batch is None:
+                self._batch = self._choose_batch(trainer)
+
+        def probe() -> None:
+            assert self._batch is not None
+            check_batch_settings(self._batch, self.faithfulness, self.road)
+            probe_model(self, trainer, pl_module)
+
+        together(trainer, choose, MisconfigurationException)
+        self._batch = share(trainer, self._batch)  # the same images on every rank, whatever its data shard
+        together(trainer, probe, MisconfigurationException)
+
+    def _repeats(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit;
+        global rank zero decides (its loggers, its weights or its shard of them) for every rank."""
+        same = trainer.is_global_zero and repeats(
+            weights_fingerprint(pl_module), self._destination or "", self._last_fingerprint, self._last_destination
+        )
+        if not share(trainer, same):
             return False
         rank_zero_info(
             f"CAMCallback: the weights have not changed since the run at global step {self._last_step}, which "
@@ -578,29 +608,18 @@ class CAMCallback(Callback):
             self._spurious,
         )
 
-    def _run_on_every_rank(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
-        """Rank 0 runs (unless ``validate`` would only repeat the latest run); every rank then logs rank 0's
-        scalars into its ``callback_metrics`` (monitoring callbacks run on every rank) and records the step."""
-        scalars = None
-        if trainer.is_global_zero and not (trainer.state.fn == TrainerFn.VALIDATING and self._repeats(pl_module)):
-            scalars = self._run(trainer, pl_module, hook)
-        self._publish(trainer, pl_module, from_rank_zero(trainer, scalars), hook)
-        if trainer.state.fn == TrainerFn.FITTING:
-            self._last_step = trainer.global_step  # on every rank, so every rank takes the same decisions
-
-    def _publish(self, trainer: Trainer, pl_module: LightningModule, scalars: dict[str, float], hook: str) -> None:
-        publish(trainer, pl_module, self._writer, scalars, log_step(trainer, hook), hook, self._tag_name)
-
-    def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
-        """One CAM run within the cost budget; a failure is reported once and skipped (``on_error="warn"``) or
-        raised. Returns the run's scalars (empty when skipped or failed)."""
+    def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
+        """One CAM run on every rank, within the cost budget, and its scalars published (see ``_publish``); a
+        failure is reported once and skipped (``on_error="warn"``) or raised. Call on every rank."""
         fitting = trainer.state.fn == TrainerFn.FITTING and self._budget.started is not None
-        if fitting and hook != "on_train_start" and not self._budget.allows():
+        if fitting and hook != "on_train_start" and not share(trainer, self._budget.allows()):  # rank 0's clock
             message = self._budget.skip(trainer.global_step)
             if message is not None:
                 rank_zero_warn(message, category=UserWarning)
-            return {}
+            self._last_step = trainer.global_step
+            return
         started = time.perf_counter()
+        scalars: dict[str, float] = {}
         try:
             with torch.inference_mode(False):  # what is kept must not be an inference tensor
                 scalars = self._explain_and_log(trainer, pl_module, hook)
@@ -616,52 +635,40 @@ class CAMCallback(Callback):
                     f"are skipped silently.\n{traceback.format_exc()}",
                     category=RuntimeWarning,
                 )
-            return {}
         if fitting:
             self._budget.record(time.perf_counter() - started)
-            scalars["cam_cost/overhead"] = self._budget.share()
-        return scalars
+            self._last_step = trainer.global_step  # on every rank, so every rank takes the same decisions
+            if scalars:
+                scalars["cam_cost/overhead"] = float(share(trainer, self._budget.share()))
+        writer = self._writer if trainer.is_global_zero else None
+        publish(trainer, pl_module, writer, scalars, log_step(trainer, hook), hook, self._tag_name)
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
-        """Explain the fixed batch, log images, remember the maps for the next drift; return the scalars."""
-        if self._batch is None:
-            self._batch = self._choose_batch(trainer)
-        if self._writer is None:
-            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
-            self._destination = destination(trainer.loggers, self._writer.png_dir)
-        batch, writer, step = self._batch, self._writer, log_step(trainer, hook)
-        plugin = trainer.precision_plugin
-        x = plugin.convert_input(batch.images.to(pl_module.device))
-        engine = self._get_engine(pl_module)
-        targets = engine_targets(batch, self.target, x.device)
-        with plugin.forward_context():
-            result = engine(
-                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
-            )
-        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
-        self._layer_names = list(engine.layer_names) or None
-        maps = {m: result[m].detach().float().cpu() for m in self.methods}
-        preds = predictions(result, self.target)
-
-        mean, std = self._session_mean, self._session_std
-        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
-            log_config_and_input(writer, config_markdown(config(self)), batch.images, mean, std, step)
-            self._input_logged_to = self._destination
-        log_overlays(writer, batch.images, maps, step, mean, std, self.alpha, self.colormap, fixed)
+        """Explain this rank's share of the fixed batch, gather the whole batch's maps and per-image values on
+        every rank, log images on global rank zero, remember the maps for the next drift (see ``_distributed``);
+        return the run's scalars (the same on every rank: they are computed from the gathered tensors)."""
+        assert self._batch is not None  # chosen and shared by _prepare, before any run
+        step, n = log_step(trainer, hook), len(self._batch)
+        split = splits(self.target)
+        rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
+        with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
+            part, fixed = together(trainer, lambda: self._explain_rows(trainer, pl_module, rows))
+        whole = gather_rows(trainer, part, n, split)
+        maps = {m: whole[f"map/{m}"] for m in self.methods}
+        preds = whole.get("pred")
+        values = {key[len("metric/") :]: v for key, v in whole.items() if key.startswith("metric/")}
         scalars = self._drift_scalars(maps, preds)
-        scalars.update(metric_scalars(self, trainer, pl_module, x, result, None if fixed is targets else fixed))
-        scalars.update(measure_scalars(self, trainer, pl_module, x, result, None if fixed is targets else fixed))
-        if self.noise_floor is not None:
-            scalars.update(noise_floor_scalars(self, trainer, engine, x, result, targets))
-        if self._timeline is not None:
-            display = {"mean": mean, "std": std, "alpha": self.alpha, "colormap": self.colormap}
-            log_timeline(self._timeline, writer, batch, maps, preds, step, run_title(trainer, hook, step), display)
-        if hook != "on_train_start" and batch.spurious is not None:  # the baseline's weights are random
+        scalars.update(metric_scalars(values))
+        scalars.update(map_measures(self, maps))
+        together(
+            trainer,
+            lambda: self._log(trainer, maps, preds, fixed, step, hook) if trainer.is_global_zero else None,
+        )
+        if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
             title = run_title(trainer, hook, step).split("\n")[0]
             when = f"{title} (global step {trainer.global_step})"
-            for message in self._shortcuts.check(scalars, self.methods, when):
+            for message in self._shortcuts.check(scalars, self.methods, when):  # the same on every rank
                 rank_zero_warn(message, category=ShortcutWarning)
-        writer.flush()
 
         for name, cam in maps.items():
             self._first.setdefault(name, cam)
@@ -673,9 +680,64 @@ class CAMCallback(Callback):
         self.runs += 1
         return scalars
 
+    def _explain_rows(
+        self, trainer: Trainer, pl_module: LightningModule, rows: Tensor
+    ) -> tuple[dict[str, Tensor], Any]:
+        """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
+        ``(k,)`` and ``metric/<tag>`` ``(k,)`` per-image values, on that device; and the target with its
+        choices made explicit (a task target's predicted mask, for the outlines)."""
+        assert self._batch is not None
+        part = take_rows(self._batch, rows)
+        plugin = trainer.precision_plugin
+        x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
+        engine = self._get_engine(pl_module)
+        targets = engine_targets(part, self.target, x.device)
+        with plugin.forward_context():
+            result = engine(
+                x, methods=self.methods, targets=targets, aug_smooth=self.aug_smooth, eigen_smooth=self.eigen_smooth
+            )
+        fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
+        self._layer_names = list(engine.layer_names) or None
+        out = {f"map/{m}": result[m].detach().float() for m in self.methods}
+        preds = predictions(result, self.target)
+        if preds is not None:
+            out["pred"] = preds
+        chosen = None if fixed is targets else fixed
+        for tag, value in per_image_metrics(self, trainer, pl_module, part, x, result, chosen).items():
+            out[f"metric/{tag}"] = value
+        measures = per_image_measures(self, trainer, pl_module, engine, rows, x, result, targets, chosen)
+        out.update({f"metric/{tag}": value for tag, value in measures.items()})
+        return out, fixed
+
+    def _log(
+        self,
+        trainer: Trainer,
+        maps: dict[str, Tensor],
+        preds: Tensor | None,
+        fixed: Any,
+        step: int,
+        hook: str,
+    ) -> None:
+        """Log one run's images (global rank zero): the overlays of the whole batch's maps and the timeline."""
+        assert self._batch is not None
+        if self._writer is None:
+            self._writer = CamLogWriter(trainer.loggers, png_run_dir(trainer), self._tag_name)
+            self._destination = destination(trainer.loggers, self._writer.png_dir)
+        writer, images = self._writer, self._batch.images
+        mean, std = self._session_mean, self._session_std
+        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
+            log_config_and_input(writer, config_markdown(config(self)), images, mean, std, step)
+            self._input_logged_to = self._destination
+        log_overlays(writer, images, maps, step, mean, std, self.alpha, self.colormap, fixed)
+        if self._timeline is not None:
+            display = {"mean": mean, "std": std, "alpha": self.alpha, "colormap": self.colormap}
+            title = run_title(trainer, hook, step)
+            log_timeline(self._timeline, writer, self._batch, maps, preds, step, title, display)
+        writer.flush()
+
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:
-            layers = self._layer_names or self.target_layer  # restored names keep a resumed run's layer
+            layers = self._layer_names or self.target_layers  # restored names keep a resumed run's layer
             self._engine = cams.CamEngine(pl_module, target_layers=layers, reshape_transform=self.reshape_transform)
             self._engine_module = pl_module
         return self._engine

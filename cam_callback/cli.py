@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from cams import METHODS
-from cams.io import InputError, OneLineParser, check_output_dir, exit_code
+from cams.io import InputError, OneLineParser, ProgressPrinter, check_output_dir, exit_code
 
 __all__ = ["build_parser", "main"]
 
@@ -61,10 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         "multilabel:CLASS, multilabel:all (every class above probability 0.5), multilabel:all@THRESHOLD",
     )
     ex.add_argument(
+        "--target-layers",
         "--target-layer",
-        action="append",
+        dest="target_layers",
+        action="extend",
+        nargs="+",
         metavar="NAME",
-        help="dotted layer name; repeat for several (default: the checkpoint's layers)",
+        help="dotted layer name(s) (default: the checkpoint's layers)",
+    )
+    ex.add_argument(
+        "--score",
+        choices=("logit", "probability"),
+        default="logit",
+        help="what the maps explain: the class's logit (default) or its softmax probability; both are printed",
     )
     ex.add_argument(
         "--aug-smooth",
@@ -82,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the files (created)")
     ex.add_argument(
         "--model-class",
-        metavar="PATH",
-        help="package.module.ClassName of the LightningModule, for checkpoints without CAMCallback state",
+        metavar="CLASS",
+        help="the LightningModule class: path/to/script.py:ClassName or package.module.ClassName "
+        "(default: the class the checkpoint names, imported by name or loaded from the script that defined it)",
     )
     ex.add_argument(
         "--callback",
@@ -125,35 +135,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain(args: argparse.Namespace) -> list[str]:
-    from .explain import _import_class, explain
+    from .explain import explain
 
     if args.target is not None and args.class_id is not None:
         raise InputError(
             f"give --class-id or --target, not both (got --class-id {args.class_id} --target {args.target})"
         )
     out_dir = check_output_dir(args.output_dir)
-    model = _import_class(args.model_class, f"--model-class {args.model_class!r}") if args.model_class else None
     result = explain(
         args.checkpoint,
         list(args.images),
         args.method,
         methods=args.methods,
         target=args.target if args.target is not None else args.class_id,
-        target_layer=args.target_layer,
+        target_layers=args.target_layers,
+        score=args.score,
         aug_smooth=args.aug_smooth,
         eigen_smooth=args.eigen_smooth,
         device=args.device,
-        model=model,
+        model=args.model_class,
         trusted=args.trusted,
+        progress=ProgressPrinter(),
         callback=args.callback,
     )
     files = result.save(out_dir)
     lines = [
-        f"{image}: {f'class {int(c)}' if int(c) >= 0 or not result.target else result.target} (score {float(s):.4g})"
-        for image, c, s in zip(args.images, result.classes, result.scores, strict=True)
+        f"{image}: {f'class {int(c)}' if int(c) >= 0 or not result.target else result.target} "
+        + (f"(logit {float(s):.4g}, probability {float(p):.3g})" if p == p else f"(score {float(s):.4g})")
+        for image, c, s, p in zip(args.images, result.classes, result.scores, result.probabilities, strict=True)
     ]
     lines.append(
-        f"methods {', '.join(result.methods)} on layer {', '.join(result.target_layers)}: "
+        f"methods {', '.join(result.methods)} on layer {', '.join(result.target_layers)}, explaining each "
+        f"class's {result.score}: "
         f"wrote {len(files)} files to {out_dir}"
     )
     return lines

@@ -7,6 +7,10 @@ and ``checkpoint["state_dict"]`` holds its weights. A Trainer with several CAMCa
 summary per callback name under ``checkpoint["cam_callbacks"]``; ``callback=`` chooses one. For any other
 checkpoint pass ``model=``.
 
+The class is imported by its name; a class defined in a training script (``__main__.Net`` while it
+trained) is loaded from the script's file, which the checkpoint also records
+(:mod:`cam_callback._module_class`), or from the file ``model="path/to/train.py:Net"`` names.
+
 Loading is safe by default: ``torch.load(weights_only=True)`` accepts tensors and plain Python
 containers only. A checkpoint whose hyperparameters hold other objects (a ``pathlib.Path``, a numpy
 scalar, a custom config class, ...) is refused with an :class:`UnsafeCheckpointError`; pass
@@ -17,19 +21,19 @@ use checkpoints from people you trust either way.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from cam_callback._module_class import find_class, load_class
 from cams.io import (
     InputError,
     UnsafeCheckpointError,
@@ -39,6 +43,7 @@ from cams.io import (
     read_image,
     write_files,
 )
+from cams.passes import Progress
 
 __all__ = ["Explanation", "InputError", "UnsafeCheckpointError", "explain", "load_checkpoint"]
 
@@ -60,7 +65,10 @@ class Explanation:
         overlays: method name → ``(B, H, W, 3)`` uint8 RGB numpy array, the map blended over the image.
         images: ``(B, H, W, 3)`` uint8 RGB, the images as the model saw them (resized, before normalising).
         classes: ``(B,)`` int64, the class explained for each image (predicted or chosen).
-        scores: ``(B,)`` float32, that class's raw model output.
+        scores: ``(B,)`` float32, that class's logit: the model's raw output for it (NaN when the output
+            is not ``(B, classes)``); for a task target (segmentation, multi-label...) the target's own score.
+        probabilities: ``(B,)`` float32, that class's softmax probability over the model's outputs.
+        score: which of the two the maps explain: ``"logit"`` (default) or ``"probability"``.
         names: file stems used by :meth:`save` (the image files' stems, else ``image0``, ``image1``, ...).
         target_layers: dotted names of the explained layers.
         colormap: colour map of the heat maps and overlays.
@@ -87,6 +95,8 @@ class Explanation:
     names: list[str]
     target_layers: list[str]
     colormap: str = "jet"
+    probabilities: torch.Tensor | None = None
+    score: str = "logit"
     target: str = ""
 
     @property
@@ -108,7 +118,8 @@ class Explanation:
         - ``<stem>-<method>-heatmap.png``: the map coloured with :attr:`colormap`;
         - ``<stem>-<method>-overlay.png``: the map over the image;
         - ``<method>.npy``: all maps of the method, float32 ``(B, H, W)`` in :attr:`names` order;
-        - ``explanation.json``: names, classes, scores, methods and layers.
+        - ``explanation.json``: names, classes, logits (``scores``), probabilities, which score the maps
+          explain, methods and layers.
 
         All files are written into a temporary folder next to ``directory`` and moved in together, so
         an interrupted save leaves no partial set behind. Existing files of the same names are replaced.
@@ -126,6 +137,8 @@ class Explanation:
             "names": self.names,
             "classes": [int(c) for c in self.classes],
             "scores": [float(s) for s in self.scores],
+            "probabilities": None if self.probabilities is None else [float(p) for p in self.probabilities],
+            "score": self.score,
             "methods": self.methods,
             "target_layers": self.target_layers,
         }
@@ -179,36 +192,6 @@ def _state_dict(checkpoint: Mapping[str, Any], where: str) -> Mapping[str, torch
     raise InputError(f"{where}: the checkpoint has no 'state_dict' (the model weights); keys: {sorted(checkpoint)}")
 
 
-def _import_class(path: str, key: str) -> type[nn.Module]:
-    """Import ``package.module.ClassName``; ``key`` names where the path came from in error messages."""
-    if not isinstance(path, str) or "." not in path:
-        raise InputError(f"{key} is not an import path 'package.module.ClassName'; pass model=")
-    if path.startswith("__main__."):
-        raise InputError(
-            f"{key} was defined in a script, which cannot be imported here; move the class into an "
-            "importable module, or pass model= (the class or an instance)"
-        )
-    parts = path.split(".")
-    error: BaseException | None = None
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError as exc:
-            error = error or exc
-            continue
-        try:
-            for name in parts[cut:]:
-                obj = getattr(obj, name)
-        except AttributeError as exc:
-            raise InputError(f"{key} cannot be found ({exc}); pass model=") from exc
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            raise InputError(f"{key} is not an nn.Module class; pass model=")
-        return obj
-    raise InputError(
-        f"{key} cannot be imported ({error}); make its package importable (install it or set PYTHONPATH) or pass model="
-    ) from error
-
-
 def _instantiate(cls: type[nn.Module], checkpoint: Mapping[str, Any], where: str) -> nn.Module:
     """``cls(**hyper_parameters)`` as ``LightningModule.load_from_checkpoint`` does (weights not loaded)."""
     hparams = checkpoint.get("hyper_parameters") or {}
@@ -253,25 +236,32 @@ def _load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], wher
         raise InputError(f"{where}: the checkpoint's weights do not fit {type(model).__qualname__}: {detail}")
 
 
-def _build_model(checkpoint: dict[str, Any], state: Mapping[str, Any] | None, model: Any, where: str) -> nn.Module:
+def _build_model(
+    checkpoint: dict[str, Any], state: Mapping[str, Any] | None, model: Any, ckpt: str | os.PathLike[str], where: str
+) -> nn.Module:
     if isinstance(model, nn.Module):
         _load_weights(model, _state_dict(checkpoint, where), where)
         return model
     if isinstance(model, type) and issubclass(model, nn.Module):
         cls = model
+    elif isinstance(model, (str, os.PathLike)):
+        default = state.get("module_class") if state is not None else None
+        default_name = default.rsplit(".", 1)[-1] if isinstance(default, str) else None
+        cls = load_class(os.fspath(model), "model= (--model-class)", default_name)
     elif model is not None:
-        raise TypeError(f"model must be an nn.Module instance or class; got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an nn.Module instance or class, or a 'path/to/script.py:ClassName' or "
+            f"'package.module.ClassName' string; got {type(model).__name__}"
+        )
     elif state is None:
         raise InputError(
             f"{where}: the checkpoint has no '{STATE_KEY}' state (it was not saved by a Trainer with a "
-            "CAMCallback), so the model is unknown: pass model= (an nn.Module instance or a LightningModule "
-            "class; command line: --model-class package.module.ClassName)"
+            "CAMCallback), so the model is unknown: name its LightningModule class (command line: "
+            "--model-class path/to/script.py:ClassName or package.module.ClassName; Python: model=, which "
+            "also takes the class or an instance)"
         )
-    elif "module_class" not in state:
-        raise InputError(f"{where}: checkpoint['{STATE_KEY}'] has no 'module_class'; pass model=")
     else:
-        path = state["module_class"]
-        cls = _import_class(path, f"{where}: checkpoint['{STATE_KEY}']['module_class'] = {path!r}")
+        cls = find_class(state, ckpt, f"{where}: checkpoint['{STATE_KEY}']")
     net = _instantiate(cls, checkpoint, where)
     hook = getattr(net, "configure_model", None)
     if callable(hook):
@@ -433,14 +423,17 @@ def _methods(method: str | None, methods: Sequence[str] | None, state: Mapping[s
     return list(dict.fromkeys(names))
 
 
-def _target(model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, Any] | None) -> Any:
+def _target(
+    model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, Any] | None, softmax: bool = False
+) -> Any:
     """The target to explain (an explicit one, else the checkpoint's class or task target, else ``None`` =
     predicted), checked on one image, so a bad class or a target that does not fit the model fails here, named.
+    With ``softmax`` a class target is resolved to a :class:`cams.targets.ClassTarget` scoring probabilities.
     """
     import warnings
 
     from cams.state import frozen_model
-    from cams.targets import Target, parse_target, resolve_targets
+    from cams.targets import ClassTarget, Target, parse_target, resolve_targets
 
     saved = state.get("target") if state is not None else None
     if target is None and (isinstance(saved, int) or (isinstance(saved, str) and saved not in ("pred", "label"))):
@@ -455,20 +448,24 @@ def _target(model: nn.Module, x: torch.Tensor, target: Any, state: Mapping[str, 
                 f"target: the checkpoint's callback explained {saved}, which explain cannot rebuild from text; "
                 "pass target= (command line: --target or --class-id)"
             ) from exc
-    if target is None:
+    if softmax and isinstance(target, Target) and not isinstance(target, ClassTarget):
+        raise InputError(
+            f"score='probability' (--score probability) is for class targets; {target!r} scores its own way"
+        )
+    if target is None and not softmax:
         return None
     with torch.no_grad(), frozen_model(model):
-        out = model(x[:1])
+        out = model(x if target is None else x[:1])  # the predicted classes need every image
     try:
         logits = out if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-        resolved = resolve_targets(target, x.shape[0], logits)
+        resolved = resolve_targets(target, x.shape[0], logits, softmax=softmax)
         if isinstance(target, Target):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the real call warns, once
                 resolved(out, torch.zeros(1, dtype=torch.long))
     except (TypeError, ValueError) as exc:
         raise InputError(f"target: {exc}") from exc
-    return target
+    return resolved if softmax else target
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -490,7 +487,8 @@ def explain(
     *,
     methods: Sequence[str] | None = None,
     target: int | Sequence[int] | torch.Tensor | str | Any | None = None,
-    target_layer: str | Sequence[str] | None = None,
+    target_layers: str | Sequence[str] | None = None,
+    score: Literal["logit", "probability"] = "logit",
     aug_smooth: bool | None = None,
     eigen_smooth: bool | None = None,
     device: str | torch.device | None = None,
@@ -502,6 +500,8 @@ def explain(
     alpha: float = 0.5,
     colormap: str = "jet",
     callback: str | None = None,
+    progress: Progress | None = None,
+    target_layer: str | Sequence[str] | None = None,
 ) -> Explanation:
     """Class activation maps for ``img`` from the model saved in ``ckpt``.
 
@@ -523,8 +523,11 @@ def explain(
             predicted mask, ``"multilabel:3"``, ``"multilabel:all"``: every class above probability 0.5,
             ``"multilabel:all@0.3"``); or a target from :mod:`cams.targets`. ``None``: the checkpoint's
             target if it is a class or such a form, else each image's predicted class.
-        target_layer: dotted layer name(s), relative to the model; ``None``: the checkpoint's layers
+        target_layers: dotted layer name(s), relative to the model; ``None``: the checkpoint's layers
             (else the engine's automatic choice).
+        score: what the maps explain: ``"logit"``, the class's raw output (default, like the callback
+            and pytorch-grad-cam), or ``"probability"``, its softmax probability (which also weighs the
+            other classes down). Both are reported (:attr:`Explanation.scores`, ``.probabilities``).
         aug_smooth: test-time augmentation smoothing; ``None``: as the checkpoint's callback was set.
         eigen_smooth: principal-component smoothing; ``None``: as the checkpoint's callback was set.
         device: ``"cpu"`` (default) or ``"cuda"``...
@@ -541,6 +544,9 @@ def explain(
         colormap: OpenCV colour map name of heat maps and overlays.
         callback: the name of the CAMCallback whose summary to use, for a checkpoint written by a Trainer
             with several (``checkpoint["cam_callbacks"]``); not needed with one.
+        progress: ``progress(step, done, total)`` for the long passes of Score-CAM and Ablation-CAM
+            (see :class:`cams.CamEngine`); the command line prints them (:class:`cams.io.ProgressPrinter`).
+        target_layer: another name for ``target_layers``; give one of the two.
 
     Returns:
         An :class:`Explanation`: ``.maps[method]`` ``(B, H, W)`` float32 in ``[0, 1]``, ``.overlays``,
@@ -575,7 +581,13 @@ def explain(
         mean, std = state.get("mean"), state.get("std")
     layers: list[str] | None
     if target_layer is not None:
-        layers = [target_layer] if isinstance(target_layer, str) else list(target_layer)
+        if target_layers is not None:
+            raise InputError("target_layers and target_layer are one argument under two names; give target_layers")
+        target_layers = target_layer
+    if score not in ("logit", "probability"):
+        raise InputError(f"score={score!r}: expected 'logit' or 'probability'")
+    if target_layers is not None:
+        layers = [target_layers] if isinstance(target_layers, str) else list(target_layers)
     else:
         layers = list(state["target_layers"]) if state is not None and state.get("target_layers") else None
     if aug_smooth is None:
@@ -583,7 +595,7 @@ def explain(
     if eigen_smooth is None:
         eigen_smooth = bool(state.get("eigen_smooth", False)) if state is not None else False
 
-    net = _build_model(checkpoint, state, model, where)
+    net = _build_model(checkpoint, state, model, ckpt, where)
     del checkpoint
     x, display, stems = _prepare(img, input_size, mean, std, _input_channels(net))
     net.to(dev)
@@ -596,34 +608,63 @@ def explain(
         try:
             find_layer(net, name)
         except ValueError as exc:
-            raise InputError(f"target_layer: {exc}") from exc
-    classes = _target(net, x, target, state)
+            raise InputError(f"target_layers: {exc}") from exc
+    classes = _target(net, x, target, state, softmax=score == "probability")
 
     engine = CamEngine(net, target_layers=layers)
-    result = engine(x, methods=tuple(names), targets=classes, aug_smooth=aug_smooth, eigen_smooth=eigen_smooth)
+    result = engine(
+        x,
+        methods=tuple(names),
+        targets=classes,
+        aug_smooth=aug_smooth,
+        eigen_smooth=eigen_smooth,
+        progress=progress,
+    )
     maps = {name: result[name].detach().float().cpu() for name in names}
     overlays = {name: to_uint8(overlay(display, maps[name], alpha=alpha, colormap=colormap)) for name in names}
-    scores = result.scores if result.scores is not None else torch.full((x.shape[0],), float("nan"))
+    classes_out = (
+        result.classes.detach().cpu().long()
+        if result.classes is not None
+        else torch.full((x.shape[0],), -1, dtype=torch.long)
+    )
+    logits, probabilities = _class_scores(result.logits, classes_out, result.scores, classes)
     return Explanation(
         maps=maps,
         overlays=overlays,
         images=to_uint8(display),
-        classes=result.classes.detach().cpu().long()
-        if result.classes is not None
-        else torch.full((x.shape[0],), -1, dtype=torch.long),
-        scores=scores.detach().float().cpu(),
+        classes=classes_out,
+        scores=logits,
         names=stems,
         target_layers=list(engine.layer_names),
         colormap=colormap,
+        probabilities=probabilities,
+        score=score,
         target=_describe_target(classes),
     )
 
 
+def _class_scores(
+    logits: torch.Tensor | None, classes: torch.Tensor, scores: torch.Tensor | None, target: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(score, probability)`` per image, ``(B,)`` float32 each: a class's logit and softmax probability;
+    a task target's own score (its probability NaN); NaN where there is none."""
+    from cams.targets import ClassTarget, Target
+
+    nan = torch.full((len(classes),), float("nan"))
+    if isinstance(target, Target) and not isinstance(target, ClassTarget):
+        return (nan if scores is None else scores.detach().float().cpu()), nan.clone()
+    if logits is None or logits.dim() != 2 or bool((classes < 0).any()):
+        return nan, nan.clone()
+    logits = logits.detach().float().cpu()
+    rows = torch.arange(len(classes))
+    return logits[rows, classes], logits.softmax(dim=1)[rows, classes]
+
+
 def _describe_target(target: Any) -> str:
     """``""`` for class targets, else the target's text form (or repr) for :attr:`Explanation.target`."""
-    from cams.targets import Target
+    from cams.targets import ClassTarget, Target
 
-    if not isinstance(target, Target):
+    if not isinstance(target, Target) or isinstance(target, ClassTarget):
         return ""
     spec = getattr(target, "spec", None)
     return spec if isinstance(spec, str) else repr(target)

@@ -45,7 +45,9 @@ from torch import nn
 from cams.io import (
     InputError,
     OneLineParser,
+    ProgressPrinter,
     check_output_dir,
+    class_scores,
     close_matches,
     encode_image,
     exit_code,
@@ -61,8 +63,10 @@ __all__ = [
     "NETWORKS",
     "NetworkSpec",
     "build_network",
+    "classification_networks",
     "load_input",
     "main",
+    "network_spec",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,21 +78,25 @@ class NetworkSpec:
     """How ``python -m cams`` builds and explains one torchvision network.
 
     Attributes:
-        name: torchvision constructor name (``torchvision.models.<name>``).
-        default_layer: dotted name of the layer explained when ``--layer-name`` is not given.
-        input_size: side of the square input the network expects (224, or 299 for inception_v3).
-        classifier: ``state_dict`` key of the last layer's weight; its first dimension is the class count.
+        name: torchvision model name (``torchvision.models.get_model(name)``).
+        default_layer: dotted name of the layer explained when ``--layer-name`` is not given; ``None``:
+            the engine's automatic choice (the last layer with a feature-map output).
+        input_size: side of the square input the network expects (its torchvision weights' crop size).
+        classifier: ``state_dict`` key of the last layer's weight, whose first dimension is the class
+            count; ``None``: found by shape (the tensors with 1,000 rows in the ImageNet model).
         kwargs: extra constructor arguments.
 
     Example:
         >>> NETWORKS["resnet50"].default_layer, NETWORKS["inception_v3"].input_size
         ('layer4', 299)
+        >>> network_spec("resnet18").default_layer is None, network_spec("efficientnet_b3").input_size
+        (True, 300)
     """
 
     name: str
-    default_layer: str
+    default_layer: str | None
     input_size: int
-    classifier: str
+    classifier: str | None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -105,9 +113,49 @@ NETWORKS: dict[str, NetworkSpec] = {
         NetworkSpec("inception_v3", "Mixed_7c", 299, "fc.weight", {"transform_input": True, "init_weights": True}),
     )
 }
+"""The Grad-CAM.pytorch seed's six networks and their documented layers; :func:`network_spec` covers the rest."""
+
+_AUX_HEADS = {"inception_v3": "AuxLogits.", "googlenet": "aux1."}
 
 
-# --------------------------------------------------------------------------- shared helpers
+def classification_networks() -> list[str]:
+    """Every torchvision classification model name (``torchvision.models.list_models(module=torchvision.models)``).
+
+    Example:
+        >>> {"resnet18", "vit_b_16", "vgg16"} <= set(classification_networks())
+        True
+    """
+    import torchvision
+
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def network_spec(name: str) -> NetworkSpec:
+    """The seed's spec for its six networks, else one for any torchvision classification model.
+
+    Other networks are explained at the engine's automatic layer, at the input size their torchvision
+    weights were trained at (read from the weights' metadata: nothing is downloaded).
+
+    Raises:
+        InputError: ``name`` is not a torchvision classification model (close matches named).
+    """
+    if name in NETWORKS:
+        return NETWORKS[name]
+    names = classification_networks()
+    if name not in names:
+        raise InputError(
+            f"--network {name!r} is not supported{close_matches(name, names)}; choose a torchvision "
+            f"classification model ({len(names)}: torchvision.models.list_models(module=torchvision.models)), "
+            f"e.g. {', '.join(NETWORKS)}"
+        )
+    from torchvision import models
+
+    try:
+        size = int(models.get_model_weights(name).DEFAULT.transforms().crop_size[0])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        size = 224
+    kwargs = {"transform_input": True, "init_weights": True} if name == "googlenet" else {}
+    return NetworkSpec(name, None, size, None, kwargs)
 
 
 # --------------------------------------------------------------------------- networks
@@ -119,7 +167,7 @@ def build_network(
     """Build ``torchvision.models.<name>(weights=None)`` and load ``state_dict`` into it.
 
     The class count is read from the ``state_dict``'s classifier weight (1000 without one);
-    inception_v3's auxiliary head is kept only if the ``state_dict`` has it.
+    an auxiliary head (inception_v3, googlenet) is kept only if the ``state_dict`` has it.
 
     Returns:
         ``(model in eval mode, its spec, number of classes)``.
@@ -134,22 +182,16 @@ def build_network(
     """
     from torchvision import models
 
-    if name not in NETWORKS:
-        raise InputError(
-            f"--network {name!r} is not supported{close_matches(name, list(NETWORKS))}; "
-            f"choose one of {', '.join(NETWORKS)}"
-        )
-    spec = NETWORKS[name]
+    spec = network_spec(name)
     kwargs: dict[str, Any] = dict(spec.kwargs)
     num_classes = 1000
     if state_dict is not None:
-        weight = state_dict.get(spec.classifier)
-        if weight is None:
-            raise InputError(f"--weight-path has no '{spec.classifier}' tensor: it is not a {name} state_dict")
-        num_classes = int(weight.shape[0])
-        if name == "inception_v3":
-            kwargs["aux_logits"] = any(k.startswith("AuxLogits.") for k in state_dict)
-    model: nn.Module = getattr(models, name)(weights=None, num_classes=num_classes, **kwargs)
+        num_classes = _class_count(spec, state_dict)
+        if name in _AUX_HEADS:
+            kwargs["aux_logits"] = any(k.startswith(_AUX_HEADS[name]) for k in state_dict)
+    elif name == "googlenet":
+        kwargs["aux_logits"] = False
+    model: nn.Module = models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     if state_dict is not None:
         try:
             model.load_state_dict(state_dict, strict=True)
@@ -164,6 +206,24 @@ def build_network(
             )
             raise InputError(f"--weight-path does not fit {name}: {detail}") from exc
     return model.eval(), spec, num_classes
+
+
+def _class_count(spec: NetworkSpec, state_dict: Mapping[str, torch.Tensor]) -> int:
+    """The class count of a ``state_dict`` for ``spec``'s network: its classifier's first dimension."""
+    if spec.classifier is not None:
+        keys = [spec.classifier]
+    else:  # the ImageNet model's tensors with 1,000 rows are the classifier's (weight, bias)
+        from torchvision import models
+
+        with torch.device("meta"):
+            reference = models.get_model(spec.name, weights=None, **spec.kwargs).state_dict()
+        keys = [k for k, v in reference.items() if v.dim() >= 1 and v.shape[0] == 1000 and not k.startswith("aux")]
+    weight = next((state_dict[k] for k in reversed(keys) if k in state_dict), None)
+    if weight is None:
+        raise InputError(
+            f"--weight-path has no {keys[-1] if keys else 'classifier'!r} tensor: it is not a {spec.name} state_dict"
+        )
+    return int(weight.shape[0])
 
 
 def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,9 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="gradcam",
         help=f"CAM method of heatmap/cam/cam_gb: one of {', '.join(METHODS)} (default gradcam)",
     )
-    parser.add_argument("--network", default="resnet50", help=f"one of {', '.join(NETWORKS)} (default resnet50)")
+    parser.add_argument(
+        "--network",
+        default="resnet50",
+        help="any torchvision classification model, e.g. resnet18, efficientnet_b0, convnext_tiny (default "
+        f"resnet50; {', '.join(NETWORKS)} are explained at the seed's layers, others at the automatic one)",
+    )
     parser.add_argument("--weight-path", help="local state_dict file; without it the network is untrained")
-    parser.add_argument("--layer-name", help="dotted layer name (default: the network's last conv block)")
+    parser.add_argument(
+        "--layer-name",
+        help="dotted layer name (default: the seed's layer for its six networks, else the last layer with a "
+        "feature-map output)",
+    )
     parser.add_argument("--class-id", type=int, help="class to explain (default: the predicted class)")
     parser.add_argument("--output-dir", default="results", help="folder for the images (default results)")
     parser.add_argument(
@@ -255,8 +324,7 @@ def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Pat
     from .overlay import colorize, deprocess_guided, overlay, to_uint8
 
     # 1. Validate the cheap things first, so a typo costs no network construction.
-    if args.network not in NETWORKS:
-        build_network(args.network)  # raises the InputError with close matches
+    spec = network_spec(args.network)  # raises the InputError with close matches
     try:
         method = get_method(args.method).name
     except ValueError as exc:
@@ -265,17 +333,17 @@ def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Pat
     if args.use_cuda and not torch.cuda.is_available():
         raise InputError("--use-cuda: CUDA is not available on this machine; leave the flag out to run on the CPU")
     device = torch.device("cuda" if args.use_cuda else "cpu")
-    spec = NETWORKS[args.network]
     x, rgb = load_input(args.image_path, spec.input_size)
     state_dict = load_state_dict(args.weight_path) if args.weight_path else None
 
     # 2. The network, its layer, the class.
     model, spec, num_classes = build_network(args.network, state_dict)
     layer = args.layer_name or spec.default_layer
-    try:
-        find_layer(model, layer)
-    except ValueError as exc:
-        raise InputError(f"--layer-name: {exc}") from exc
+    if layer is not None:
+        try:
+            find_layer(model, layer)
+        except ValueError as exc:
+            raise InputError(f"--layer-name: {exc}") from exc
     if args.class_id is not None and not 0 <= args.class_id < num_classes:
         raise InputError(
             f"--class-id {args.class_id} is out of range: {args.network} has {num_classes} classes "
@@ -292,7 +360,14 @@ def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Pat
     x = x.to(device)
     engine = CamEngine(model, target_layers=layer)
     methods = tuple(dict.fromkeys((method, "gradcam++")))
-    maps = engine(x, methods=methods, targets=args.class_id, aug_smooth=args.aug_smooth, eigen_smooth=args.eigen_smooth)
+    maps = engine(
+        x,
+        methods=methods,
+        targets=args.class_id,
+        aug_smooth=args.aug_smooth,
+        eigen_smooth=args.eigen_smooth,
+        progress=ProgressPrinter(),  # Score-CAM and Ablation-CAM report how far they are, on stderr
+    )
     classes = maps.classes
     gb = guided_backprop(model, x, targets=classes)
     cam_gb = guided_gradcam(gb, maps[method])
@@ -310,9 +385,9 @@ def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Pat
 
     # 4. Write them all at once.
     files = write_files(out_dir, encoded)
-    score = float(maps.scores[0]) if maps.scores is not None else float("nan")
     lines = [
-        f"{args.network} layer {layer}: class {int(classes[0])} (score {score:.4g}), method {method}",
+        f"{args.network} layer {', '.join(engine.layer_names)}: class {int(classes[0])} "
+        f"({class_scores(maps.logits, classes)[0]}), method {method}",
         *(f"wrote {f}" for f in files),
     ]
     return files, lines

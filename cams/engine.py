@@ -7,7 +7,8 @@ How one call runs (:meth:`CamEngine.__call__`):
    first target layer onwards when a method needs gradients;
 3. the user's ``targets`` become a :class:`cams.targets.Target` and score each image;
 4. one ``torch.autograd.grad`` from those scores to the layer outputs gives every gradient method its
-   gradients (parameter ``.grad`` is never written);
+   gradients (parameter ``.grad`` is never written); each layer's output and gradient are read as
+   ``(B, C, h, w)`` feature maps by :mod:`cams.layout` (tokens, channels-last);
 5. each method asks a :class:`cams.passes.Pass` for the inputs it names (activations, gradients,
    Score-CAM/Ablation-CAM channel scores, ...), weighs the activations, and the weighted maps are
    summed over channels (or projected on their first principal component), ReLU'd, min-max scaled and
@@ -26,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +36,7 @@ import torch
 from torch import nn
 
 from cams.hooks import (
+    Records,
     auto_layer,
     capture,
     find_layer,
@@ -42,11 +46,13 @@ from cams.hooks import (
     prepare,
     tensor_leaves,
 )
+from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
-from cams.ops import EigenSign, minmax, resize, sum_or_project
-from cams.passes import Pass, score_rows
+from cams.names import uncompiled_name
+from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
+from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, Progress, score_rows
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, resolve_targets, select_rows
+from cams.targets import Target, Targets, readable_logits, resolve_targets, select_rows
 
 __all__ = ["CamEngine", "CamMaps", "find_layer"]
 
@@ -76,12 +82,16 @@ class CamEngine:
             training flags restored, BatchNorm statistics and parameter ``.grad`` untouched, no hooks
             left, global RNG not consumed.
         target_layers: a module, a dotted name (``"layer4.1"``), or a list of those. ``None`` picks the
-            last module whose output is a feature map shaped like the input (4-D for images, 5-D for
-            volumes) with spatial size > 1 (found with one forward on the first call; adaptive pooling
-            layers are skipped). Several layers are aggregated like pytorch-grad-cam (per-layer ReLU
-            and min-max, resize, mean, min-max).
-        reshape_transform: maps a layer output to (B, C, h, w), e.g. for vision transformers' tokens;
-            applied to activations and gradients alike.
+            layer a practitioner would (:func:`cams.hooks.auto_layer`, one forward on the first call): the
+            last feature map of CNNs and pooled transformers, the last block's first norm of class-token
+            transformers (ViT, DeiT, BEiT, Hugging Face ViT). Several layers are aggregated like
+            pytorch-grad-cam (per-layer ReLU and min-max, resize, mean, min-max).
+        reshape_transform: maps a layer output to (B, C, h, w); applied to activations and gradients
+            alike. Rarely needed: token outputs ``(B, N, C)`` and channels-last ``(B, h, w, C)`` are read
+            automatically (:mod:`cams.layout`; see :attr:`layout`), and a transform given here always wins.
+
+    ``torch.compile``'d models and submodules are explained through their original forward
+    (:func:`cams.state.eager`): the maps equal the uncompiled model's.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -99,6 +109,7 @@ class CamEngine:
         self.model = model
         self.reshape_transform = reshape_transform
         self._layers: list[tuple[str, nn.Module]] | None = None
+        self._layouts: dict[str, tuple[tuple[tuple[int, ...], tuple[int, ...]], Layout]] = {}
         if target_layers is not None:
             specs = [target_layers] if isinstance(target_layers, (str, nn.Module)) else list(target_layers)
             if not specs:
@@ -110,6 +121,20 @@ class CamEngine:
     def layer_names(self) -> list[str]:
         """Dotted names of the target layers (empty until an automatic choice has been made)."""
         return [name for name, _ in self._layers or []]
+
+    @property
+    def layout(self) -> Layout | None:
+        """How the (first) target layer's output was read as a feature map in the last call (``None`` before).
+
+        Example: ``tokens (B, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed``.
+        """
+        layouts = self.layouts
+        return layouts[self.layer_names[0]] if layouts else None
+
+    @property
+    def layouts(self) -> dict[str, Layout]:
+        """Layer name -> :class:`cams.layout.Layout` of the last call."""
+        return {name: self._layouts[name][1] for name in self.layer_names if name in self._layouts}
 
     def resolve_layers(self, x: torch.Tensor) -> list[str]:
         """Choose the target layers now (one forward for the automatic choice) and return their names."""
@@ -125,7 +150,7 @@ class CamEngine:
         if isinstance(spec, nn.Module):
             for name, module in self.model.named_modules():
                 if module is spec and name:
-                    return name, module
+                    return uncompiled_name(name), module
             raise ValueError(
                 f"target_layers: the {type(spec).__name__} module given is not a sub-module of the model"
             )
@@ -135,19 +160,22 @@ class CamEngine:
     def __call__(
         self,
         x: torch.Tensor,
-        methods: str | Sequence[str] = "gradcam",
+        methods: str | CamMethod | Sequence[str | CamMethod] = "gradcam",
         targets: Targets = None,
         aug_smooth: bool = False,
         eigen_smooth: bool = False,
         batch_size: int | None = None,
         eigen_sign: EigenSign = "max",
+        seed: int | torch.Generator = 0,
+        progress: Progress | None = None,
     ) -> CamMaps:
         """Compute maps for every method in ``methods`` on the batch ``x`` (B, C, H, W) or (B, C, D, H, W).
 
         Args:
             x: input batch on any device (moved to the model's device; maps come back on ``x.device``).
                 Works inside ``torch.no_grad()``/``torch.inference_mode()`` and on inference tensors.
-            methods: one name or several (see :data:`cams.METHODS`).
+            methods: one name or several (see :data:`cams.METHODS`), or methods with options
+                (:meth:`cams.CamMethod.with_options`).
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
                 class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
                 ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
@@ -165,6 +193,14 @@ class CamEngine:
                 positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
                 pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
                 reproduce the reference's eigen maps).
+            seed: where the randomised methods (Smooth Grad-CAM++, SS-CAM, RandomCAM, ...) draw from: an int
+                (default 0: the same maps at every call), or a ``torch.Generator``, from which one number is
+                drawn per call (successive calls then differ). Each random input gets its own generator
+                derived from it; the global RNG is never used.
+            progress: called as ``progress(step, done, total)`` after each chunk of the long passes
+                (Score-CAM's masked forwards, Ablation-CAM's ablated ones), ``step`` naming the method and
+                layer; ``None`` (default) reports nothing. The command lines pass a printer
+                (:class:`cams.io.ProgressPrinter`).
 
         Returns:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
@@ -176,17 +212,26 @@ class CamEngine:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
         if eigen_sign not in ("max", "none"):
             raise ValueError(f"eigen_sign must be 'max' or 'none'; got {eigen_sign!r}")
+        base_seed = _seed(seed)
         out_device = x.device
         device = model_device(self.model)
         with grad_capable(), frozen_model(self.model):
             x = prepare(x, device)
-            if self._layers is None:
+            if self._layers is None and any(s.needs_layers for s in specs):
                 self._layers = [auto_layer(self.model, x[:1])]
+            for spec in specs:
+                if spec.needs_layers and len(self._layers or []) < spec.min_layers:
+                    raise ValueError(
+                        f"{spec.name} combines the maps of at least {spec.min_layers} target layers; got "
+                        f"{self.layer_names}: pass target_layers=[...] with more layers"
+                    )
             batch = x.shape[0]
             if aug_smooth:
                 x = torch.cat([_augment(x, flip, f) for flip in (False, True) for f in _AUG_FACTORS])
                 targets = _repeat_targets(targets, len(_AUG_FACTORS) * 2, batch)
-            maps, info = self._run(x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch)
+            maps, info = self._run(
+                x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed, progress
+            )
             if aug_smooth:
                 maps = {k: _deaugment(v, batch) for k, v in maps.items()}
                 plain = slice(batch, 2 * batch)  # (no flip, factor 1.0)
@@ -206,16 +251,29 @@ class CamEngine:
         batch_size: int | None,
         sign: EigenSign,
         block: int,
+        seed: int = 0,
+        progress: Progress | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
-        assert self._layers is not None
-        modules = [m for _, m in self._layers]
+        layer_list = self._layers if any(s.needs_layers for s in specs) else []
+        assert layer_list is not None
+        modules = [m for _, m in layer_list]
+        inputs = {name for s in specs for name in s.inputs}
         needs_grads = any(s.needs_grads for s in specs)
         needs_target = any(s.needs_target for s in specs)
+        keep_graph = bool(inputs & GRAPH_INPUTS)
+        second_order = bool(inputs & SECOND_ORDER_INPUTS)
         rows = torch.arange(x.shape[0], device=x.device)
 
-        with capture(modules, self.layer_names, grad=needs_grads) as records, torch.no_grad():
-            output = self.model(x)
-        logits = output.detach().float() if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+        records, taps, output = Records(0), {}, None
+        if needs_target or layer_list:  # the Sobel map alone needs no forward
+            with contextlib.ExitStack() as stack:
+                names = [name for name, _ in layer_list]
+                records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
+                taps = {n: stack.enter_context(TAPS[n](self.model, layer_list)) for n in inputs & TAPS.keys()}
+                stack.enter_context(torch.no_grad())
+                output = self.model(x)
+        logits = readable_logits(output)
+        logits = None if logits is None else logits.detach().float()
 
         target = None
         scores: torch.Tensor | None = None
@@ -224,61 +282,98 @@ class CamEngine:
             target = resolve_targets(targets, x.shape[0], output)
             score_per_row = score_rows(target, output, rows, block)
             if needs_grads:
-                grads = _gradients(score_per_row, records.outputs, self.layer_names)
+                grads = _gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
+        needs_maps = bool(inputs - MAP_FREE_INPUTS) or grads is not None
+        layouts = [self._layout(x, i, r) for i, r in enumerate(raw)] if needs_maps else []
+        acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw[: len(layouts)], strict=True)]
+        graph_grads = grads if second_order else None
+        if grads is not None:
+            _check_gradients(grads, self.layer_names, layouts)
+            detached = [map_tensors(g, torch.Tensor.detach) for g in grads]
+            grads = [layout.to_feature_map(g).float() for layout, g in zip(layouts, detached, strict=True)]
         state = Pass(
             model=self.model,
             x=x,
-            layers=self._layers,
+            layers=layer_list,
             raw=raw,
-            acts=[self._feature_map(v).float() for v in raw],
-            grads=[self._feature_map(g).float() for g in grads] if grads is not None else None,
+            acts=acts,
+            grads=grads,
             target=target,
             scores=scores,
             batch_size=batch_size,
-            to_feature_map=self.reshape_transform,
+            progress=progress,
+            layouts=layouts,
+            reshape_transform=self.reshape_transform,
+            output=output,
+            outputs=records.outputs,
+            graph_grads=graph_grads,
+            taps=taps,
+            seed=seed,
+            block=block,
+            eigen_smooth=eigen_smooth,
+            eigen_sign=sign,
         )
 
-        per_method: dict[str, list[torch.Tensor]] = {s.name: [] for s in specs}
-        for i in range(len(self._layers)):
-            for spec in specs:
-                weighted = spec.weigh(*(state.get(name, i) for name in spec.inputs))
-                cam = sum_or_project(weighted, spec.project or eigen_smooth, sign).clamp_min(0)
-                per_method[spec.name].append(resize(minmax(cam), tuple(x.shape[2:])))
-        maps = {k: minmax(torch.stack(v, dim=1).clamp_min(0).mean(dim=1)).float() for k, v in per_method.items()}
+        size = tuple(x.shape[2:])
+        maps = {}
+        for spec in specs:
+            layers = range(len(layer_list)) if spec.per_layer else range(1)
+            per_layer = [_layer_map(spec, state, i, size, eigen_smooth, sign) for i in layers]
+            maps[spec.name] = aggregate_layers(per_layer, spec.aggregate)
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
 
-    def _feature_map(self, t: Any) -> torch.Tensor:
-        if self.reshape_transform is not None:
-            t = self.reshape_transform(t)
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(
-                f"target layer output is a {type(t).__name__} of tensors; pass reshape_transform to make one "
-                "(B, C, h, w) feature map of it (for a detector's feature pyramid: cams.targets.fpn_reshape)"
-            )
-        if t.dim() < 4:
-            raise ValueError(
-                f"target layer output has shape {tuple(t.shape)}; CAMs need (B, C, h, w) feature maps — "
-                "choose a convolutional layer or pass reshape_transform"
-            )
-        return t
+    def _layout(self, x: torch.Tensor, i: int, raw: Any) -> Layout:
+        """The layout of target layer ``i``'s output, read once per input and output size."""
+        assert self._layers is not None
+        name, module = self._layers[i]
+        key = (tuple(tuple(t.shape[1:]) for t in tensor_leaves(raw) or []), tuple(x.shape[1:]))
+        if name not in self._layouts or self._layouts[name][0] != key:
+            self._layouts[name] = (key, layout_of(self.model, name, module, raw, x, self.reshape_transform))
+        return self._layouts[name][1]
 
 
 # ---------------------------------------------------------------------- helpers
-def _methods(methods: str | Sequence[str]) -> list[CamMethod]:
-    names = [methods] if isinstance(methods, str) else list(methods)
+def _methods(methods: str | CamMethod | Sequence[str | CamMethod]) -> list[CamMethod]:
+    names = [methods] if isinstance(methods, (str, CamMethod)) else list(methods)
     if not names:
         raise ValueError("methods: got an empty selection; pass a name such as 'gradcam'")
     specs: list[CamMethod] = []
     for name in names:
         spec = get_method(name, argument="methods")
-        if spec not in specs:
-            specs.append(spec)
+        if spec in specs:
+            continue
+        if any(s.name == spec.name for s in specs):
+            raise ValueError(
+                f"methods: {spec.name!r} is given twice with different options; one call gives one map per name"
+            )
+        specs.append(spec)
     return specs
+
+
+def _seed(seed: int | torch.Generator) -> int:
+    if isinstance(seed, torch.Generator):
+        return int(torch.randint(0, 1 << 62, (1,), generator=seed, device=seed.device).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int or a torch.Generator; got {seed!r}")
+    return seed
+
+
+def _layer_map(
+    spec: CamMethod, state: Pass, i: int, size: tuple[int, ...], eigen_smooth: bool, sign: EigenSign
+) -> torch.Tensor:
+    """One layer's map of ``spec``: weigh, sum or project, ReLU, min-max, resize to ``size``."""
+    args = [state.get(name, i, dict(spec.options)) for name in spec.inputs]
+    out = spec.weigh(*args, **spec.kwargs_for(spec.weigh))
+    project = spec.project or eigen_smooth
+    cam = out if spec.returns_map else sum_or_project(out, project, spec.eigen_sign or sign)
+    if spec.relu:
+        cam = cam.clamp_min(0)
+    return resize(minmax(cam), size).float()
 
 
 def _check_input(x: Any) -> torch.Tensor:
@@ -295,7 +390,16 @@ def _check_input(x: Any) -> torch.Tensor:
     return x
 
 
-def _gradients(scores: torch.Tensor, records: list[Any], names: list[str]) -> list[Any]:
+def _gradients(
+    scores: torch.Tensor, records: list[Any], names: list[str], keep: bool = False, second_order: bool = False
+) -> list[Any]:
+    """``∂ scores.sum() / ∂ record`` per target layer (per tensor of a dict/list/tuple output, zeros for the
+    tensors the score does not use), in one ``autograd.grad``; a layer the score does not depend on at all is
+    an error.
+
+    ``keep``: the graph stays for later backwards (ShapleyCAM, Finer-CAM, LeGrad); ``second_order``: the
+    gradients carry their own graph (ShapleyCAM's Hessian-vector product).
+    """
     if not scores.requires_grad:
         raise RuntimeError(
             f"the target score does not depend on the target layers {names}; choose layers that the "
@@ -303,13 +407,55 @@ def _gradients(scores: torch.Tensor, records: list[Any], names: list[str]) -> li
         )
     leaves = [tensor_leaves(r) or [] for r in records]
     flat = [t for group in leaves for t in group]
-    grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True))
-    filled = [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads, strict=True)]
-    out, start = [], 0
-    for record, group in zip(records, leaves, strict=True):
-        out.append(from_leaves(record, filled[start : start + len(group)]))
+    grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True, retain_graph=keep or second_order,
+                                     create_graph=second_order))  # fmt: skip
+    out, start, unused = [], 0, []
+    for name, record, group in zip(names, records, leaves, strict=True):
+        mine = grads[start : start + len(group)]
         start += len(group)
+        if all(g is None for g in mine):
+            unused.append(name)
+        filled = [torch.zeros_like(t) if g is None else g for t, g in zip(group, mine, strict=True)]
+        out.append(from_leaves(record, filled))
+    if unused:
+        raise RuntimeError(
+            f"target layer(s) {unused}: the target score does not depend on their output (no gradient "
+            "reaches them), so gradient methods would give empty maps; choose a layer the prediction is "
+            "computed from"
+        )
     return out
+
+
+def _check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
+    """Say loudly why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
+
+    The score does not change with the layer's output at all (an untrained classifier head initialised to
+    zero, a segmentation class predicted nowhere): a ``RuntimeWarning``, since training or another image
+    changes it. The gradient reaches only what the layout drops (a class token read after this layer):
+    an error, since this layer can never give a map.
+    """
+    for grad, name, layout in zip(grads, names, layouts, strict=True):
+        mapped = layout.to_feature_map(grad)
+        if not bool((mapped == 0).all()):
+            continue
+        where = f"target layer {name!r}: the gradient of the target score is zero at every position of its " \
+            f"feature map {tuple(mapped.shape)}"
+        if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
+            warnings.warn(
+                f"{where}: the score does not change with this layer's output (an untrained classifier head "
+                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer have before training, or a "
+                "target that scores nothing, such as a class predicted nowhere); gradient maps are empty",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        elif layout.prefix:
+            raise RuntimeError(
+                f"{where}: only its {layout.prefix} prefix token(s) get one, because the model reads the class "
+                "token after this layer; explain a layer before the last attention (the last block's first "
+                "norm), or let target_layers=None choose"
+            )
+        else:
+            raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")
 
 
 def _augment(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:

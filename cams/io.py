@@ -9,7 +9,8 @@ Everything that touches the file system or the command line lives here, shared b
   ``torch.load(weights_only=True)`` unless trusted).
 - Writing: :func:`encode_image`, :func:`npy_bytes`, :func:`check_output_dir`, :func:`write_files` (a set of
   files lands together or not at all).
-- Command lines: :class:`OneLineParser` (usage errors on one line), :func:`exit_code`, :func:`close_matches`.
+- Command lines: :class:`OneLineParser` (usage errors on one line), :func:`exit_code`, :func:`close_matches`,
+  :class:`ProgressPrinter` (how far Score-CAM and Ablation-CAM are, on stderr).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import io
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 import torch
@@ -33,8 +36,10 @@ from cams.names import close_matches
 __all__ = [
     "InputError",
     "OneLineParser",
+    "ProgressPrinter",
     "UnsafeCheckpointError",
     "check_output_dir",
+    "class_scores",
     "close_matches",
     "encode_image",
     "exit_code",
@@ -272,3 +277,69 @@ def load_checkpoint(path: str | os.PathLike[str], *, trusted: bool = False) -> d
     if not isinstance(checkpoint, dict):
         raise InputError(f"checkpoint '{p}' holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint
+
+
+def class_scores(logits: torch.Tensor | None, classes: torch.Tensor | None) -> list[str]:
+    """``"logit 4.2, probability 0.91"`` per image for its explained class, from ``(B, K)`` outputs.
+
+    The logit is the model's raw output for the class; the probability is its softmax over the ``K``
+    outputs. Without ``(B, K)`` outputs or classes, each entry says the score is unknown.
+
+    Example:
+        >>> class_scores(torch.tensor([[0.0, 2.0], [1.0, 1.0]]), torch.tensor([1, 0]))
+        ['logit 2, probability 0.881', 'logit 1, probability 0.5']
+    """
+    if logits is None or classes is None or logits.dim() != 2:
+        return ["no class score: the output is not (B, classes)"] * (1 if classes is None else len(classes))
+    rows = torch.arange(len(classes))
+    logit = logits.detach().float().cpu()[rows, classes.cpu()]
+    probability = logits.detach().float().cpu().softmax(dim=1)[rows, classes.cpu()]
+    return [f"logit {float(v):.4g}, probability {float(p):.3g}" for v, p in zip(logit, probability, strict=True)]
+
+
+class ProgressPrinter:
+    """A ``progress(step, done, total)`` callback for :class:`cams.CamEngine` that prints to a stream.
+
+    On a terminal one line is rewritten in place (at most every ``tty_every`` seconds); elsewhere (a log
+    file, a CI console) a new line is printed at most every ``every`` seconds. The first report of a
+    step and its last (``done == total``) are always printed, the last with the time it took.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> report = ProgressPrinter(out, every=3600)
+        >>> for done in (8, 16, 24, 32):
+        ...     report("scorecam on layer4", done, 32)
+        >>> print(out.getvalue(), end="")  # doctest: +ELLIPSIS
+        scorecam on layer4: 8/32 forwards (25%)
+        scorecam on layer4: 32/32 forwards (100%) in ... s
+    """
+
+    def __init__(self, stream: TextIO | None = None, every: float = 10.0, tty_every: float = 0.5) -> None:
+        self.stream = sys.stderr if stream is None else stream
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty()) if callable(isatty) else False
+        self.every = tty_every if self.tty else every
+        self._step: str | None = None
+        self._start = self._last = 0.0
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        first = step != self._step
+        if first:
+            self._step, self._start = step, now
+        last = done >= total
+        if not (first or last or now - self._last >= self.every):
+            return
+        self._last = now
+        line = f"{step}: {done}/{total} forwards ({100 * done // max(total, 1)}%)"
+        elapsed = now - self._start
+        if last:
+            line += f" in {elapsed:.1f} s"
+        elif done and not first:
+            line += f", {elapsed:.0f} s so far, about {elapsed * (total - done) / done:.0f} s to go"
+        if self.tty:
+            self.stream.write("\r\x1b[K" + line + ("\n" if last else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()

@@ -10,7 +10,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["EigenSign", "first_principal_component", "minmax", "peak", "resize", "spatial_dims", "sum_or_project"]
+__all__ = [
+    "EigenSign",
+    "aggregate_layers",
+    "first_principal_component",
+    "minmax",
+    "peak",
+    "resize",
+    "spatial_dims",
+    "sum_or_project",
+]
 
 EigenSign = Literal["max", "none"]
 
@@ -101,6 +110,27 @@ def sum_or_project(weighted: torch.Tensor, project: bool, sign: EigenSign = "max
     if project:
         return first_principal_component(weighted, sign)
     return weighted.sum(dim=1)
+
+
+def aggregate_layers(maps: list[torch.Tensor], how: str = "mean") -> torch.Tensor:
+    """Combine per-layer maps (each (B, H, W) in [0, 1]) into one map in [0, 1].
+
+    ``"mean"``: min-max of the mean of the maps clamped at 0 (pytorch-grad-cam's ``aggregate_multi_layers``);
+    ``"product"``: min-max of the product of the maps, each min-max scaled again (RefineCAM).
+
+    Example:
+        >>> a, b = torch.tensor([[[0.0, 1.0, 1.0]]]), torch.tensor([[[0.0, 1.0, 0.0]]])
+        >>> aggregate_layers([a, b]).round(decimals=3).tolist(), aggregate_layers([a, b], "product").tolist()
+        ([[[0.0, 1.0, 0.5]]], [[[0.0, 0.9999998807907104, 0.0]]])
+    """
+    if len(maps) == 1:  # the mean of one map clamped at 0 (it is already in [0, 1]) is the map itself
+        return minmax(maps[0])
+    if how == "product":
+        product = minmax(maps[0])
+        for m in maps[1:]:
+            product = product * minmax(m)
+        return minmax(product)
+    return minmax(torch.stack(maps, dim=1).clamp_min(0).mean(dim=1))
 
 
 def peak(maps: torch.Tensor) -> torch.Tensor:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["frozen_model", "model_device", "rng_guard"]
+__all__ = ["eager", "frozen_model", "model_device", "rng_guard"]
 
 
 @contextlib.contextmanager
@@ -35,11 +36,40 @@ def rng_guard(device: torch.device | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def eager() -> Iterator[None]:
+    """Run ``torch.compile``'d models and functions eagerly (their original forward) for the duration.
+
+    A compiled graph does not call the hooks that CAMs register after compilation, and every new batch
+    size of the perturbation passes would recompile it. ``torch.compiler.set_stance("force_eager")``
+    (torch >= 2.6) runs the original Python code instead, with the same parameters, so the maps equal
+    those of the uncompiled model; the compiled code and its caches are untouched and used again when
+    the block ends. On older torch this is a no-op (hooks that do not fire are then reported as errors).
+
+    Example:
+        >>> import torch
+        >>> f = torch.compile(lambda t: t + 1)
+        >>> with eager():
+        ...     f(torch.zeros(1)).tolist()
+        [1.0]
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        yield
+        return
+    with set_stance("force_eager"):
+        yield
+
+
+@contextlib.contextmanager
 def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in ``eval`` mode and restore every module's ``training`` flag afterwards.
 
     BatchNorm running statistics are not updated in ``eval`` mode, dropout does not sample,
-    and the global RNG is restored on exit (also when the body raises).
+    the global RNG is restored on exit (also when the body raises), and ``torch.compile``'d code runs
+    eagerly (:func:`eager`), so hooks fire and the maps equal the uncompiled model's. Modules sharded with
+    FSDP2 (``torch.distributed.fsdp.fully_shard``) whose parameters were sharded on entry are resharded on
+    exit: a forward without a backward (Eigen-CAM, Score-CAM's masked forwards) would otherwise leave the
+    root's gathered parameters in memory.
 
     Example:
         >>> from torch import nn
@@ -52,13 +82,37 @@ def frozen_model(model: nn.Module) -> Iterator[nn.Module]:
     """
     flags = [(module, module.training) for module in model.modules()]
     device = model_device(model)
+    sharded = _sharded_fsdp_modules(model)
     try:
-        with rng_guard(device):
+        with rng_guard(device), eager():
             model.eval()
             yield model
     finally:
         for module, flag in flags:
             module.training = flag
+        for module in sharded:
+            module.reshard()  # type: ignore[operator]
+
+
+def _sharded_fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    """The FSDP2 modules of ``model`` whose own parameters are sharded (``DTensor``) now."""
+    if "torch.distributed.fsdp" not in sys.modules:  # nothing was sharded in this process: skip the import
+        return []
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    found = []
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        nested = [n for n, m in module.named_modules() if m is not module and isinstance(m, FSDPModule)]
+        own = [
+            p for n, p in module.named_parameters()
+            if not any(n == inner or n.startswith(inner + ".") for inner in nested)
+        ]  # fmt: skip
+        if own and all(isinstance(p, DTensor) for p in own):
+            found.append(module)
+    return found
 
 
 def model_device(model: nn.Module) -> torch.device:

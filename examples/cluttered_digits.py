@@ -7,10 +7,15 @@ digits. The label is the class of the one whole digit; the fragments are strokes
 to classify it. Each digit's box ``(x0, y0, x1, y1)`` is kept as ground truth, which lets the
 pointing game measure whether the class activation maps point at the digit.
 
-Run it (CPU, no download, a few minutes)::
+Run it (CPU, no download, a few minutes; Lightning's progress bar shows each epoch)::
 
-    python examples/cluttered_digits.py            # trains, logs to lightning_logs/
-    tensorboard --logdir lightning_logs             # IMAGES tab: cam/gradcam, cam/xgradcam, ...
+    .venv/bin/python examples/cluttered_digits.py       # trains, logs to lightning_logs/version_<n>/
+    .venv/bin/tensorboard --logdir lightning_logs        # IMAGES tab: cam/gradcam, cam/xgradcam, ...
+
+The run saves ``lightning_logs/version_<n>/checkpoints/last.ckpt`` and four held-out test canvases as
+PNGs in ``lightning_logs/version_<n>/test_canvases/``, and ends by printing the ``cam-callback explain``
+command that explains them with the checkpoint (the checkpoint records this file, so ``explain`` loads
+``DigitNet`` from it although it was ``__main__.DigitNet`` while training).
 
 Everything is importable without side effects: ``ClutteredDigits`` (the datamodule), ``DigitNet``
 (the model), ``make_trainer``, ``pointing_game_of`` and ``chance_level`` are used by the tests and
@@ -46,6 +51,7 @@ __all__ = [
     "make_canvases",
     "make_trainer",
     "pointing_game_of",
+    "save_canvases",
     "upscaled_digits",
 ]
 
@@ -481,7 +487,7 @@ class EpochSummary(L.Callback):
         self.previous: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, float]] = []
 
-    def _line(self, label: str, accuracy: float | None) -> None:
+    def _line(self, label: str, accuracy: float | None, trainer: L.Trainer) -> None:
         from cams import metrics
 
         maps = self.cam_callback.last_maps
@@ -501,17 +507,23 @@ class EpochSummary(L.Callback):
             line += f" | drift({first}) {row[f'drift/{first}']:.3f}"
         self.previous = maps
         self.history.append(row)
-        self.print_fn(line, flush=True)
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        bar = trainer.progress_bar_callback
+        if self.print_fn is print and isinstance(bar, TQDMProgressBar) and bar.is_enabled:
+            bar.print(line)  # above tqdm's bar, not through it (Rich's bar keeps printed lines above itself)
+        else:
+            self.print_fn(line, flush=True)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            self._line("init", None)
+            self._line("init", None, trainer)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         acc = trainer.callback_metrics.get("val_acc")
-        self._line(f"epoch {trainer.current_epoch + 1}", None if acc is None else float(acc))
+        self._line(f"epoch {trainer.current_epoch + 1}", None if acc is None else float(acc), trainer)
 
 
 def make_callbacks(
@@ -529,7 +541,7 @@ def make_callbacks(
     cam = CAMCallback(
         methods=list(methods),
         num_images=num_images,
-        target_layer=target_layer,
+        target_layers=target_layer,
         boxes=boxes,
         pointing_tolerance=POINTING_TOLERANCE,
     )
@@ -542,7 +554,11 @@ def make_trainer(
     root_dir: str | Path = ".",
     **kwargs: Any,
 ) -> L.Trainer:
-    """A CPU-friendly ``Trainer`` logging to ``<root_dir>/lightning_logs/version_<n>`` (TensorBoard)."""
+    """A CPU-friendly ``Trainer`` logging to ``<root_dir>/lightning_logs/version_<n>`` (TensorBoard).
+
+    It keeps the checkpoint of the last epoch as ``checkpoints/last.ckpt`` in the run's folder.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     options: dict[str, Any] = {
@@ -557,6 +573,8 @@ def make_trainer(
         "log_every_n_steps": 10,
     }
     options.update(kwargs)
+    if options.get("enable_checkpointing", True):
+        options["callbacks"].append(ModelCheckpoint(save_last=True))
     return L.Trainer(**options)
 
 
@@ -602,6 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root-dir", default=".", help="logs go to <root-dir>/lightning_logs/version_<n>")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu, auto)")
+    parser.add_argument(
+        "--progress-bar",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Lightning's progress bar on stderr (default on)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -611,7 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     logdir = Path(args.root_dir) / "lightning_logs"
     print(f"Training DigitNet on cluttered digits; CAMs are logged for TensorBoard under {logdir}/")
-    print(f"    tensorboard --logdir {logdir}      (then open the IMAGES and SCALARS tabs)", flush=True)
+    print(f"    {_command('tensorboard')} --logdir {logdir}      (then open the IMAGES and SCALARS tabs)")
+    print(f"Making {args.train_size:,} training and {args.val_size:,} validation canvases...", flush=True)
     model, datamodule, trainer = train(
         args.epochs,
         train_size=args.train_size,
@@ -624,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         num_images=args.num_images,
         root_dir=args.root_dir,
         accelerator=args.accelerator,
+        enable_progress_bar=args.progress_bar,
     )
     cam_methods = [m for m in args.methods if m in ("gradcam", "xgradcam")] or ["gradcam"]
     result = evaluate(model.cpu(), datamodule, "test", cam_methods)
@@ -633,9 +659,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"pointing game {pointing} (chance {result['chance']:.3f}, brightest-ink baseline "
         f"{result['ink_baseline']:.3f})"
     )
-    print(f"done in {time.perf_counter() - start:.0f} s; logs: {trainer.logger.log_dir}")
-    print(f"    tensorboard --logdir {logdir}")
+    run_dir = Path(trainer.logger.log_dir)
+    canvases = save_canvases(datamodule, run_dir / "test_canvases")
+    print(f"done in {time.perf_counter() - start:.0f} s; logs: {run_dir}")
+    print(f"    {_command('tensorboard')} --logdir {logdir}")
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if checkpoint.is_file():
+        print(f"Explain {len(canvases)} held-out test canvases (in {canvases[0].parent}) with the saved checkpoint:")
+        print(
+            f"    {_command('cam-callback')} explain {checkpoint} {canvases[0].parent}/*.png "
+            "--methods gradcam xgradcam --output-dir explanations"
+        )
     return 0
+
+
+def save_canvases(datamodule: ClutteredDigits, folder: str | Path, count: int = 4) -> list[Path]:
+    """Write the first ``count`` test canvases as 8-bit grey PNGs ``canvas<i>-digit<label>.png`` → the paths.
+
+    Example:
+        >>> import tempfile
+        >>> dm = ClutteredDigits(train_size=4, val_size=4, test_size=4)
+        >>> [p.name for p in save_canvases(dm, tempfile.mkdtemp(), count=2)]  # doctest: +ELLIPSIS
+        ['canvas0-digit...png', 'canvas1-digit...png']
+    """
+    from PIL import Image
+
+    data = datamodule.tensors("test", count)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (data["image"][:, 0] * datamodule.std[0] + datamodule.mean[0]).clamp(0, 1)
+    paths = []
+    for i, (image, label) in enumerate(zip(pixels, data["label"], strict=True)):
+        path = folder / f"canvas{i}-digit{int(label)}.png"
+        Image.fromarray((image.numpy() * 255).round().astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def _command(name: str) -> str:
+    """``name`` as this interpreter's environment has it (``.venv/bin/name``), else the bare name."""
+    import os
+    import sys
+
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        return name
+    try:
+        return os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
 
 
 if __name__ == "__main__":

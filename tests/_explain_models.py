@@ -90,7 +90,7 @@ def train_checkpoint(directory: Path) -> Path:
         return path
     torch.manual_seed(0)
     data = crops_dataset()
-    callback = CAMCallback(methods=list(METHODS), target_layer=LAYER, num_images=4, mean=MEAN, std=STD)
+    callback = CAMCallback(methods=list(METHODS), target_layers=LAYER, num_images=4, mean=MEAN, std=STD)
     trainer = Trainer(
         max_epochs=2,
         accelerator="cpu",

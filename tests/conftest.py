@@ -153,3 +153,24 @@ def make_trainer(tmp_path: Path) -> Callable[..., L.Trainer]:
         return L.Trainer(callbacks=callbacks or [], **options)
 
     return make
+
+
+# --------------------------------------------------------------------------- the fast default and --full
+# ``pytest`` skips the tests marked ``slow``; ``pytest --full`` runs them (CI does, see .ci/run); asking for a
+# marker explicitly (``pytest -m slow``) runs what it selects.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow: the full suite, as CI runs it",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--full") or config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="slow: the full suite runs it (pytest --full)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

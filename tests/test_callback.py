@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cams
 from cam_callback import CAMCallback
+from cam_callback._module_class import source_of
 from cams import CamEngine, metrics
 
 
@@ -83,7 +84,7 @@ def test_bad_argument_values_are_rejected_naming_the_argument(kwargs: dict[str, 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"aug_smooth": "yes"}, {"images": [1, 2, 3]}, {"target_layer": 3}, {"batch_to_images": "image"}],
+    [{"aug_smooth": "yes"}, {"images": [1, 2, 3]}, {"target_layers": 3}, {"batch_to_images": "image"}],
 )
 def test_arguments_of_the_wrong_type_are_rejected(kwargs: dict[str, Any]) -> None:
     with pytest.raises(TypeError, match=next(iter(kwargs))):
@@ -107,15 +108,15 @@ def test_setup_fails_without_validation_data_or_images(make_trainer) -> None:
 
 
 def test_setup_fails_on_unknown_layer_with_close_matches(make_trainer) -> None:
-    trainer = make_trainer([CAMCallback(target_layer="features.44")])
+    trainer = make_trainer([CAMCallback(target_layers="features.44")])
     model = TinyNet()
-    with pytest.raises(MisconfigurationException, match=r"target_layer='features.44'.*did you mean 'features.4'"):
+    with pytest.raises(MisconfigurationException, match=r"target_layers='features.44'.*did you mean 'features.4'"):
         trainer.fit(model, datamodule=QuadrantData())
     assert model.losses == []
 
 
 def test_setup_rejects_a_layer_module_that_is_not_in_the_model(make_trainer) -> None:
-    trainer = make_trainer([CAMCallback(target_layer=torch.nn.Conv2d(1, 1, 1))])
+    trainer = make_trainer([CAMCallback(target_layers=torch.nn.Conv2d(1, 1, 1))])
     with pytest.raises(MisconfigurationException, match=r"not a submodule of TinyNet"):
         trainer.fit(TinyNet(), datamodule=QuadrantData())
 
@@ -137,12 +138,12 @@ class LateLayerNet(TinyNet):
 
 
 def test_layers_built_in_configure_model_are_checked_once_they_exist(make_trainer) -> None:
-    cam = CAMCallback(target_layer="late", num_images=2)
+    cam = CAMCallback(target_layers="late", num_images=2)
     make_trainer([cam], max_epochs=1).fit(LateLayerNet(), datamodule=QuadrantData())
     assert cam.layer_names == ["late"]
     model = LateLayerNet()
-    with pytest.raises(MisconfigurationException, match=r"target_layer='lat'.*'late'"):
-        make_trainer([CAMCallback(target_layer="lat")]).fit(model, datamodule=QuadrantData())
+    with pytest.raises(MisconfigurationException, match=r"target_layers='lat'.*'late'"):
+        make_trainer([CAMCallback(target_layers="lat")]).fit(model, datamodule=QuadrantData())
     assert model.losses == []
 
 
@@ -254,7 +255,7 @@ def test_trainer_validate_explains_the_batch_under_inference_mode(make_trainer) 
 # ---------------------------------------------------------------------- targets
 @pytest.mark.parametrize("target", ["pred", "label", 2])
 def test_maps_explain_the_requested_target_on_the_final_model(make_trainer, target: Any) -> None:
-    cam = CAMCallback(methods=["gradcam", "layercam"], num_images=6, target=target, target_layer="features.5")
+    cam = CAMCallback(methods=["gradcam", "layercam"], num_images=6, target=target, target_layers="features.5")
     model = TinyNet()
     make_trainer([cam], max_epochs=1).fit(model, datamodule=QuadrantData())
     targets = {"pred": None, "label": cam.fixed_labels, 2: 2}[target]
@@ -307,12 +308,13 @@ def _fit_with_checkpoint(make_trainer, tmp_path: Path, cam: CAMCallback, epochs:
 
 
 def test_checkpoint_holds_the_cam_callback_dict_for_explain(make_trainer, tmp_path: Path) -> None:
-    cam = CAMCallback(methods=["xgradcam", "gradcam"], target_layer="features.3", num_images=4)
+    cam = CAMCallback(methods=["xgradcam", "gradcam"], target_layers="features.3", num_images=4)
     _fit_with_checkpoint(make_trainer, tmp_path, cam, 1, datamodule=QuadrantData())
     checkpoint = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert checkpoint["cam_callback"] == {
         "version": 1,
         "module_class": f"{TinyNet.__module__}.TinyNet",
+        **source_of(TinyNet),  # the file that defines it: tests/conftest.py
         "target_layers": ["features.3"],
         "methods": ["xgradcam", "gradcam"],
         "input_size": [1, 16, 16],
@@ -381,3 +383,11 @@ def test_state_dict_round_trips_into_a_new_callback() -> None:
     assert torch.equal(target.first_maps["gradcam"], source.first_maps["gradcam"])
     assert torch.equal(target.last_maps["gradcam"], source.last_maps["gradcam"])
     assert target.runs == 4
+
+
+def test_target_layers_is_the_engines_name_and_target_layer_an_alias() -> None:
+    assert CAMCallback(target_layers="features.3").target_layers == ["features.3"]
+    alias = CAMCallback(target_layer=["features.0", "features.3"])
+    assert alias.target_layers == alias.target_layer == ["features.0", "features.3"]
+    with pytest.raises(ValueError, match=r"target_layers='a', target_layer='b'.*one argument under two names"):
+        CAMCallback(target_layers="a", target_layer="b")

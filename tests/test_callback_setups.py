@@ -43,7 +43,7 @@ class EmbeddingOutput(TinyNet):
 
 UNEXPLAINABLE = {
     "an MLP": (MLP, {}, r"no layer of MLP produced a 4-D feature map"),
-    "a (B, C) target layer": (TinyNet, {"target_layer": "head.3"}, r"target_layer=head.3.*shape \(1, 4\)"),
+    "a (B, C) target layer": (TinyNet, {"target_layers": "head.3"}, r"target_layers=head.3.*shape \(1, 4\)"),
     "an unreadable output": (EmbeddingOutput, {}, r"returned a dict with keys \['embedding'\]"),
     "a class out of range": (TinyNet, {"target": 12}, r"target=12.*targets \[12\] out of range.*4 classes"),
     "images with 3 channels for a 1-channel model": (
@@ -151,7 +151,7 @@ def test_validate_after_fit_appends_a_new_point_and_never_repeats_one(make_train
 def test_two_callbacks_in_one_trainer_log_apart_and_checkpoint_both(make_trainer, tmp_path: Path) -> None:
     images, labels, _ = make_quadrant_data(3, seed=5)
     plain = CAMCallback(num_images=2)
-    fixed = CAMCallback(images=(images, labels), every_n_epochs=2, target_layer="features.2")  # same method
+    fixed = CAMCallback(images=(images, labels), every_n_epochs=2, target_layers="features.2")  # same method
     named = CAMCallback(method="xgradcam", num_images=2, name="ood")
     assert len({plain.state_key, fixed.state_key, named.state_key}) == 3
     recorder = RecordingLogger()

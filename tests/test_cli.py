@@ -125,7 +125,7 @@ def _unsafe(ckpt: Path, tmp_path: Path) -> str:
         ("missing image", r"image '.*nope.png': no such file"),
         ("not an image", r"notes.png' is not an image"),
         ("unknown method", r"'gradcamm' is not a known CAM method; did you mean 'gradcam'"),
-        ("unknown layer", r"target_layer: .*'features.9'.*did you mean"),
+        ("unknown layer", r"target_layers: .*'features.9'.*did you mean"),
         ("class id out of range", r"target: targets \[7\] out of range for a model with 3 classes: class index 7"),
         ("unknown flag", r"unrecognized arguments: --colour"),
     ],
@@ -308,3 +308,23 @@ def test_write_files_is_all_or_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the output folder nor the staging folder
     written = cams.io.write_files(tmp_path / "out", {"a.jpg": b"1", "b.jpg": b"2"})
     assert [p.read_bytes() for p in written] == [b"1", b"2"]
+
+
+def test_python_m_cams_takes_any_torchvision_classifier_at_its_automatic_layer(pictures, tmp_path, capsys):
+    out = tmp_path / "results"
+    argv = ["--image-path", str(pictures["astronaut"]), "--network", "resnet18", "--output-dir", str(out)]
+    assert cams.cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"resnet18 layer layer4: class \d+ \(logit [-\d.e+]+, probability [\d.e-]+\)", printed)
+    assert {p.name for p in out.iterdir()} == {f"astronaut-resnet18-{kind}.jpg" for kind in SEED_KINDS}
+    assert cams.cli.network_spec("resnet18").default_layer is None  # the seeds' six keep theirs
+    assert set(cams.cli.NETWORKS) <= set(cams.cli.classification_networks())
+
+
+def test_python_m_cams_reads_the_class_count_of_any_classifier_from_its_weights():
+    from torchvision.models import mobilenet_v3_small
+
+    state = mobilenet_v3_small(num_classes=3).state_dict()
+    model, spec, classes = cams.cli.build_network("mobilenet_v3_small", state)
+    assert classes == 3 and spec.input_size == 224
+    assert torch.equal(model.state_dict()["classifier.3.weight"], state["classifier.3.weight"])

@@ -36,8 +36,12 @@ def layouts(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[nn.Module, tor
     }
 
 
+# every method that runs on one convolutional target layer (legrad needs transformer blocks, refinecam two layers)
+ONE_CNN_LAYER = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and "legrad" not in m.inputs)
+
+
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", ONE_CNN_LAYER)
 def test_every_method_accepts_every_memory_layout(method, batch):
     model = small_cnn()
     x = torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(batch))

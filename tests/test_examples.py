@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _terminal import screen_lines
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 if str(EXAMPLES) not in sys.path:
@@ -186,7 +187,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_main_prints_the_tensorboard_command_and_one_summary_line_per_epoch(tiny_run: tuple[Path, str]) -> None:
     root, out = tiny_run
     assert f"tensorboard --logdir {root / 'lightning_logs'}" in out
-    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    epoch_lines = [line for line in screen_lines(out) if line.startswith("epoch ")]
     assert len(epoch_lines) == 2
     for line in epoch_lines:
         assert "acc " in line and "gradcam " in line and "xgradcam " in line and "drift(gradcam)" in line

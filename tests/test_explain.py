@@ -128,16 +128,16 @@ def test_save_writes_heatmap_overlay_pngs_raw_maps_and_summary(ckpt, tmp_path):
 
 def test_checkpoint_without_cam_state_asks_for_model(ckpt, tmp_path, x):
     bare = _edited(ckpt, tmp_path, lambda c: c.pop("cam_callback"))
-    with pytest.raises(InputError, match=r"no 'cam_callback' state.*pass model="):
+    with pytest.raises(InputError, match=r"no 'cam_callback' state.*--model-class path/to/script.py:ClassName.*model="):
         explain(bare, x)
 
 
 def test_model_class_or_instance_supplies_the_model_for_a_plain_checkpoint(ckpt, tmp_path, x):
     bare = _edited(ckpt, tmp_path, lambda c: c.pop("cam_callback"))
     reference = _engine_maps(ckpt, x, "gradcam")["gradcam"]
-    from_class = explain(bare, x, "gradcam", model=tiny.TinyNet, target_layer=tiny.LAYER)
+    from_class = explain(bare, x, "gradcam", model=tiny.TinyNet, target_layers=tiny.LAYER)
     instance = tiny.TinyNet()  # fresh weights: explain loads the checkpoint's into it
-    from_instance = explain(bare, x, "gradcam", model=instance, target_layer=tiny.LAYER)
+    from_instance = explain(bare, x, "gradcam", model=instance, target_layers=tiny.LAYER)
     assert torch.allclose(from_class.maps["gradcam"], reference, atol=1e-6)
     assert torch.allclose(from_instance.maps["gradcam"], reference, atol=1e-6)
 
@@ -156,8 +156,8 @@ def test_unimportable_module_class_is_named(ckpt, tmp_path, x):
 
 
 def test_unknown_layer_and_method_suggest_close_matches(ckpt, x):
-    with pytest.raises(InputError, match=r"target_layer: .*'features.30'.*did you mean"):
-        explain(ckpt, x, target_layer="features.30")
+    with pytest.raises(InputError, match=r"target_layers: .*'features.30'.*did you mean"):
+        explain(ckpt, x, target_layers="features.30")
     with pytest.raises(InputError, match=r"gradcam\+\+\+.*did you mean"):
         explain(ckpt, x, "gradcam+++")
 
@@ -186,3 +186,31 @@ def test_missing_files_raise_file_not_found(ckpt, tmp_path):
         explain(tmp_path / "nope.ckpt", skimage.data.camera())
     with pytest.raises(FileNotFoundError, match=r"image .*nope.png.*no such file"):
         explain(ckpt, tmp_path / "nope.png")
+
+
+def test_scores_are_logits_with_their_probabilities_and_probability_maps_are_on_request(ckpt, x):
+    from cams.targets import ClassTarget
+
+    model = tiny.TinyNet.load_from_checkpoint(ckpt, weights_only=True).eval()
+    with torch.no_grad():
+        logits = model(x)
+    by_logit = explain(ckpt, x, "gradcam")
+    rows = torch.arange(len(x))
+    assert by_logit.score == "logit"
+    assert torch.allclose(by_logit.scores, logits[rows, by_logit.classes], atol=1e-5)
+    assert torch.allclose(by_logit.probabilities, logits.softmax(1)[rows, by_logit.classes], atol=1e-6)
+    by_probability = explain(ckpt, x, "gradcam", score="probability")
+    expected = CamEngine(model, tiny.LAYER)(x, "gradcam", targets=ClassTarget(by_logit.classes, softmax=True))
+    assert by_probability.score == "probability"
+    assert torch.allclose(by_probability.maps["gradcam"], expected["gradcam"], atol=1e-6)
+    assert torch.allclose(by_probability.scores, by_logit.scores)
+    assert torch.equal(by_probability.classes, by_logit.classes)
+    with pytest.raises(InputError, match=r"score='prob': expected 'logit' or 'probability'"):
+        explain(ckpt, x, score="prob")
+
+
+def test_target_layer_is_another_name_for_target_layers(ckpt, x):
+    same = explain(ckpt, x, "gradcam", target_layer=tiny.LAYER)
+    assert torch.equal(same.maps["gradcam"], explain(ckpt, x, "gradcam", target_layers=tiny.LAYER).maps["gradcam"])
+    with pytest.raises(InputError, match="one argument under two names"):
+        explain(ckpt, x, target_layers=tiny.LAYER, target_layer=tiny.LAYER)

@@ -503,7 +503,7 @@ def test_targets_errors_name_the_problem():
 def test_non_tensor_output_with_class_targets_asks_for_a_callable():
     class Dict(torch.nn.Module):
         def forward(self, x):
-            return {"logits": x.flatten(1)}
+            return {"embedding": x.flatten(1)}
 
     with pytest.raises(TypeError, match="callable output -> \\(B,\\)"):
         metrics.average_drop(Dict(), torch.ones(1, 1, 2, 2), torch.ones(1, 2, 2))

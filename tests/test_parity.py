@@ -3,6 +3,12 @@
 Every map must match the reference to 1e-4 per pixel. The sign of a principal component is
 arbitrary, so for eigen-based maps both sides use the same documented rule: the reference's own
 ``get_2d_projection_with_sign_correction`` (flip when |min| > |max|) against our ``eigen_sign="max"``.
+
+Coverage: every method × smoothing (none, aug_smooth, eigen_smooth) × architecture family (ResNet's
+residual blocks, VGG's plain stack, DenseNet's concatenations) that the suite covers is covered once per
+family: resnet50 adds the bottleneck block where that is the point (gradient and eigen methods without
+smoothing, Ablation-CAM), and is not repeated where resnet18 already covers its family. The fast default
+(``pytest``) runs the resnet18 cases; the rest are marked ``slow`` and run with ``pytest --full`` (CI).
 """
 
 from __future__ import annotations
@@ -50,6 +56,12 @@ REFERENCE = {
 }
 GRADIENT_METHODS = [m for m in REFERENCE if m not in ("scorecam", "ablationcam")]
 TOL = 1e-4
+FAMILIES = ("resnet18", "vgg16", "densenet121")  # one network per architecture family
+
+
+def cases(*names: str) -> list:
+    """``names`` as parameters; all but resnet18 (the fast default's representative) marked slow."""
+    return [pytest.param(n, marks=() if n == "resnet18" else pytest.mark.slow) for n in names]
 
 # (constructor, target layer, input size): small inputs keep the perturbation methods affordable on 2 cores.
 MODELS = {
@@ -109,8 +121,14 @@ def assert_parity(ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
     assert err <= TOL, f"{what}: max |ours - reference| = {err:.2e} > {TOL}"
 
 
-@pytest.mark.parametrize("net", list(MODELS))
-@pytest.mark.parametrize("mode", ["plain", "aug_smooth", "eigen_smooth"])
+@pytest.mark.parametrize(
+    ("net", "mode"),
+    [
+        pytest.param(net, mode, marks=() if net == "resnet18" else pytest.mark.slow)
+        for mode, nets in (("plain", MODELS), ("aug_smooth", FAMILIES), ("eigen_smooth", FAMILIES))
+        for net in nets
+    ],
+)
 def test_gradient_and_eigen_methods_match_reference(zoo, net, mode):
     model, layer, x = zoo[net]
     classes = torch.tensor([3, 7])
@@ -120,7 +138,7 @@ def test_gradient_and_eigen_methods_match_reference(zoo, net, mode):
         assert_parity(ours[method], reference(model, layer, x, method, classes, **flags), f"{net}/{method}/{mode}")
 
 
-@pytest.mark.parametrize("net", list(MODELS))
+@pytest.mark.parametrize("net", cases(*FAMILIES))
 def test_predicted_class_targets_match_reference(zoo, net):
     model, layer, x = zoo[net]
     ours = CamEngine(model, layer)(x, methods=("gradcam", "gradcam++"))
@@ -128,7 +146,7 @@ def test_predicted_class_targets_match_reference(zoo, net):
         assert_parity(ours[method], reference(model, layer, x, method, None), f"{net}/{method}/targets=None")
 
 
-@pytest.mark.parametrize("net", list(MODELS))
+@pytest.mark.parametrize("net", cases(*FAMILIES))
 def test_scorecam_matches_reference(zoo, net):
     model, layer, x = zoo[net]
     x = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
@@ -169,7 +187,7 @@ def ablation_tolerance(model, layer, x, classes) -> float:
 
 # Post-ReLU target layers (DenseNet's `features` ends in BatchNorm, but both sides read it after the model's
 # in-place ReLU).
-@pytest.mark.parametrize("net", list(MODELS))
+@pytest.mark.parametrize("net", cases(*MODELS))
 def test_ablationcam_matches_reference(zoo, net):
     model, layer, x = zoo[net]
     x = torch.nn.functional.interpolate(x, size=64, mode="bilinear")
@@ -181,6 +199,7 @@ def test_ablationcam_matches_reference(zoo, net):
     assert err <= max(TOL, bound), f"{net}/ablationcam: max |ours - reference| = {err:.2e} > {max(TOL, bound):.2e}"
 
 
+@pytest.mark.slow  # aug_smooth: six copies of every masked/ablated forward
 @pytest.mark.parametrize("mode", ["aug_smooth", "eigen_smooth"])
 @pytest.mark.parametrize("method", ["scorecam", "ablationcam"])
 def test_perturbation_methods_with_smoothing_match_reference(zoo, method, mode):
@@ -221,6 +240,7 @@ def _channels_last_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
+@pytest.mark.slow  # the reference's Score-CAM and Ablation-CAM dominate; test_engine_edge_cases.py is the fast check
 @pytest.mark.parametrize("layout", ["channels-last model", "permuted input"])
 def test_every_method_matches_reference_in_other_memory_layouts(zoo, layout):
     """The reference on a contiguous model and input; ours on a channels-last copy or a permuted input."""

@@ -1,38 +1,68 @@
 """The method registry: a plain dict from name to :class:`CamMethod`.
 
+Every method of pytorch-grad-cam 1.5.7 and torchcam 0.5.0 is here, under its own name and under the peers'
+class names (``GradCAMPlusPlus``, ``SmoothGradCAMpp``, ``KPCA_CAM``, ...). Three wrappers take any other
+method as their base, written ``wrapper(base)``: ``finercam(layercam)``, ``refinecam(layercam)``,
+``sess(gradcam++)`` (the bare wrapper name uses the peers' default base).
+
+A method's options (SS-CAM's number of samples, KPCA-CAM's kernel, ...) have defaults in
+:attr:`CamMethod.options`; :meth:`CamMethod.with_options` gives a copy with other values, which the engine
+accepts wherever it accepts a name.
+
 Example:
     >>> sorted(METHODS)[:3]
-    ['ablationcam', 'eigencam', 'eigengradcam']
-    >>> get_method("Grad-CAM++").name
-    'gradcam++'
+    ['ablationcam', 'cam', 'eigencam']
+    >>> get_method("Grad-CAM++").name, get_method("SmoothGradCAMpp").name, get_method("KPCA_CAM").name
+    ('gradcam++', 'smoothgradcampp', 'kpcacam')
+    >>> get_method("sscam").options
+    {'num_samples': 35, 'std': 2.0}
+    >>> get_method("sscam").with_options(num_samples=8).options["num_samples"]
+    8
+    >>> get_method("RefineCAM(layer-cam)").name
+    'refinecam(layercam)'
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 
-from cams.methods.eigen import eigen_cam, eigen_grad_cam
+from cams.methods.activation import cam, fem
+from cams.methods.attention import legrad
+from cams.methods.baseline import random_cam, sobel
+from cams.methods.eigen import eigen_cam, eigen_grad_cam, kpca_cam, seg_eigen_cam
 from cams.methods.gradient import (
+    full_grad,
     grad_cam,
     grad_cam_elementwise,
     grad_cam_plus_plus,
     hires_cam,
     layer_cam,
+    shapley_cam,
+    smooth_grad_cam_plus_plus,
     xgrad_cam,
 )
-from cams.methods.perturbation import ablation_cam, score_cam
+from cams.methods.perturbation import ablation_cam, is_cam, score_cam, ss_cam
+from cams.names import close_matches
+from cams.ops import EigenSign
+from cams.passes import accepted_options
 
 __all__ = ["METHODS", "CamMethod", "get_method"]
 
-Family = Literal["gradient", "perturbation", "eigen"]
+Family = Literal["gradient", "perturbation", "eigen", "activation", "attention", "baseline", "meta"]
+Aggregate = Literal["mean", "product"]
 
 #: inputs that need no target score (every other input is about the explained class)
-_TARGET_FREE = frozenset({"acts"})
+_TARGET_FREE = frozenset({"acts", "random_weights", "image"})
+#: inputs that do not read the target layers
+_LAYER_FREE = frozenset({"image", "fullgrad"})
+#: inputs drawn at random
+_RANDOM = frozenset({"smooth_grads", "smoothed_mask_scores", "random_weights"})
 
 
 @dataclass(frozen=True)
@@ -40,16 +70,30 @@ class CamMethod:
     """One CAM method: how to weigh the captured activations, and what that costs.
 
     Attributes:
-        name: registry key, e.g. ``"gradcam++"``.
-        weigh: ``weigh(*inputs) -> weighted activations (B, C, *spatial)``, called with the inputs named
-            in ``inputs``, in that order.
+        name: registry key, e.g. ``"gradcam++"``; also the key of its map in :class:`cams.CamMaps`.
+        weigh: ``weigh(*inputs, **options) -> weighted activations (B, C, *spatial)`` (or the map
+            ``(B, *spatial)`` itself when ``returns_map``), called with the inputs named in ``inputs``, in that
+            order, and with the options its keyword-only parameters name.
         inputs: what ``weigh`` takes, by name (see :mod:`cams.passes`): ``"acts"``, ``"grads"``,
-            ``"scores"``, ``"mask_scores"``, ``"ablation_scores"``, ...
-        family: ``"gradient"``, ``"perturbation"`` or ``"eigen"``.
-        project: always take the first principal component (Eigen-CAM family).
-        cost: forwards/backwards per image, for the README table.
+            ``"scores"``, ``"mask_scores"``, ``"ablation_scores"``, ``"smooth_grads"``, ...
+        family: ``"gradient"``, ``"perturbation"``, ``"eigen"``, ``"activation"``, ``"attention"``,
+            ``"baseline"`` or ``"meta"``.
+        cost: forwards/backwards per call, for the README table.
         paper: link to the paper.
+        project: always take the first principal component (Eigen-CAM family).
         title: the paper's name of the method (also accepted as an alias).
+        options: the method's options and their values; each goes to the keyword-only parameter of that
+            name of ``weigh`` or of the providers of its ``inputs`` (:data:`cams.passes.PROVIDERS`).
+        returns_map: ``weigh`` returns the map ``(B, *spatial)`` itself: no channel sum or projection.
+        per_layer: computed once per target layer and aggregated (``False``: once for the whole call,
+            e.g. FullGrad's bias layers, LeGrad's blocks together, the Sobel map of the input).
+        relu: clamp the map at 0 before min-max scaling (CAM keeps the signed map, as its paper).
+        aggregate: how the maps of several target layers combine: their ``"mean"`` (pytorch-grad-cam),
+            or their ``"product"`` (RefineCAM).
+        min_layers: the fewest target layers the method works with (RefineCAM: 2).
+        eigen_sign: a sign rule the method fixes for its principal component (Seg-Eigen-CAM: ``"max"``);
+            ``None`` follows the call's ``eigen_sign``.
+        volumes: works on volumes ``(B, C, D, H, W)`` as on images (not the Sobel map, SESS's windows, LeGrad).
     """
 
     name: str
@@ -60,6 +104,14 @@ class CamMethod:
     paper: str
     project: bool = False
     title: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    returns_map: bool = False
+    per_layer: bool = True
+    relu: bool = True
+    aggregate: Aggregate = "mean"
+    min_layers: int = 1
+    eigen_sign: EigenSign | None = None
+    volumes: bool = True
 
     @property
     def needs_grads(self) -> bool:
@@ -71,44 +123,192 @@ class CamMethod:
         """Whether the method explains a target (class) score."""
         return any(name not in _TARGET_FREE for name in self.inputs)
 
+    @property
+    def needs_layers(self) -> bool:
+        """Whether the method reads the target layers (FullGrad and the Sobel map do not)."""
+        return self.per_layer or any(name not in _LAYER_FREE for name in self.inputs)
+
+    @property
+    def randomised(self) -> bool:
+        """Whether the map depends on random draws (from the call's ``seed``): then an image's map also depends
+        on its place in the batch, which decides the draws it gets."""
+        base = self.options.get("base")
+        return any(name in _RANDOM for name in self.inputs) or (isinstance(base, CamMethod) and base.randomised)
+
+    def with_options(self, **options: Any) -> CamMethod:
+        """A copy of this method with some options changed (lists become tuples).
+
+        Raises:
+            ValueError: an option the method does not have, with close matches.
+
+        Example:
+            >>> get_method("kpcacam").with_options(kernel="rbf").options
+            {'kernel': 'rbf', 'gamma': None}
+        """
+        for key in options:
+            if key not in self.options:
+                known = ", ".join(sorted(self.options)) or "none"
+                raise ValueError(
+                    f"{self.name}: unknown option {key!r}{close_matches(key, self.options)}; its options are: "
+                    f"{known}"
+                )
+        frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        return replace(self, options={**self.options, **frozen})
+
+    def kwargs_for(self, fn: Callable[..., Any]) -> dict[str, Any]:
+        """The options ``fn`` takes: those named by its keyword-only parameters."""
+        accepted = accepted_options(fn)
+        return {k: v for k, v in self.options.items() if accepted is None or k in accepted}
+
 
 _GRADIENT = ("acts", "grads")
-
-
-def _m(name: str, title: str, weigh: Callable[..., torch.Tensor], family: Family, inputs: tuple[str, ...],
-       cost: str, paper: str, **kw: object) -> CamMethod:
-    return CamMethod(name=name, title=title, weigh=weigh, family=family, inputs=inputs,
-                     cost=cost, paper=paper, **kw)  # type: ignore[arg-type]
-
-
 _SHARED = "1 forward + 1 partial backward (shared)"
+_PGC = "https://github.com/jacobgil/pytorch-grad-cam"
 
-METHODS: dict[str, CamMethod] = {
-    m.name: m
-    for m in (
-        _m("gradcam", "Grad-CAM", grad_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/1610.02391"),
-        _m("gradcam++", "Grad-CAM++", grad_cam_plus_plus, "gradient", _GRADIENT, _SHARED,
-           "https://arxiv.org/abs/1710.11063"),
-        _m("xgradcam", "XGrad-CAM", xgrad_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/2008.02312"),
-        _m("layercam", "Layer-CAM", layer_cam, "gradient", _GRADIENT, _SHARED,
-           "http://mftp.mmcheng.net/Papers/21TIP_LayerCAM.pdf"),
-        _m("hirescam", "HiResCAM", hires_cam, "gradient", _GRADIENT, _SHARED, "https://arxiv.org/abs/2011.08891"),
-        _m("gradcamelementwise", "Grad-CAM element-wise", grad_cam_elementwise, "gradient", _GRADIENT, _SHARED,
-           "https://github.com/jacobgil/pytorch-grad-cam"),
-        _m("eigencam", "Eigen-CAM", eigen_cam, "eigen", ("acts",), "1 forward (shared) + SVD",
-           "https://arxiv.org/abs/2008.00299", project=True),
-        _m("eigengradcam", "Eigen-Grad-CAM", eigen_grad_cam, "eigen", _GRADIENT, _SHARED + " + SVD",
-           "https://github.com/jacobgil/pytorch-grad-cam", project=True),
-        _m("scorecam", "Score-CAM", score_cam, "perturbation", ("acts", "mask_scores", "scores"),
-           "1 + C full forwards (C = channels)",
-           "https://arxiv.org/abs/1910.01279"),
-        _m("ablationcam", "Ablation-CAM", ablation_cam, "perturbation", ("acts", "ablation_scores", "scores"),
-           "1 + C forwards of the layers after the target only",
-           "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_"
-           "Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf",
-           ),
+_BASE_METHODS: tuple[CamMethod, ...] = (
+    CamMethod("gradcam", grad_cam, _GRADIENT, "gradient", _SHARED, "https://arxiv.org/abs/1610.02391",
+              title="Grad-CAM"),
+    CamMethod("gradcam++", grad_cam_plus_plus, _GRADIENT, "gradient", _SHARED,
+              "https://arxiv.org/abs/1710.11063", title="Grad-CAM++"),
+    CamMethod("xgradcam", xgrad_cam, _GRADIENT, "gradient", _SHARED, "https://arxiv.org/abs/2008.02312",
+              title="XGrad-CAM"),
+    CamMethod("layercam", layer_cam, _GRADIENT, "gradient", _SHARED,
+              "http://mftp.mmcheng.net/Papers/21TIP_LayerCAM.pdf", title="Layer-CAM"),
+    CamMethod("hirescam", hires_cam, _GRADIENT, "gradient", _SHARED, "https://arxiv.org/abs/2011.08891",
+              title="HiResCAM"),
+    CamMethod("gradcamelementwise", grad_cam_elementwise, _GRADIENT, "gradient", _SHARED, _PGC,
+              title="Grad-CAM element-wise"),
+    CamMethod("shapleycam", shapley_cam, (*_GRADIENT, "hvp"), "gradient",
+              _SHARED + ", kept for 1 Hessian-vector product", "https://arxiv.org/abs/2501.06261",
+              title="ShapleyCAM"),
+    CamMethod("smoothgradcampp", smooth_grad_cam_plus_plus, ("acts", "smooth_grads"), "gradient",
+              "shared forward + N·B noisy forwards and backwards from the target layer, batched",
+              "https://arxiv.org/abs/1908.01224", title="Smooth Grad-CAM++",
+              options={"num_samples": 4, "std": 0.3}),
+    CamMethod("fullgrad", full_grad, ("fullgrad",), "gradient",
+              "1 forward + 1 backward to the input (every bias layer's gradient from it)",
+              "https://arxiv.org/abs/1905.00780", title="FullGrad", per_layer=False),
+    CamMethod("eigencam", eigen_cam, ("acts",), "eigen", "1 forward (shared) + SVD",
+              "https://arxiv.org/abs/2008.00299", project=True, title="Eigen-CAM"),
+    CamMethod("eigengradcam", eigen_grad_cam, _GRADIENT, "eigen", _SHARED + " + SVD", _PGC, project=True,
+              title="Eigen-Grad-CAM"),
+    CamMethod("segeigencam", seg_eigen_cam, _GRADIENT, "eigen", _SHARED + " + SVD",
+              "https://doi.org/10.3390/app15137562", project=True, title="Seg-Eigen-CAM", eigen_sign="max"),
+    CamMethod("kpcacam", kpca_cam, ("acts",), "eigen", "1 forward (shared) + (hw)² kernel eigenproblem",
+              "https://arxiv.org/abs/2410.00267", title="KPCA-CAM", returns_map=True,
+              options={"kernel": "sigmoid", "gamma": None}),
+    CamMethod("cam", cam, ("acts", "fc_weights"), "activation", "1 forward (shared), no backward",
+              "https://arxiv.org/abs/1512.04150", title="CAM", relu=False, options={"fc_layer": None}),
+    CamMethod("fem", fem, ("acts",), "activation", "1 forward (shared)", "https://hal.science/hal-02963298",
+              title="FEM", options={"k": 2.0}),
+    CamMethod("scorecam", score_cam, ("acts", "mask_scores", "scores"), "perturbation",
+              "1 + C full forwards (C = channels)", "https://arxiv.org/abs/1910.01279", title="Score-CAM"),
+    CamMethod("sscam", ss_cam, ("acts", "smoothed_mask_scores"), "perturbation",
+              "1 + N·B·C full forwards (N noise samples)", "https://arxiv.org/abs/2006.14255", title="SS-CAM",
+              options={"num_samples": 35, "std": 2.0}),
+    CamMethod("iscam", is_cam, ("acts", "integrated_mask_scores"), "perturbation",
+              "1 + N·B·C full forwards (N integration steps)", "https://arxiv.org/abs/2010.03023",
+              title="IS-CAM", options={"num_samples": 10}),
+    CamMethod("ablationcam", ablation_cam, ("acts", "ablation_scores", "scores"), "perturbation",
+              "1 + C forwards of the layers after the target only",
+              "https://openaccess.thecvf.com/content_WACV_2020/papers/Desai_Ablation-CAM_Visual_Explanations_for_"
+              "Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf", title="Ablation-CAM"),
+    CamMethod("legrad", legrad, ("legrad",), "attention",
+              "1 forward (shared) + 1 partial backward per block", "https://arxiv.org/abs/2404.03214",
+              title="LeGrad", returns_map=True, per_layer=False, volumes=False,
+              options={"score_projection": None, "prefix_tokens": None}),
+    CamMethod("randomcam", random_cam, ("acts", "random_weights"), "baseline", "1 forward (shared)", _PGC,
+              title="RandomCAM"),
+    CamMethod("sobel", sobel, ("image",), "baseline", "no forward (the input's Sobel edges)", _PGC,
+              title="Sobel CAM", returns_map=True, per_layer=False, volumes=False),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- wrappers: method(base)
+def finer_cam(base: CamMethod) -> CamMethod:
+    """Finer-CAM (Zhang et al. 2025, https://arxiv.org/abs/2501.11309) over any gradient method ``base``.
+
+    ``base`` weighs the activations with the gradient of the contrastive score of pytorch-grad-cam's
+    ``FinerWeightedTarget`` instead of the target's (see :func:`cams.passes.finer_gradients`).
+
+    Example:
+        >>> finer_cam(get_method("layercam")).name, finer_cam(get_method("layercam")).inputs
+        ('finercam(layercam)', ('acts', 'finer_grads'))
+    """
+    if "grads" not in base.inputs:
+        raise ValueError(f"finercam: the base method must use gradients; {base.name!r} does not")
+    return replace(
+        base,
+        name="finercam" if base.name == "gradcam" else f"finercam({base.name})",
+        inputs=tuple("finer_grads" if n == "grads" else n for n in base.inputs),
+        title="Finer-CAM",
+        cost=base.cost.replace("(shared)", "(shared forward, own partial backward)"),
+        paper="https://arxiv.org/abs/2501.11309",
+        options={**base.options, "alpha": 1.0, "comparisons": (1, 2, 3)},
     )
+
+
+def refine_cam(base: CamMethod) -> CamMethod:
+    """RefineCAM (https://arxiv.org/abs/2605.14641): the product of ``base``'s maps of several target layers.
+
+    Each layer's map is scaled to [0, 1] at the input's size, the maps are multiplied and the product is
+    scaled to [0, 1] (pytorch-grad-cam's ``RefineCAM``).
+
+    Example:
+        >>> refine_cam(get_method("layercam")).aggregate
+        'product'
+    """
+    if not base.per_layer:
+        raise ValueError(f"refinecam multiplies one map per target layer; {base.name!r} makes one map per call")
+    return replace(
+        base,
+        name="refinecam" if base.name == "gradcam++" else f"refinecam({base.name})",
+        title="RefineCAM",
+        family="meta",
+        paper="https://arxiv.org/abs/2605.14641",
+        aggregate="product",
+        min_layers=2,
+    )
+
+
+def sess(base: CamMethod) -> CamMethod:
+    """SESS (Tan et al. 2022, https://arxiv.org/abs/2207.01769): ``base`` on multi-scale sliding windows, fused.
+
+    See :func:`cams.methods.meta.sess_maps` for the algorithm and its options.
+
+    Example:
+        >>> sess(get_method("layercam")).name, sess(get_method("gradcam")).options["num_scales"]
+        ('sess(layercam)', 12)
+    """
+    from cams.methods.meta import SESS_OPTIONS, sess_map
+
+    if not base.per_layer:
+        raise ValueError(f"sess runs its base on patches through the target layers; {base.name!r} does not")
+    return CamMethod(
+        name="sess" if base.name == "gradcam" else f"sess({base.name})",
+        weigh=sess_map,
+        inputs=("sess",),
+        family="meta",
+        cost="1 forward + 1 backward of every patch (12 scales × sliding windows), batched",
+        paper="https://arxiv.org/abs/2207.01769",
+        title="SESS",
+        options={"base": base, **SESS_OPTIONS},
+        returns_map=True,
+        per_layer=False,
+        volumes=False,
+    )
+
+
+_WRAPPERS: dict[str, tuple[Callable[[CamMethod], CamMethod], str]] = {
+    "finercam": (finer_cam, "gradcam"),
+    "refinecam": (refine_cam, "gradcam++"),
+    "sess": (sess, "gradcam"),
 }
+
+METHODS: dict[str, CamMethod] = {m.name: m for m in _BASE_METHODS}
+for _wrapper, _base in _WRAPPERS.values():
+    _default = _wrapper(METHODS[_base])
+    METHODS[_default.name] = _default
 
 
 def _key(name: str) -> str:
@@ -117,17 +317,35 @@ def _key(name: str) -> str:
 
 _ALIASES: dict[str, str] = {_key(n): n for n in METHODS}
 _ALIASES.update({_key(m.title): n for n, m in METHODS.items()})
-_ALIASES.update({"gradcampp": "gradcam++", "gradcamplus": "gradcam++", "scorecampp": "scorecam"})
+_ALIASES.update({
+    "gradcampp": "gradcam++", "gradcamplus": "gradcam++", "scorecampp": "scorecam", "sobelcam": "sobel",
+    "kernelpcacam": "kpcacam", "isscam": "iscam",
+})  # fmt: skip
+_WRAPPED = re.compile(r"^\s*([\w\- ]+?)\s*\((.+)\)\s*$")
 
 
-def get_method(name: str, argument: str = "method") -> CamMethod:
+def get_method(name: str | CamMethod, argument: str = "method") -> CamMethod:
     """Look a method up by name (case, ``-``, ``_`` and ``PlusPlus`` spellings are forgiven).
+
+    ``"wrapper(base)"`` builds a wrapper over another method (``"refinecam(layercam)"``). A
+    :class:`CamMethod` (e.g. from :meth:`CamMethod.with_options`) is returned as it is.
 
     Raises:
         ValueError: for an unknown name, naming ``argument`` and listing close matches.
     """
+    if isinstance(name, CamMethod):
+        return name
     if not isinstance(name, str):
         raise TypeError(f"{argument} must be a method name (str); got {type(name).__name__} {name!r}")
+    wrapped = _WRAPPED.match(name)
+    if wrapped is not None:
+        outer = _key(wrapped.group(1))
+        if outer not in _WRAPPERS:
+            raise ValueError(
+                f"{argument}={name!r}: {wrapped.group(1)!r} is not a wrapper method{close_matches(outer, _WRAPPERS)};"
+                f" wrappers are {sorted(_WRAPPERS)}, e.g. 'refinecam(layercam)'"
+            )
+        return _WRAPPERS[outer][0](get_method(wrapped.group(2), argument))
     found = _ALIASES.get(_key(name))
     if found is None:
         close = difflib.get_close_matches(name.lower(), list(METHODS), n=3, cutoff=0.5)

@@ -12,7 +12,17 @@ import torch
 
 from cams.ops import spatial_dims
 
-__all__ = ["grad_cam", "grad_cam_elementwise", "grad_cam_plus_plus", "hires_cam", "layer_cam", "xgrad_cam"]
+__all__ = [
+    "full_grad",
+    "grad_cam",
+    "grad_cam_elementwise",
+    "grad_cam_plus_plus",
+    "hires_cam",
+    "layer_cam",
+    "shapley_cam",
+    "smooth_grad_cam_plus_plus",
+    "xgrad_cam",
+]
 
 
 def grad_cam(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -105,3 +115,55 @@ def grad_cam_elementwise(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tenso
         [[[[1.0, 0.0]]]]
     """
     return (grads * acts).clamp_min(0)
+
+
+def shapley_cam(acts: torch.Tensor, grads: torch.Tensor, hvp: torch.Tensor) -> torch.Tensor:
+    """ShapleyCAM (Cai et al., ICLR 2025, https://arxiv.org/abs/2501.06261).
+
+    A second-order Taylor reading of the score as a Shapley value of the channels:
+    ``α_k = mean_ij (g - ½ H A)_k,ij`` with ``g = ∂y/∂A`` and ``H A`` the Hessian-vector product
+    ``(∂²y/∂A²) · A``;  map ``= ReLU(Σ_k α_k A_k)``. For networks that are piecewise linear after the target
+    layer ``H A = 0`` and ShapleyCAM is Grad-CAM; pair it with a smooth target (pytorch-grad-cam's
+    ``ClassifierOutputReST``) or smooth activations.
+
+    Example:
+        >>> a, g = torch.ones(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+        >>> shapley_cam(a, g, torch.zeros_like(a)).equal(grad_cam(a, g))
+        True
+    """
+    return grad_cam(acts, grads - 0.5 * hvp)
+
+
+def smooth_grad_cam_plus_plus(acts: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    """Smooth Grad-CAM++ (Omeiza et al. 2019, https://arxiv.org/abs/1908.01224).
+
+    ``moments`` (3, B, C, *spatial) holds ``D¹, D², D³``: the means of ``g, g², g³`` over ``N`` noisy copies
+    ``x + ε``, ``ε ~ N(0, σ²)``, of the input (``g = ∂y/∂A`` of each copy). With the clean activations ``A``:
+    ``a_ij = D² / (2 D² + Σ_ab A_ab D³_ab + 1e-8)``,  ``α_k = Σ_ij a_ij ReLU(D¹_ij)``;
+    map ``= ReLU(Σ_k α_k A_k)``. The numerator ``D²`` is torchcam's correction of the paper's ``D¹``.
+
+    Example:
+        >>> g = torch.ones(1, 1, 2, 2)  # a = 1 / (2 + 4), α = 4 a
+        >>> [round(v, 4) for v in smooth_grad_cam_plus_plus(g, torch.stack([g, g, g])).flatten().tolist()]
+        [0.6667, 0.6667, 0.6667, 0.6667]
+    """
+    d1, d2, d3 = moments
+    spatial = spatial_dims(acts)
+    aij = d2 / (2 * d2 + (d3 * acts).sum(dim=spatial, keepdim=True) + 1e-8)
+    weights = (aij * d1.clamp_min(0)).sum(dim=spatial, keepdim=True)
+    return weights * acts
+
+
+def full_grad(terms: torch.Tensor) -> torch.Tensor:
+    """FullGrad (Srinivas & Fleuret, NeurIPS 2019, https://arxiv.org/abs/1905.00780).
+
+    ``terms`` (B, C_in + L, H, W) are the full-gradient terms at input resolution: ``ψ(|x ⊙ ∂y/∂x|)`` per
+    input channel, and for each of the L layers with a bias (convolutions and BatchNorm, whose
+    bias is ``β - μγ/σ``) ``Σ_c ψ(|b_c ⊙ ∂y/∂z_c|)`` resized to the input, ``ψ`` = min-max scaling per
+    channel (see :func:`cams.bias_gradients.full_gradient_terms`); map ``= Σ terms``.
+
+    Example:
+        >>> full_grad(torch.ones(1, 4, 2, 2)).sum(1).flatten().tolist()
+        [4.0, 4.0, 4.0, 4.0]
+    """
+    return terms

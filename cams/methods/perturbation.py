@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ablation_cam", "score_cam"]
+__all__ = ["ablation_cam", "is_cam", "score_cam", "ss_cam"]
 
 
 def score_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: torch.Tensor) -> torch.Tensor:
@@ -54,3 +54,33 @@ def ablation_cam(acts: torch.Tensor, channel_scores: torch.Tensor, base_scores: 
     drop = y - channel_scores.double()
     weights = torch.where(y != 0, drop / torch.where(y != 0, y, 1.0), drop)
     return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts.double()
+
+
+def ss_cam(acts: torch.Tensor, mean_score_gains: torch.Tensor) -> torch.Tensor:
+    """SS-CAM (Wang et al. 2020, https://arxiv.org/abs/2006.14255), as torchcam's ``SSCAM``.
+
+    ``M_k`` = channel ``k`` min-max scaled, then upsampled (bilinear, half-pixel); with ``N`` noise draws
+    ``δ ~ N(0, σ²)`` per pixel, ``s_k = mean_n [y(X ⊙ (M_k + δ_n)) − y(X)]`` (``mean_score_gains``, (B, C));
+    ``α = softmax_k(s)``;  map ``= ReLU(Σ_k α_k A_k)``.
+
+    Example:
+        >>> ss_cam(torch.ones(1, 2, 1, 1), torch.tensor([[0.0, 0.0]])).flatten().tolist()
+        [0.5, 0.5]
+    """
+    weights = torch.softmax(mean_score_gains, dim=1)
+    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts
+
+
+def is_cam(acts: torch.Tensor, mean_score_gains: torch.Tensor) -> torch.Tensor:
+    """IS-CAM (Naidu et al. 2020, https://arxiv.org/abs/2010.03023), as torchcam's ``ISCAM``.
+
+    ``M_k`` as in SS-CAM, without noise; for ``i = 1..N`` the input is scaled along the path
+    ``c_i = Σ_{j≤i} j/N``: ``s_k = mean_i [y(c_i · (X ⊙ M_k)) − y(X)]`` (``mean_score_gains``, (B, C));
+    ``α = softmax_k(s)``;  map ``= ReLU(Σ_k α_k A_k)``. Deterministic: nothing is drawn at random.
+
+    Example:
+        >>> is_cam(torch.ones(1, 2, 1, 1), torch.tensor([[0.0, 0.0]])).flatten().tolist()
+        [0.5, 0.5]
+    """
+    weights = torch.softmax(mean_score_gains, dim=1)
+    return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts

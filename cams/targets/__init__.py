@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
-from cams.targets.classification import ClassTarget, check_classes, logits_of
+from cams.targets.classification import ClassTarget, check_classes, logits_of, readable_logits
 from cams.targets.detection import DetectionTarget, fpn_reshape
 from cams.targets.embedding import EmbeddingTarget
 from cams.targets.multilabel import MultiLabelTarget, classes_above
@@ -56,6 +56,7 @@ __all__ = [
     "fpn_reshape",
     "logits_of",
     "parse_target",
+    "readable_logits",
     "resolve_targets",
     "segmentation_logits",
     "select_rows",
