@@ -619,7 +619,7 @@ class CAMCallback(Callback):
             self._last_step = trainer.global_step
             return
         started = time.perf_counter()
-        scalars: dict[str, float] = {}
+        scalars: dict[str, float] | None = None
         try:
             with torch.inference_mode(False):  # what is kept must not be an inference tensor
                 scalars = self._explain_and_log(trainer, pl_module, hook)
@@ -638,10 +638,10 @@ class CAMCallback(Callback):
         if fitting:
             self._budget.record(time.perf_counter() - started)
             self._last_step = trainer.global_step  # on every rank, so every rank takes the same decisions
-            if scalars:
+            if scalars is not None:  # the run happened (on every rank: failures are shared)
                 scalars["cam_cost/overhead"] = float(share(trainer, self._budget.share()))
         writer = self._writer if trainer.is_global_zero else None
-        publish(trainer, pl_module, writer, scalars, log_step(trainer, hook), hook, self._tag_name)
+        publish(trainer, pl_module, writer, scalars or {}, log_step(trainer, hook), hook, self._tag_name)
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
         """Explain this rank's share of the fixed batch, gather the whole batch's maps and per-image values on
