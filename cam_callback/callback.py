@@ -609,8 +609,9 @@ class CAMCallback(Callback):
         )
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
-        """One CAM run on every rank, within the cost budget, and its scalars published (see ``_publish``); a
-        failure is reported once and skipped (``on_error="warn"``) or raised. Call on every rank."""
+        """One CAM run on every rank, within the cost budget, and its scalars published to the loggers and
+        ``callback_metrics`` (see :mod:`cam_callback._publish`); a failure is reported once and skipped
+        (``on_error="warn"``) or raised. Call on every rank."""
         fitting = trainer.state.fn == TrainerFn.FITTING and self._budget.started is not None
         if fitting and hook != "on_train_start" and not share(trainer, self._budget.allows()):  # rank 0's clock
             message = self._budget.skip(trainer.global_step)
