@@ -63,8 +63,9 @@ def nmf(
     scikit-learn's ``NMF(solver="cd")`` (Cichocki & Phan 2009): each iteration updates every column of ``W``,
     then every row of ``H``, by one exact coordinate step ``w ← max(0, w − ∇/∇²)``; it stops when the
     summed projected gradient falls below ``tol`` times the first iteration's. The rows of a column are
-    updated together (they do not interact), so an iteration is ``2K`` batched tensor operations (run on one
-    CPU thread, restored afterwards: at these sizes a thread pool's wake-ups cost more than it saves). The
+    updated together (they do not interact), so an iteration is two products ``x hᵀ``, ``xᵀ w`` (on torch's
+    thread pool) and ``2K`` small batched tensor operations (on one CPU thread, restored afterwards: at those
+    sizes a thread pool's wake-ups cost more than it saves). The
     initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
     from ``generator``.
 
@@ -88,13 +89,12 @@ def nmf(
         w, h = w.to(x.device), h.to(x.device)
     ht = h.T.contiguous()
     iterations, first = 0, None
-    with _one_thread(x.device):
-        for iterations in range(1, max_iter + 1):  # noqa: B007
-            violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
-            if first is None:
-                first = violation
-            if first == 0 or violation / first <= tol:
-                break
+    for iterations in range(1, max_iter + 1):  # noqa: B007
+        violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
+        if first is None:
+            first = violation
+        if first == 0 or violation / first <= tol:
+            break
     return w, ht.T.contiguous(), iterations
 
 
@@ -116,14 +116,15 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 def _sweep(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
     """One coordinate-descent pass over the columns of ``w`` (in place) for ``x ≈ w htᵀ``; its projected gradient."""
     hht = ht.T @ ht
-    xht = x @ ht
+    xht = x @ ht  # the sweep's one large product: on torch's thread pool
     violation = w.new_zeros(())
-    for t, hess in enumerate(hht.diagonal().tolist()):
-        column = w[:, t]
-        grad = (w * hht[t]).sum(dim=1) - xht[:, t]  # (w hhtᵀ − x ht)[:, t], no BLAS call per column
-        violation += torch.where(column == 0, grad.clamp_max(0), grad).abs().sum()
-        if hess != 0:
-            column.sub_(grad.div_(hess)).clamp_min_(0)
+    with _one_thread(x.device):
+        for t, hess in enumerate(hht.diagonal().tolist()):
+            column = w[:, t]
+            grad = (w * hht[t]).sum(dim=1) - xht[:, t]  # (w hhtᵀ − x ht)[:, t], no BLAS call per column
+            violation += torch.where(column == 0, grad.clamp_max(0), grad).abs().sum()
+            if hess != 0:
+                column.sub_(grad.div_(hess)).clamp_min_(0)
     return violation
 
 
