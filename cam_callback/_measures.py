@@ -32,8 +32,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
+from cam_callback._run import localisation, model_scores
 from cam_callback._shortcut import shortcut_scalars
-from cams.state import frozen_model
 
 if TYPE_CHECKING:
     from cam_callback.callback import CAMCallback
@@ -60,16 +60,10 @@ def baseline_maps(shape: tuple[int, ...], device: torch.device) -> dict[str, Ten
 
 
 def _localisation(name: str, cam: Tensor, batch: FixedBatch, tolerance: int) -> dict[str, float]:
-    from cams import metrics
-
     boxes = None if batch.boxes is None or batch.masks is not None else batch.boxes.to(cam.device)
     masks = None if batch.masks is None else batch.masks.to(cam.device)
-    pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=tolerance)
-    energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
-    return {
-        f"cam_localisation/{name}/pointing_game": float(torch.nanmean(pointing.float())),
-        f"cam_localisation/{name}/energy": float(torch.nanmean(energy.float())),
-    }
+    values = localisation(cam, boxes, masks, tolerance)
+    return {f"cam_localisation/{name}/{key}": float(torch.nanmean(value)) for key, value in values.items()}
 
 
 def _wants_baselines(callback: CAMCallback, batch: FixedBatch) -> bool:
@@ -131,27 +125,22 @@ def per_image_measures(
     if _wants_baselines(callback, batch) and (callback.faithfulness or callback.road):
         base = {name: cam[rows.to(cam.device)].to(x.device) for name, cam in baseline_maps(whole, x.device).items()}
     classes = result.classes if target is None else target
-    context = trainer.precision_plugin.forward_context
 
     values: dict[str, Tensor] = {}
     if callback.faithfulness:
         for name, cam in base.items():
-            with frozen_model(pl_module), torch.no_grad(), context():
-                scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
-            for key, value in scores.items():
-                values[f"cam_faithfulness/{name}/{key}"] = value.float()
+            for key, value in model_scores(metrics.faithfulness, trainer, pl_module, x, cam, classes).items():
+                values[f"cam_faithfulness/{name}/{key}"] = value
     if callback.road:
         for name, cam in {**maps, **base}.items():
-            with frozen_model(pl_module), torch.no_grad(), context():
-                scores = metrics.road(pl_module, x, cam, targets=classes)
-            for key, value in scores.items():
-                values[f"cam_faithfulness/{name}/road_{key}"] = value.float()
+            for key, value in model_scores(metrics.road, trainer, pl_module, x, cam, classes).items():
+                values[f"cam_faithfulness/{name}/road_{key}"] = value
     if callback.axioms:
         layer = (callback._layer_names or [None])[0]
         for name in callback.methods:
             if layer is None or _projects(name):
                 continue
-            with context():
+            with trainer.precision_plugin.forward_context():
                 errors = metrics.axioms(pl_module, x, layer, method=name, targets=classes)
             for key, value in errors.items():
                 values[f"cam_axioms/{name}/{key}"] = value.float()

@@ -171,15 +171,11 @@ def per_image_metrics(
     for name in callback.methods:
         cam = result[name].detach().float()
         if boxes is not None or masks is not None:
-            pointing = metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=callback.pointing_tolerance)
-            energy = metrics.energy_pointing_game(cam, boxes=boxes, masks=masks)
-            values[f"cam_localisation/{name}/pointing_game"] = pointing.float()
-            values[f"cam_localisation/{name}/energy"] = energy.float()
+            for key, value in localisation(cam, boxes, masks, callback.pointing_tolerance).items():
+                values[f"cam_localisation/{name}/{key}"] = value
         if callback.faithfulness:
-            with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
-                scores = metrics.faithfulness(pl_module, x, cam, targets=classes)
-            for key, value in scores.items():
-                values[f"cam_faithfulness/{name}/{key}"] = value.float()
+            for key, value in model_scores(metrics.faithfulness, trainer, pl_module, x, cam, classes).items():
+                values[f"cam_faithfulness/{name}/{key}"] = value
         if callback.sanity_check:
             with frozen_model(pl_module), trainer.precision_plugin.forward_context():
                 similarity = metrics.sanity_check(
@@ -192,6 +188,26 @@ def per_image_metrics(
                 )
             values[f"cam_sanity/{name}/spearman"] = similarity.float()
     return values
+
+
+def localisation(cam: Tensor, boxes: Tensor | None, masks: Tensor | None, tolerance: int) -> dict[str, Tensor]:
+    """``pointing_game`` and ``energy`` per image (``nan`` for an image without an object), float32."""
+    from cams import metrics
+
+    return {
+        "pointing_game": metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=tolerance).float(),
+        "energy": metrics.energy_pointing_game(cam, boxes=boxes, masks=masks).float(),
+    }
+
+
+def model_scores(
+    measure: Any, trainer: Trainer, pl_module: LightningModule, x: Tensor, cam: Tensor, targets: Any
+) -> dict[str, Tensor]:
+    """``measure(pl_module, x, cam, targets=targets)`` (faithfulness, ROAD: ``name -> (B,)``) with the model
+    frozen, without autograd, in the precision plugin's forward context; each value as float32."""
+    with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
+        scores = measure(pl_module, x, cam, targets=targets)
+    return {key: value.float() for key, value in scores.items()}
 
 
 def metric_scalars(values: dict[str, Tensor]) -> dict[str, float]:
