@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
 __all__ = [
+    "BATCH_KEYS",
     "BOX_KEYS",
     "IMAGE_KEYS",
     "LABEL_KEYS",
@@ -41,6 +42,7 @@ __all__ = [
     "FixedBatch",
     "choose_batch",
     "ensure_val_dataloaders",
+    "first_key",
     "parse_batch",
     "take_first",
 ]
@@ -50,6 +52,8 @@ LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 BOX_KEYS = ("box", "boxes")
 MASK_KEYS = ("mask", "masks")
 SPURIOUS_KEYS = ("spurious_mask", "spurious_masks")
+BATCH_KEYS = frozenset((*IMAGE_KEYS, *LABEL_KEYS, *BOX_KEYS, *MASK_KEYS, *SPURIOUS_KEYS))
+"""Every key a dict batch (or ``CAMCallback(images={...})``) may use."""
 
 BatchToImages = Callable[[Any], Any]
 
@@ -141,7 +145,7 @@ def _own(t: Tensor) -> Tensor:
         return t.detach().to("cpu", copy=True).contiguous()
 
 
-def _first_key(batch: Mapping[str, Any], keys: Iterable[str]) -> Any:
+def first_key(batch: Mapping[str, Any], keys: Iterable[str]) -> Any:
     for key in keys:
         if key in batch:
             return batch[key]
@@ -171,11 +175,11 @@ def parse_batch(batch: Any, batch_to_images: BatchToImages | None = None) -> dic
     if isinstance(batch, Tensor):
         found["images"] = batch
     elif isinstance(batch, Mapping):
-        found["images"] = _first_key(batch, IMAGE_KEYS)
-        found["labels"] = _first_key(batch, LABEL_KEYS)
-        found["boxes"] = _first_key(batch, BOX_KEYS)
-        found["masks"] = _first_key(batch, MASK_KEYS)
-        found["spurious"] = _first_key(batch, SPURIOUS_KEYS)
+        found["images"] = first_key(batch, IMAGE_KEYS)
+        found["labels"] = first_key(batch, LABEL_KEYS)
+        found["boxes"] = first_key(batch, BOX_KEYS)
+        found["masks"] = first_key(batch, MASK_KEYS)
+        found["spurious"] = first_key(batch, SPURIOUS_KEYS)
     elif isinstance(batch, (tuple, list)) and batch:
         found["images"] = batch[0]
         if len(batch) > 1 and isinstance(batch[1], Tensor):
@@ -299,10 +303,8 @@ def choose_batch(
     user_batch: FixedBatch | None,
     n: int,
     batch_to_images: BatchToImages | None,
-    boxes: Tensor | None,
-    masks: Tensor | None,
+    regions: Mapping[str, Tensor],
     target: Any,
-    spurious: Tensor | None = None,
 ) -> FixedBatch:
     """The callback's fixed batch: ``user_batch``, else the first ``n`` samples of the first val dataloader.
 
@@ -311,10 +313,9 @@ def choose_batch(
         user_batch: the checked ``images=`` of the callback, or ``None``.
         n: how many samples to take from the dataloader.
         batch_to_images: see :func:`parse_batch`.
-        boxes: ``(N, 4)`` boxes given to the callback, replacing the batch's own; or ``None``.
-        masks: ``(N, H, W)`` masks given to the callback, replacing the batch's own; or ``None``.
+        regions: ``"boxes"`` ``(N, 4)``, ``"masks"`` ``(N, H, W)`` and ``"spurious"`` ``(N, H, W)`` given to the
+            callback for the validation images (``images={"boxes": ...}``), each replacing the batch's own.
         target: the callback's ``target``; ``"label"`` needs labels.
-        spurious: ``(N, H, W)`` spurious-region masks given to the callback, replacing the batch's own.
 
     Raises:
         MisconfigurationException: with no validation dataloader, boxes/masks that do not fit, no
@@ -333,19 +334,20 @@ def choose_batch(
                 "CAMCallback found no validation dataloader to take its fixed batch from; pass `images=`."
             )
         batch = take_first(loaders, n, batch_to_images)
-    boxes = boxes if boxes is not None else batch.boxes
-    masks = masks if masks is not None else batch.masks
-    spurious = spurious if spurious is not None else batch.spurious
+    boxes = regions.get("boxes", batch.boxes)
+    masks = regions.get("masks", batch.masks)
+    spurious = regions.get("spurious", batch.spurious)
     try:
         batch = FixedBatch(batch.images, batch.labels, boxes, masks, spurious)
     except ValueError as err:
         raise MisconfigurationException(
-            f"CAMCallback(boxes=/masks=/spurious_masks=) do not fit the fixed batch: {err}"
+            f"CAMCallback(images={{'boxes'/'masks'/'spurious_mask': ...}}) do not fit the fixed batch: {err}"
         ) from err
     if batch.spurious is not None and batch.boxes is None and batch.masks is None:
         raise MisconfigurationException(
-            "CAMCallback has spurious regions (spurious_masks= or a 'spurious_mask' batch key) but no object to "
-            "compare them with: give the object's boxes= or masks= (or a 'box'/'mask' batch key)."
+            "CAMCallback has spurious regions (images={'spurious_mask': ...} or a 'spurious_mask' batch key) but no "
+            "object to compare them with: give the object's boxes or masks too (images={'boxes': ...}, or a "
+            "'box'/'mask' batch key)."
         )
     if target == "label" and batch.labels is None:
         raise MisconfigurationException(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -20,17 +20,22 @@ from torch import Tensor, nn
 
 import cams
 import cams.targets
-from cam_callback._batch import BatchToImages, FixedBatch
-from cams.overlay import colorize
+from cam_callback._batch import (
+    BATCH_KEYS,
+    BOX_KEYS,
+    IMAGE_KEYS,
+    LABEL_KEYS,
+    MASK_KEYS,
+    SPURIOUS_KEYS,
+    BatchToImages,
+    FixedBatch,
+    first_key,
+)
 
 __all__ = [
     "LayerSpec",
-    "Target",
-    "check_alpha",
-    "check_axioms",
-    "check_batch_settings",
+    "TargetSpec",
     "check_batch_to_images",
-    "check_colormap",
     "check_flag",
     "check_images",
     "check_layers",
@@ -38,25 +43,20 @@ __all__ = [
     "check_mean_std",
     "check_methods",
     "check_name",
-    "check_noise_floor",
     "check_on_error",
-    "check_pointing_tolerance",
     "check_positive_int",
-    "check_shortcut_ratio",
     "check_target",
     "check_target_layers",
-    "check_timeline_rows",
     "check_trainer_has_images",
     "instance_names",
     "layer_key",
     "layer_names_of",
-    "layers_argument",
     "session_mean_std",
     "target_key",
 ]
 
 LayerSpec = str | nn.Module
-Target = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
+TargetSpec = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -96,13 +96,7 @@ def check_positive_int(name: str, value: Any) -> int:
     return value
 
 
-def check_pointing_tolerance(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"CAMCallback(pointing_tolerance={value!r}): expected pixels >= 0, e.g. 15")
-    return value
-
-
-def check_target(target: Any) -> Target:
+def check_target(target: Any) -> TargetSpec:
     if isinstance(target, cams.targets.Target) or (callable(target) and not isinstance(target, (str, int))):
         return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
     expected = (
@@ -116,18 +110,6 @@ def check_target(target: Any) -> Target:
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
         raise ValueError(f"CAMCallback(target={target!r}): {expected}")
     return target
-
-
-def layers_argument(target_layers: Any, target_layer: Any) -> Any:
-    """``target_layers``, or ``target_layer`` given under its other name (torchcam's); never both."""
-    if target_layer is None:
-        return target_layers
-    if target_layers is not None:
-        raise ValueError(
-            f"CAMCallback(target_layers={target_layers!r}, target_layer={target_layer!r}): the two are one "
-            "argument under two names; give only target_layers"
-        )
-    return target_layer
 
 
 def check_layers(target_layer: Any) -> list[LayerSpec] | None:
@@ -184,16 +166,6 @@ def check_batch_to_images(batch_to_images: Any) -> BatchToImages | None:
     return batch_to_images
 
 
-def check_alpha(alpha: Any) -> float:
-    if not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"CAMCallback(alpha={alpha!r}): expected a number in [0, 1], e.g. 0.5")
-    return float(alpha)
-
-
-def check_colormap(colormap: str) -> str:
-    colorize(torch.zeros(1, 1, 1), colormap)  # raises ValueError naming the known colour maps
-    return colormap
-
 
 def check_on_error(on_error: Any) -> Literal["warn", "raise"]:
     if on_error not in ("warn", "raise"):
@@ -201,35 +173,7 @@ def check_on_error(on_error: Any) -> Literal["warn", "raise"]:
     return on_error  # type: ignore[no-any-return]
 
 
-def check_shortcut_ratio(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) < math.inf):
-        raise ValueError(
-            f"CAMCallback(shortcut_ratio={value!r}): expected a positive number, e.g. 1.0 (warn when the spurious "
-            "region gets more attention than the object)"
-        )
-    return float(value)
 
-
-def check_timeline_rows(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"CAMCallback(timeline_rows={value!r}): expected how many of the latest runs to show beside the first, "
-            "e.g. 8, or None for no timeline"
-        )
-    return value
-
-
-def check_noise_floor(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < float(value) <= 1):
-        raise ValueError(
-            f"CAMCallback(noise_floor={value!r}): expected the perturbation's size as a fraction of the images' "
-            "pixel standard deviation in (0, 1], e.g. 0.01, or None to skip the noise floor"
-        )
-    return float(value)
 
 
 def check_max_overhead(value: Any) -> float | None:
@@ -243,34 +187,47 @@ def check_max_overhead(value: Any) -> float | None:
     return float(value)
 
 
-def check_axioms(axioms: bool, methods: Sequence[str], layers: list[LayerSpec] | None) -> bool:
-    """``axioms=True`` needs one target layer and at least one method that sums weighted channels."""
-    if not axioms:
-        return False
-    if layers is not None and len(layers) > 1:
-        raise ValueError(
-            f"CAMCallback(axioms=True, target_layer={layer_key(layers)!r}): the axioms are defined for one layer; "
-            "pass a single target_layer"
-        )
-    if all(cams.get_method(name).project for name in methods):
-        raise ValueError(
-            f"CAMCallback(axioms=True, methods={list(methods)!r}): the axioms concern methods that sum weighted "
-            "channels; add one such as 'gradcam' or 'xgradcam'"
-        )
-    return True
+def check_images(images: Any, target: TargetSpec) -> tuple[FixedBatch | None, dict[str, Tensor]]:
+    """The user's ``images=``: a fixed batch to explain, and/or regions for the validation data's images.
 
+    ``images`` is ``None`` (the first validation samples), a ``(N, C, H, W)`` (or volumes ``(N, C, D, H, W)``)
+    tensor, an ``(images, labels)`` pair, or a mapping with the keys of dict batches (see
+    :mod:`cam_callback._batch`): ``"image"``, ``"label"``, ``"boxes"``, ``"masks"``, ``"spurious_mask"``. A
+    mapping without an image key gives regions for the first validation samples instead.
 
-def check_images(
-    images: Any, boxes: Any, masks: Any, target: Target, spurious: Any = None
-) -> FixedBatch | None:
-    """The user's ``images`` (with ``boxes``/``masks``/``spurious_masks``) as a :class:`FixedBatch`, or ``None``."""
+    Returns:
+        ``(batch, regions)``: the fixed batch (``None`` when taken from the validation data) and the regions
+        ``{"boxes", "masks", "spurious"}`` given for the validation data's images (empty otherwise).
+
+    Raises:
+        TypeError: not one of these forms.
+        ValueError: shapes that do not fit, spurious regions without an object, ``target="label"`` without
+            labels.
+    """
     if images is None:
-        return None
-    labels = None
-    if isinstance(images, (tuple, list)):
+        return None, {}
+    labels = boxes = masks = spurious = None
+    if isinstance(images, Mapping):
+        unknown = sorted(str(k) for k in images if k not in BATCH_KEYS)
+        if unknown:
+            raise TypeError(
+                f"CAMCallback(images={{...}}): unknown key(s) {unknown}; the keys are those of dict batches: "
+                f"images {'/'.join(IMAGE_KEYS)}, labels {'/'.join(LABEL_KEYS)}, boxes {'/'.join(BOX_KEYS)}, masks "
+                f"{'/'.join(MASK_KEYS)}, spurious regions {'/'.join(SPURIOUS_KEYS)}"
+            )
+        labels, boxes, masks = (first_key(images, keys) for keys in (LABEL_KEYS, BOX_KEYS, MASK_KEYS))
+        spurious = first_key(images, SPURIOUS_KEYS)
+        images = first_key(images, IMAGE_KEYS)
+        if images is None:
+            if labels is not None:
+                raise ValueError("CAMCallback(images={'label': ...}): labels need their images; add the 'image' key")
+            regions = {"boxes": boxes, "masks": masks, "spurious": spurious}
+            return None, {key: torch.as_tensor(value) for key, value in regions.items() if value is not None}
+    elif isinstance(images, (tuple, list)):
         if len(images) != 2 or not isinstance(images[0], Tensor):
             raise TypeError(
-                "CAMCallback(images=...): expected a (N, C, H, W) tensor or an (images, labels) pair"
+                "CAMCallback(images=...): expected a (N, C, H, W) tensor, an (images, labels) pair or a dict "
+                "{'image': ..., 'label': ..., 'boxes': ..., 'masks': ..., 'spurious_mask': ...}"
             )
         images, labels = images
     if not isinstance(images, Tensor):
@@ -280,32 +237,17 @@ def check_images(
     try:
         batch = FixedBatch(images, labels, boxes, masks, spurious)
     except ValueError as err:
-        raise ValueError(f"CAMCallback(images=/boxes=/masks=/spurious_masks=): {err}") from err
+        raise ValueError(f"CAMCallback(images=...): {err}") from err
     if batch.spurious is not None and batch.boxes is None and batch.masks is None:
         raise ValueError(
-            "CAMCallback(spurious_masks=...) compares attention on the spurious region with attention on the "
-            "object: give the object's boxes= or masks= too"
+            "CAMCallback(images={..., 'spurious_mask': ...}) compares attention on the spurious region with "
+            "attention on the object: give the object's 'boxes' or 'masks' too"
         )
     if target == "label" and batch.labels is None:
         raise ValueError(
             "CAMCallback(target='label') needs labels: pass images=(images, labels) or use target='pred'"
         )
-    return batch
-
-
-def check_batch_settings(batch: FixedBatch, faithfulness: bool, road: bool = False) -> None:
-    """What the fixed batch allows: the faithfulness metrics and ROAD perturb 2-D images only."""
-    if batch.images.dim() == 5 and faithfulness:
-        raise MisconfigurationException(
-            "CAMCallback(faithfulness=True): the fixed batch holds volumes (N, C, D, H, W), and the faithfulness "
-            "metrics (Average Drop, deletion/insertion) perturb 2-D images only; pass faithfulness=False (drift "
-            "and the 3-D pointing game are logged for volumes)"
-        )
-    if batch.images.dim() == 5 and road:
-        raise MisconfigurationException(
-            "CAMCallback(road=True): the fixed batch holds volumes (N, C, D, H, W), and ROAD imputes pixels of 2-D "
-            "images only; pass road=False"
-        )
+    return batch, {}
 
 
 def check_name(name: Any) -> str | None:
@@ -351,7 +293,6 @@ def instance_names(configs: Sequence[tuple[str | None, str]]) -> list[str]:
     return names
 
 
-
 def check_trainer_has_images(trainer: Trainer, stage: str, user_batch: FixedBatch | None) -> None:
     """Fitting needs validation data or the user's ``images`` to take the fixed batch from."""
     if stage == TrainerFn.FITTING and user_batch is None and not trainer.enable_validation:
@@ -394,7 +335,7 @@ def session_mean_std(
 
 
 # ---------------------------------------------------------------------- layer names
-def target_key(target: Target) -> str | int:
+def target_key(target: TargetSpec) -> str | int:
     """The target as plain data for the state key, the config and the checkpoint.
 
     ``"pred"``, ``"label"`` and class indices as they are; task targets by their ``--target`` form

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from lightning.fabric.loggers.tensorboard import TensorBoardLogger as _FabricTensorBoardLogger
 from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from cams.overlay import save_png, to_uint8
 
@@ -132,6 +133,21 @@ class CamLogWriter:
         ]
         takes_images = any(_takes_images(lg) for lg in self.loggers)
         self.png_dir: Path | None = None if takes_images else Path(png_dir or "cams")
+        self.destination = destination(self.loggers, self.png_dir)
+        """Where this writer's output lands (:func:`destination`): equal for two writers of the same run."""
+
+    @classmethod
+    def open(cls, trainer: Trainer, name: str | None = None) -> CamLogWriter:
+        """The writer for ``trainer``'s loggers (global rank zero), PNGs in :func:`png_run_dir` without an image
+        logger; it warns once when it falls back to PNG files."""
+        writer = cls(trainer.loggers, png_run_dir(trainer), name)
+        if writer.png_dir is not None:
+            rank_zero_warn(
+                "CAMCallback: no logger takes images (TensorBoard, MLflow, Comet or one with `log_image`); "
+                f"the CAM grids are written as PNG files under {writer.png_dir}",
+                category=UserWarning,
+            )
+        return writer
 
     def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
         """Log one ``(3, H, W)`` image under ``tag``: float in ``[0, 1]``, or uint8 (taken as it is)."""

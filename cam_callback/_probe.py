@@ -13,57 +13,79 @@ passes. Later failures (a run that breaks after some training) are left to ``on_
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from cam_callback._batch import FixedBatch
 from cam_callback._checks import layer_key
 from cam_callback._run import engine_targets
-
-if TYPE_CHECKING:
-    from cam_callback.callback import CAMCallback
+from cam_callback._settings import CAMSettings
+from cam_callback.measures import Measure, active_measures
 
 __all__ = ["check_channels", "check_labels", "probe", "probe_model"]
 
 
-def probe_model(callback: CAMCallback, trainer: Trainer, pl_module: LightningModule) -> None:
-    """Check the callback's ``mean``/``std`` against its fixed batch, then :func:`probe` the model with it.
+def probe_model(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    engine: Any,
+    settings: CAMSettings,
+    batch: FixedBatch,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[Measure, ...]:
+    """Check the measures and the display normalisation against the fixed batch, then :func:`probe` the model.
 
     Runs on every rank with the fixed batch chosen and shared (a sharded model's forward needs every rank;
     the same image gives every rank the same outcome), on the model's device, under the Trainer's precision
     (as a CAM run does). With ``target="label"`` every label is checked against the model's classes.
 
+    Args:
+        trainer: the Trainer (its precision plugin).
+        pl_module: the model.
+        engine: the callback's :class:`cams.CamEngine` on ``pl_module``.
+        settings: the callback's settings.
+        batch: the fixed batch.
+        mean, std: the display normalisation of this session (the callback's, else the datamodule's).
+
+    Returns:
+        The measures that run on this batch (:func:`cam_callback.measures.active_measures`).
+
     Raises:
-        MisconfigurationException: from :func:`check_channels`, :func:`probe` or :func:`check_labels`.
+        MisconfigurationException: a measure asked for that the batch cannot serve, or from
+            :func:`check_channels`, :func:`probe` or :func:`check_labels`.
     """
-    batch = callback._batch
-    assert batch is not None
-    source = "mean=/std=" if callback.mean is not None else "datamodule.mean/.std"
-    check_channels(batch.images, callback._session_mean, callback._session_std, source)
+    try:
+        measures = active_measures(settings.measures, settings.required, batch)
+    except ValueError as err:
+        raise MisconfigurationException(str(err)) from err
+    source = "mean=/std=" if settings.mean is not None else "datamodule.mean/.std"
+    check_channels(batch.images, mean, std, source)
     plugin = trainer.precision_plugin
     x = plugin.convert_input(batch.images.to(pl_module.device))
-    engine = callback._get_engine(pl_module)
 
     def explain(images: Tensor, targets: Any) -> Any:
         with torch.inference_mode(False), plugin.forward_context():
             return engine(
-                images, callback.methods, targets, aug_smooth=callback.aug_smooth, eigen_smooth=callback.eigen_smooth
+                images, settings.methods, targets, aug_smooth=settings.aug_smooth, eigen_smooth=settings.eigen_smooth
             )
 
-    layers = layer_key(callback.target_layers)
-    settings = (
-        f"methods={list(callback.methods)}, target={callback.target!r}, "
+    layers = layer_key(settings.target_layers)
+    described = (
+        f"methods={list(settings.methods)}, target={settings.target!r}, "
         f"target_layers={layers[0] if layers and len(layers) == 1 else layers}"
     )
-    origin = "images=" if callback._user_batch is not None else "the validation data"
-    targets = engine_targets(batch, callback.target, x.device)
-    result = probe(explain, x, targets, type(pl_module).__name__, settings, origin)
+    origin = "images=" if settings.user_batch is not None else "the validation data"
+    targets = engine_targets(batch, settings.target, x.device)
+    result = probe(explain, x, targets, type(pl_module).__name__, described, origin)
     logits = getattr(result, "logits", None)
-    if callback.target == "label" and batch.labels is not None and isinstance(logits, Tensor):
+    if settings.target == "label" and batch.labels is not None and isinstance(logits, Tensor):
         check_labels(batch.labels, int(logits.shape[1]), type(pl_module).__name__, origin)
+    return measures
 
 
 def check_labels(labels: Tensor, num_classes: int, model_name: str, source: str) -> None:

@@ -1,44 +1,60 @@
-"""What one CAM run computes and logs, besides the maps themselves.
+"""One CAM run: explain the fixed batch, gather it, and turn it into the run's scalars.
 
-- images: the input grid (once) and one overlay grid per method, under ``cam/``;
-- ``cam_drift/``: each method's drift against the previous and the first run, and the share of changed
-  predictions;
-- ``cam_localisation/``, ``cam_faithfulness/``, ``cam_sanity/``: the metric scalars asked for, means of
-  per-image values (computed on each rank's slice of the batch, see ``_distributed``).
+:func:`explain_run` is the whole computation of a run, on every process, from values the callback hands it (its
+settings, the fixed batch, the engine, the measures that run, the map history); it logs nothing and changes
+nothing it is given. Step by step:
+
+1. each process explains its slice of the fixed batch (:func:`cam_callback._distributed.rows_for`; the whole
+   batch for targets that cannot be split) with global rank zero's buffers, and asks every measure for its
+   values per image on that slice (:meth:`cam_callback.measures.Measure.per_image`);
+2. the maps, the predictions and the per-image values are gathered onto every process (``all_gather``), so
+   every process holds the whole batch's, on the CPU;
+3. every process computes the same scalars from them: the drift against the history, each measure's
+   reduction of its per-image values, and what the measures read from the whole batch's maps
+   (:meth:`~cam_callback.measures.Measure.on_batch`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torchvision
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
-from cam_callback._checks import Target
-from cam_callback._logging import CamLogWriter
-from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
-from cams.overlay import denormalize, overlay
-from cams.state import frozen_model
+from cam_callback._checks import TargetSpec
+from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, splits, take_rows, together
+from cam_callback._history import MapHistory
+from cam_callback._settings import CAMSettings
+from cam_callback._volumes import fixed_target
+from cam_callback.measures import Baselines, Measure, Slice, Whole, baseline_maps
 
-if TYPE_CHECKING:
-    from cam_callback.callback import CAMCallback
-
-__all__ = [
-    "drift_scalars",
-    "engine_targets",
-    "grid",
-    "log_config_and_input",
-    "log_overlays",
-    "metric_scalars",
-    "per_image_metrics",
-    "predictions",
-]
+__all__ = ["RunResult", "engine_targets", "explain_run", "predictions"]
 
 
-def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> Any:
+@dataclass(frozen=True)
+class RunResult:
+    """What one run computed, the same on every process.
+
+    Attributes:
+        maps: method -> the whole fixed batch's maps ``(N, H, W)`` (volumes ``(N, D, H, W)``) on the CPU.
+        preds: each image's predicted class ``(N,)``, or ``None`` when the output has no class scores.
+        fixed: the target with its choices made explicit (a task target's predicted mask, for the outlines).
+        scalars: tag -> value: drift and every measure.
+        layers: the explained layers' dotted names.
+    """
+
+    maps: dict[str, Tensor]
+    preds: Tensor | None
+    fixed: Any
+    scalars: dict[str, float]
+    layers: list[str]
+
+
+def engine_targets(batch: FixedBatch, target: TargetSpec, device: torch.device) -> Any:
     """The ``targets`` for :class:`cams.CamEngine`: ``None`` (predicted class), the labels, one class, or the
     user's task target or callable as it is."""
     if not isinstance(target, (str, int)):
@@ -51,7 +67,7 @@ def engine_targets(batch: FixedBatch, target: Target, device: torch.device) -> A
     return int(target)
 
 
-def predictions(result: Any, target: Target) -> Tensor | None:
+def predictions(result: Any, target: TargetSpec) -> Tensor | None:
     """Each image's predicted class ``(N,)`` on the maps' device, from the engine's logits (or classes for "pred")."""
     logits = getattr(result, "logits", None)
     if isinstance(logits, Tensor) and logits.dim() == 2:
@@ -62,158 +78,102 @@ def predictions(result: Any, target: Target) -> Tensor | None:
     return None
 
 
-def grid(images: Tensor) -> Tensor:
-    """``(N, 3, H, W)`` images as one ``(3, H', W')`` grid, at most 8 per row, on the CPU."""
-    return torchvision.utils.make_grid(images.cpu(), nrow=min(8, images.shape[0]), padding=2, pad_value=1.0)
-
-
-def log_config_and_input(
-    writer: CamLogWriter,
-    config_text: str,
-    images: Tensor,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    step: int,
-) -> None:
-    """``cam/config`` and ``cam/input`` (the de-normalised images ``(N, C, H, W)``; volumes: their slices
-    through the centre), once per session."""
-    writer.text("cam/config", config_text, step)
-    shown = volume_input_panels(images, mean, std) if images.dim() == 5 else denormalize(images, mean, std)
-    writer.image("cam/input", grid(shown), step)
-
-
-def log_overlays(
-    writer: CamLogWriter,
-    images: Tensor,
-    maps: dict[str, Tensor],
-    step: int,
-    mean: tuple[float, ...] | None,
-    std: tuple[float, ...] | None,
-    alpha: float,
-    colormap: str,
-    target: Any = None,
-) -> None:
-    """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid.
-
-    Volumes ``(N, C, D, H, W)``: the three slices through each map's peak. A fixed segmentation ``target``
-    (:func:`cam_callback._volumes.fixed_target`) adds the outline of its mask beside each overlay.
-    """
-    if images.dim() == 5:
-        for name, cam in maps.items():
-            writer.image(f"cam/{name}", grid(volume_panels(images, cam, mean, std, alpha, colormap)), step)
-        return
-    shown = denormalize(images, mean, std)
-    for name, cam in maps.items():
-        writer.image(f"cam/{name}", grid(outline_panels(shown, overlay(shown, cam, alpha, colormap), target)), step)
-
-
-def drift_scalars(
-    maps: dict[str, Tensor],
-    preds: Tensor | None,
-    first: dict[str, Tensor],
-    previous: dict[str, Tensor],
-    previous_preds: Tensor | None,
-) -> dict[str, float]:
-    """``cam_drift/<method>/vs_previous``, ``/vs_first`` and ``cam_drift/pred_changed``, where comparable.
-
-    Args:
-        maps: this run's maps per method, ``(N, H, W)``.
-        preds: this run's predicted classes ``(N,)``, or ``None``.
-        first: the first run's maps per method.
-        previous: the previous run's maps per method.
-        previous_preds: the previous run's predicted classes, or ``None``.
-    """
-    from cams import metrics
-
-    scalars: dict[str, float] = {}
-    for name, cam in maps.items():
-        if name in previous and previous[name].shape == cam.shape:
-            scalars[f"cam_drift/{name}/vs_previous"] = float(metrics.drift(cam, previous[name]))
-        if name in first and first[name].shape == cam.shape:
-            scalars[f"cam_drift/{name}/vs_first"] = float(metrics.drift(cam, first[name]))
-    if preds is not None and previous_preds is not None and previous_preds.shape == preds.shape:
-        scalars["cam_drift/pred_changed"] = float((preds != previous_preds).float().mean())
-    return scalars
-
-
-def per_image_metrics(
-    callback: CAMCallback,
+def explain_run(
     trainer: Trainer,
     pl_module: LightningModule,
+    engine: Any,
+    settings: CAMSettings,
     batch: FixedBatch,
-    x: Tensor,
-    result: Any,
-    target: Any = None,
-) -> dict[str, Tensor]:
-    """Localisation, faithfulness and sanity values per image, ``tag -> (B,)`` on ``x``'s device.
-
-    Every value depends on its own image only, so each rank computes them for its slice of the fixed
-    batch and the slices are gathered (:func:`metric_scalars` averages them). Extra forwards run only
-    when asked for.
+    measures: Sequence[Measure],
+    history: MapHistory,
+) -> RunResult:
+    """One run on every process (see the module docstring); the same :class:`RunResult` on every process.
 
     Args:
-        callback: the callback, for its settings and resolved layers.
-        trainer: the Trainer, for its precision plugin's forward context.
-        pl_module: the model.
-        batch: the images explained (the fixed batch or a rank's slice of it), with boxes and masks.
-        x: ``batch.images`` as the model takes them, ``(B, C, H, W)`` on its device.
-        result: the engine's result for ``x``.
-        target: the task target the maps explain, its choices fixed (``None``: the classes of ``result``).
+        trainer: the Trainer (its strategy for the collectives, its precision plugin for the forwards).
+        pl_module: the model being trained.
+        engine: the callback's :class:`cams.CamEngine` on ``pl_module``.
+        settings: the callback's settings (methods, target, smoothing).
+        batch: the fixed batch, the same on every process.
+        measures: the measures that run on this batch.
+        history: the earlier runs' maps, for the drift (read, not changed).
     """
-    if batch.boxes is None and batch.masks is None and not callback.faithfulness and not callback.sanity_check:
-        return {}
-    from cams import metrics
+    n = len(batch)
+    split = splits(settings.target)
+    rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
+    with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
+        part, fixed, layers = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings, batch,
+                                                                      measures, rows))  # fmt: skip
+    whole = gather_rows(trainer, part, n, split)
+    maps = {m: whole[f"map/{m}"] for m in settings.methods}
+    preds = whole.get("pred")
 
-    values: dict[str, Tensor] = {}
-    boxes = None if batch.boxes is None else batch.boxes.to(x.device)
-    masks = None if batch.masks is None else batch.masks.to(x.device)
-    classes = result.classes if target is None else target
-    for name in callback.methods:
-        cam = result[name].detach().float()
-        if boxes is not None or masks is not None:
-            for key, value in localisation(cam, boxes, masks, callback.pointing_tolerance).items():
-                values[f"cam_localisation/{name}/{key}"] = value
-        if callback.faithfulness:
-            for key, value in model_scores(metrics.faithfulness, trainer, pl_module, x, cam, classes).items():
-                values[f"cam_faithfulness/{name}/{key}"] = value
-        if callback.sanity_check:
-            with frozen_model(pl_module), trainer.precision_plugin.forward_context():
-                similarity = metrics.sanity_check(
-                    pl_module,
-                    x,
-                    callback._layer_names or None,
-                    method=name,
-                    targets=classes,
-                    reshape_transform=callback.reshape_transform,
-                )
-            values[f"cam_sanity/{name}/spearman"] = similarity.float()
-    return values
+    scalars = history.drift(maps, preds)
+    for i, measure in enumerate(measures):
+        prefix = f"metric/{i}/"
+        scalars.update(measure.reduce({k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}))
+    base = _baselines(measures, (n, *next(iter(maps.values())).shape[1:]), torch.device("cpu"))
+    for measure in measures:
+        scalars.update(measure.on_batch(Whole(batch, maps, base if measure.scores_baselines else {})))
+    return RunResult(maps, preds, fixed, scalars, layers)
 
 
-def localisation(cam: Tensor, boxes: Tensor | None, masks: Tensor | None, tolerance: int) -> dict[str, Tensor]:
-    """``pointing_game`` and ``energy`` per image (``nan`` for an image without an object), float32."""
-    from cams import metrics
-
-    return {
-        "pointing_game": metrics.pointing_game(cam, boxes=boxes, masks=masks, tolerance=tolerance).float(),
-        "energy": metrics.energy_pointing_game(cam, boxes=boxes, masks=masks).float(),
-    }
+def _baselines(measures: Sequence[Measure], shape: tuple[int, ...], device: torch.device) -> dict[str, Tensor]:
+    """The baseline maps for the whole batch when ``"baselines"`` runs (and a measure scores them), else ``{}``."""
+    wanted = any(isinstance(m, Baselines) for m in measures) and any(m.scores_baselines for m in measures)
+    return baseline_maps(shape, device) if wanted else {}
 
 
-def model_scores(
-    measure: Any, trainer: Trainer, pl_module: LightningModule, x: Tensor, cam: Tensor, targets: Any
-) -> dict[str, Tensor]:
-    """``measure(pl_module, x, cam, targets=targets)`` (faithfulness, ROAD: ``name -> (B,)``) with the model
-    frozen, without autograd, in the precision plugin's forward context; each value as float32."""
-    with frozen_model(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
-        scores = measure(pl_module, x, cam, targets=targets)
-    return {key: value.float() for key, value in scores.items()}
+def _explain_rows(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    engine: Any,
+    settings: CAMSettings,
+    batch: FixedBatch,
+    measures: Sequence[Measure],
+    rows: Tensor,
+) -> tuple[dict[str, Tensor], Any, list[str]]:
+    """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
+    ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values of measure ``i``, on that device; the target with
+    its choices made explicit; the explained layers."""
+    part = take_rows(batch, rows)
+    plugin = trainer.precision_plugin
+    x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
+    targets = engine_targets(part, settings.target, x.device)
 
+    def explain(images: Tensor, targets: Any) -> Any:
+        with plugin.forward_context():
+            return engine(images, methods=settings.methods, targets=targets, aug_smooth=settings.aug_smooth,
+                          eigen_smooth=settings.eigen_smooth)  # fmt: skip
 
-def metric_scalars(values: dict[str, Tensor]) -> dict[str, float]:
-    """The batch means of per-image values (:func:`per_image_metrics`, ``_measures.per_image_measures``);
-    localisation ignores images without an object and the axioms images where they are undefined (``nan``)."""
-    return {tag: float(torch.nanmean(v) if tag.startswith(_NAN_MEAN) else v.mean()) for tag, v in values.items()}
+    result = explain(x, targets)
+    fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
+    layers = list(engine.layer_names)
+    maps = {m: result[m].detach().float() for m in settings.methods}
+    out = {f"map/{m}": cam for m, cam in maps.items()}
+    preds = predictions(result, settings.target)
+    if preds is not None:
+        out["pred"] = preds
+    whole_shape = (len(batch), *next(iter(maps.values())).shape[1:])
+    base = {k: v[rows.to(v.device)] for k, v in _baselines(measures, whole_shape, x.device).items()}
+    inputs = Slice(
+        model=pl_module,
+        x=x,
+        batch=part,
+        rows=rows,
+        images=batch.images,
+        maps=maps,
+        classes=result.classes if fixed is targets else fixed,
+        engine_classes=result.classes,
+        targets=targets,
+        explain=explain,
+        layers=layers,
+        baselines=base,
+        reshape_transform=settings.reshape_transform,
+        forward_context=plugin.forward_context,
+        convert_input=plugin.convert_input,
+    )
+    for i, measure in enumerate(measures):
+        out.update({f"metric/{i}/{tag}": value for tag, value in measure.per_image(inputs).items()})
+    return out, fixed, layers
 
-
-_NAN_MEAN = ("cam_localisation/", "cam_axioms/")

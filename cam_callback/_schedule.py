@@ -7,7 +7,7 @@
   do not count, and epochs without validation (``check_val_every_n_epoch > 1``, no validation data) are
   explained at their end all the same, so the schedule never depends on the validation settings.
 - ``trainer.validate``: one run at the end of validation, unless it would only repeat the latest point
-  (the same weights to the same loggers, e.g. ``validate`` right after ``fit``): see :func:`repeats`.
+  (the same weights to the same loggers, e.g. ``validate`` right after ``fit``): see :class:`LastRun`.
 
 :func:`never_fires` names fits in which the schedule can log nothing after the baseline.
 """
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from lightning.pytorch import Trainer
@@ -22,11 +23,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 
 __all__ = [
+    "LastRun",
     "due_after_epoch",
     "due_after_step",
     "due_after_validation",
     "never_fires",
-    "repeats",
     "weights_fingerprint",
 ]
 
@@ -87,15 +88,34 @@ def _local(t: Tensor) -> Tensor:
     return to_local() if callable(to_local) else t
 
 
-def repeats(
-    fingerprint: Tensor, destination: str, last_fingerprint: Tensor | None, last_destination: str | None
-) -> bool:
-    """Whether a run would repeat the latest one: the same weights, logged to the same place."""
-    return (
-        last_fingerprint is not None
-        and destination == last_destination
-        and torch.equal(fingerprint, last_fingerprint.to(fingerprint.dtype))
-    )
+@dataclass
+class LastRun:
+    """The latest run: its global step, the weights it explained and where it logged them (``state_dict``'d).
+
+    Attributes:
+        step: ``trainer.global_step`` of the latest run (or skipped run); ``-1`` before any.
+        fingerprint: :func:`weights_fingerprint` of the weights it explained, or ``None``.
+        destination: where it logged (``cam_callback._logging.destination``), or ``None``.
+    """
+
+    step: int = -1
+    fingerprint: Tensor | None = None
+    destination: str | None = None
+
+    def repeated_by(self, fingerprint: Tensor, destination: str) -> bool:
+        """Whether a run now would repeat this one: the same weights, logged to the same place.
+
+        Example:
+            >>> last = LastRun(3, torch.tensor([1.0, 2.0], dtype=torch.float64), "tb:0")
+            >>> last.repeated_by(torch.tensor([1.0, 2.0], dtype=torch.float64), "tb:0"), last.repeated_by(
+            ...     torch.tensor([1.0, 2.0], dtype=torch.float64), "tb:1")
+            (True, False)
+        """
+        return (
+            self.fingerprint is not None
+            and destination == self.destination
+            and torch.equal(fingerprint, self.fingerprint.to(fingerprint.dtype))
+        )
 
 
 def never_fires(trainer: Trainer, every_n_epochs: int, every_n_steps: int | None) -> str | None:

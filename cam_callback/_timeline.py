@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cam_callback._batch import FixedBatch
 from cam_callback._logging import CamLogWriter
+from cam_callback._settings import CAMDisplay
 from cam_callback._volumes import volume_panels
 from cams.overlay import denormalize, overlay
 
@@ -330,7 +331,9 @@ def log_timeline(
     preds: Tensor | None,
     step: int,
     title: str,
-    display: dict[str, Any],
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    display: CAMDisplay,
 ) -> None:
     """Add this run's row to every method's timeline and log ``cam/<method>/timeline`` at ``step``.
 
@@ -342,20 +345,20 @@ def log_timeline(
         preds: this run's predicted classes ``(N,)``, or ``None``.
         step: the logging step.
         title: the row's title (:func:`run_title`).
-        display: ``mean``, ``std``, ``alpha``, ``colormap`` of the overlays.
+        mean, std: the normalisation to undo for display.
+        display: the overlays' colour map and weight.
     """
     images = batch.images[:COLUMNS]
     volumes = images.dim() == 5
-    shown = None if volumes else denormalize(images, display["mean"], display["std"])
+    shown = None if volumes else denormalize(images, mean, std)
     regions: dict[str, Any] = {"labels": batch.labels}
     if not volumes:  # outlines on 2-D tiles only (volumes show slices through each map's peak)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         regions.update(boxes=batch.boxes, masks=batch.masks, spurious=batch.spurious, image_size=size)
     for name, cam in maps.items():
         if shown is None:
-            tiles = volume_panels(images, cam[: len(images)], display["mean"], display["std"], display["alpha"],
-                                  display["colormap"])  # fmt: skip
+            tiles = volume_panels(images, cam[: len(images)], mean, std, display.alpha, display.colormap)
         else:
-            tiles = overlay(shown, cam[: len(shown)], display["alpha"], display["colormap"])
+            tiles = overlay(shown, cam[: len(shown)], display.alpha, display.colormap)
         timeline.add(name, tiles, title, preds, **regions)
         writer.image(f"cam/{name}/timeline", timeline.render_uint8(name), step)

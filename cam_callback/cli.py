@@ -16,6 +16,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from cam_callback._pictures import Preprocess
+from cam_callback.explain import explain
 from cams import METHODS
 from cams.io import InputError, OneLineParser, ProgressPrinter, check_output_dir, exit_code
 
@@ -135,8 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain(args: argparse.Namespace) -> list[str]:
-    from .explain import explain
-
     if args.target is not None and args.class_id is not None:
         raise InputError(
             f"give --class-id or --target, not both (got --class-id {args.class_id} --target {args.target})"
@@ -145,18 +145,17 @@ def _explain(args: argparse.Namespace) -> list[str]:
     result = explain(
         args.checkpoint,
         list(args.images),
-        args.method,
-        methods=args.methods,
+        [*([args.method] if args.method else []), *(args.methods or [])],
         target=args.target if args.target is not None else args.class_id,
         target_layers=args.target_layers,
         score=args.score,
         aug_smooth=args.aug_smooth,
         eigen_smooth=args.eigen_smooth,
-        device=args.device,
         model=args.model_class,
         trusted=args.trusted,
-        progress=ProgressPrinter(),
         callback=args.callback,
+        preprocess=Preprocess(device=args.device),
+        progress=ProgressPrinter(),
     )
     files = result.save(out_dir)
     lines = [

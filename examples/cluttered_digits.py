@@ -536,14 +536,15 @@ def make_callbacks(
 ) -> list[L.Callback]:
     """``[CAMCallback(...), EpochSummary(...)]`` explaining the first ``num_images`` validation canvases."""
     from cam_callback import CAMCallback
+    from cam_callback.measures import Localisation
 
     boxes = datamodule.tensors("val", num_images)["box"]
     cam = CAMCallback(
         methods=list(methods),
         num_images=num_images,
         target_layers=target_layer,
-        boxes=boxes,
-        pointing_tolerance=POINTING_TOLERANCE,
+        images={"boxes": boxes},
+        measures=[Localisation(tolerance=POINTING_TOLERANCE), "noise_floor", "baselines"],
     )
     return [cam, EpochSummary(cam, boxes, print_fn)] if summary else [cam]
 

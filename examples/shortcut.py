@@ -296,13 +296,18 @@ def train_run(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from cam_callback import CAMCallback, ShortcutWarning
+    from cam_callback.measures import Localisation
 
     name = "shortcut" if shortcut else "clean"
     L.seed_everything(seed, verbose=False)
     datamodule = ShortcutDigits(shortcut, train_size=train_size, val_size=val_size, test_size=val_size, seed=seed)
     model = DigitNet(width=width, lr=lr)
-    cam = CAMCallback(methods=["gradcam"], num_images=num_images, target_layer="features",
-                      pointing_tolerance=POINTING_TOLERANCE)  # boxes and marker regions: from the batches
+    cam = CAMCallback(
+        methods=["gradcam"],
+        num_images=num_images,
+        target_layers="features",
+        measures=[Localisation(tolerance=POINTING_TOLERANCE), "shortcut", "noise_floor", "baselines"],
+    )  # boxes and marker regions: from the batches
     summary = RunSummary(name, datamodule.tensors("train", 512), print_fn=print_fn)
     logger = TensorBoardLogger(save_dir=str(root_dir), name="lightning_logs", version=name)
     trainer = make_trainer(epochs, [cam, summary], root_dir, logger=logger, **trainer_kwargs)

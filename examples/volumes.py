@@ -213,6 +213,7 @@ def train(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from cam_callback import CAMCallback
+    from cam_callback.measures import Localisation
 
     L.seed_everything(seed, verbose=False)
     data = Volumes(train_size, val_size, batch_size, seed)
@@ -220,9 +221,9 @@ def train(
     cam = CAMCallback(
         methods=list(METHODS),
         num_images=num_images,
-        target_layer="features",
-        boxes=boxes,
-        pointing_tolerance=POINTING_TOLERANCE,
+        target_layers="features",
+        images={"boxes": boxes},
+        measures=[Localisation(tolerance=POINTING_TOLERANCE), "noise_floor", "baselines"],
     )
     summary = PointingSummary(cam, boxes, print_fn)
     options: dict[str, Any] = {

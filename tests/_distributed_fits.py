@@ -44,21 +44,21 @@ ENGINE_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "e
 
 def callback_options(scenario: str) -> dict[str, Any]:
     """The CAMCallback arguments of a scenario (the single-process replay in the test uses the same)."""
+    from cam_callback.measures import Localisation
     from cams.targets import MultiLabelTarget
 
     setting = SCENARIOS[scenario]
     methods = FSDP_METHODS if scenario == "fsdp2" else DDP_METHODS
+    # the measures that run the model, per image on each rank's slice (ROAD's imputation noise is drawn per
+    # slice, so it is left out of the comparison with one process)
+    measures: list[Any] = [Localisation(tolerance=1), "noise_floor", "baselines", "faithfulness"]
     return {
         "methods": list(methods),
         "num_images": setting["num_images"],
         "every_n_epochs": setting["every_n_epochs"],
         "every_n_steps": setting.get("every_n_steps"),
         "target": MultiLabelTarget() if scenario == "ddp2task" else "label",
-        "faithfulness": True,
-        "pointing_tolerance": 1,
-        # the measures that run the model, per image on each rank's slice (ROAD's imputation noise is drawn
-        # per slice, so it is left out of the comparison with one process)
-        **({"baselines": True, "noise_floor": 0.01, "axioms": True} if scenario == "ddp2" else {}),
+        "measures": [*measures, "axioms"] if scenario == "ddp2" else measures,
     }
 
 
@@ -100,12 +100,25 @@ def fit(scenario: str, out: Path) -> None:
     import lightning as L
     from conftest import TRAINER_DEFAULTS, QuadrantData, TinyNet
 
+    import cam_callback._run as run_module
     import cam_callback.callback as callback_module
     from cam_callback import CAMCallback
 
     setting = SCENARIOS[scenario]
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
+    explain_rows = run_module._explain_rows
+
+    def recorded_rows(trainer: Any, pl_module: Any, engine: Any, settings: Any, batch: Any, measures: Any,
+                      rows: torch.Tensor) -> Any:  # fmt: skip
+        cam.slices += 1
+        cam.rows.append(rows.tolist())
+        failing_rank, failing_epoch = setting.get("fail", (-1, -1))
+        if trainer.global_rank == failing_rank and trainer.current_epoch == failing_epoch:
+            raise ValueError(f"injected failure on rank {trainer.global_rank}")
+        return explain_rows(trainer, pl_module, engine, settings, batch, measures, rows)
+
+    run_module._explain_rows = recorded_rows  # each rank explains its slice through it
 
     class Recording(CAMCallback):
         """CAMCallback that keeps the weights each run explained (the replay explains the same)."""
@@ -113,14 +126,6 @@ def fit(scenario: str, out: Path) -> None:
         weights: list[dict[str, torch.Tensor]]
         rows: list[list[int]]
         slices = 0
-
-        def _explain_rows(self, trainer: Any, pl_module: Any, rows: torch.Tensor) -> Any:
-            self.slices += 1
-            self.rows.append(rows.tolist())
-            failing_rank, failing_epoch = setting.get("fail", (-1, -1))
-            if trainer.global_rank == failing_rank and trainer.current_epoch == failing_epoch:
-                raise ValueError(f"injected failure on rank {trainer.global_rank}")
-            return super()._explain_rows(trainer, pl_module, rows)
 
         def _explain_and_log(self, trainer: Any, pl_module: Any, hook: str) -> dict[str, float]:
             snapshot = _full_state(pl_module)

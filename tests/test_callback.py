@@ -354,14 +354,14 @@ def test_drift_after_resume_is_measured_against_the_original_first_maps(make_tra
     _fit_with_checkpoint(make_trainer, tmp_path, first, 1, datamodule=QuadrantData())
     resumed = CAMCallback(num_images=4)
     seen: dict[str, float] = {}
-    resumed_writer_scalars = resumed._drift_scalars
+    drift = resumed._history.drift
 
     def spy(maps: dict[str, torch.Tensor], preds: Any) -> dict[str, float]:
-        values = resumed_writer_scalars(maps, preds)
+        values = drift(maps, preds)
         seen.update(values)
         return values
 
-    resumed._drift_scalars = spy  # type: ignore[method-assign]
+    resumed._history.drift = spy  # type: ignore[method-assign]
     _fit_with_checkpoint(
         make_trainer, tmp_path, resumed, 2, datamodule=QuadrantData(), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
     )
@@ -371,11 +371,11 @@ def test_drift_after_resume_is_measured_against_the_original_first_maps(make_tra
 
 def test_state_dict_round_trips_into_a_new_callback() -> None:
     images, labels, boxes = make_quadrant_data(3)
-    source = CAMCallback(images=(images, labels), boxes=boxes)
-    source._batch = source._user_batch
-    source._first = {"gradcam": torch.rand(3, 16, 16)}
-    source._previous = {"gradcam": torch.rand(3, 16, 16)}
-    source.runs = 4
+    source = CAMCallback(images={"image": images, "label": labels, "boxes": boxes})
+    source._batch = source.settings.user_batch
+    source._history.first = {"gradcam": torch.rand(3, 16, 16)}
+    source._history.previous = {"gradcam": torch.rand(3, 16, 16)}
+    source._history.runs = 4
     target = CAMCallback()
     target.load_state_dict(source.state_dict())
     assert torch.equal(target.fixed_images, images)
@@ -385,9 +385,10 @@ def test_state_dict_round_trips_into_a_new_callback() -> None:
     assert target.runs == 4
 
 
-def test_target_layers_is_the_engines_name_and_target_layer_an_alias() -> None:
-    assert CAMCallback(target_layers="features.3").target_layers == ["features.3"]
-    alias = CAMCallback(target_layer=["features.0", "features.3"])
-    assert alias.target_layers == alias.target_layer == ["features.0", "features.3"]
+def test_target_layers_is_the_engines_name_and_target_layer_a_deprecated_alias() -> None:
+    assert CAMCallback(target_layers="features.3").settings.target_layers == ["features.3"]
+    with pytest.warns(DeprecationWarning, match=r"target_layer=.*pass target_layers="):
+        alias = CAMCallback(**{"target_layer": ["features.0", "features.3"]})
+    assert alias.settings.target_layers == ["features.0", "features.3"]
     with pytest.raises(ValueError, match=r"target_layers='a', target_layer='b'.*one argument under two names"):
-        CAMCallback(target_layers="a", target_layer="b")
+        CAMCallback(target_layers="a", **{"target_layer": "b"})

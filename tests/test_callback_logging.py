@@ -18,6 +18,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cam_callback import CAMCallback
+from cam_callback.measures import Localisation
 from cams import metrics
 from cams.overlay import denormalize
 
@@ -181,7 +182,7 @@ def test_masks_argument_gives_localisation_scalars(make_trainer) -> None:
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         masks[i, y0:y1, x0:x1] = True
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=4, masks=masks)
+    cam = CAMCallback(num_images=4, images={"masks": masks})
     make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=data)
     (_, energy), *_ = recorder.metrics["cam_localisation/gradcam/energy"][-1:]
     assert energy == pytest.approx(float(metrics.energy_pointing_game(cam.last_maps["gradcam"], masks=masks).mean()))
@@ -189,7 +190,11 @@ def test_masks_argument_gives_localisation_scalars(make_trainer) -> None:
 
 def test_faithfulness_scalars_are_logged_per_method_on_the_schedule(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(methods=["gradcam", "eigencam"], num_images=4, faithfulness=True)
+    cam = CAMCallback(
+        methods=["gradcam", "eigencam"],
+        num_images=4,
+        measures=["noise_floor", "baselines", "faithfulness"],
+    )
     model = TinyNet()
     make_trainer([cam], logger=recorder, max_epochs=1).fit(model, datamodule=QuadrantData())
     for name in ("gradcam", "eigencam"):
@@ -207,7 +212,11 @@ def test_faithfulness_scalars_are_logged_per_method_on_the_schedule(make_trainer
 @pytest.mark.skipif(not hasattr(metrics, "sanity_check"), reason="cams.metrics.sanity_check has not landed yet")
 def test_sanity_check_similarity_is_logged_per_method(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(methods=["gradcam", "xgradcam"], num_images=4, sanity_check=True)
+    cam = CAMCallback(
+        methods=["gradcam", "xgradcam"],
+        num_images=4,
+        measures=["noise_floor", "sanity"],
+    )
     make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=QuadrantData())
     for name in ("gradcam", "xgradcam"):
         values = recorder.metrics[f"cam_sanity/{name}/spearman"]
@@ -219,7 +228,7 @@ def test_pointing_tolerance_reaches_the_pointing_game(make_trainer) -> None:
     data = QuadrantData(as_dict=True)
     boxes = data.val_set.boxes[:6]
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=6, target="label", pointing_tolerance=0)
+    cam = CAMCallback(num_images=6, target="label", measures=[Localisation(tolerance=0), "noise_floor", "baselines"])
     make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=data)
     (_, pointing), *_ = recorder.metrics["cam_localisation/gradcam/pointing_game"][-1:]
     strict = metrics.pointing_game(cam.last_maps["gradcam"], boxes=boxes, tolerance=0)
@@ -228,5 +237,5 @@ def test_pointing_tolerance_reaches_the_pointing_game(make_trainer) -> None:
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True])
 def test_bad_pointing_tolerance_is_rejected(bad) -> None:
-    with pytest.raises(ValueError, match="pointing_tolerance"):
-        CAMCallback(pointing_tolerance=bad)
+    with pytest.raises(ValueError, match=r"Localisation\(tolerance="):
+        CAMCallback(measures=[Localisation(tolerance=bad)])

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cam_callback import CAMCallback
 from cam_callback._volumes import volume_panels
+from cam_callback.measures import Localisation
 from cams import metrics
 from cams.overlay import mask_outline
 from cams.targets import MultiLabelTarget, SegmentationTarget
@@ -84,7 +85,11 @@ class SegNet(L.LightningModule):
 def _segmentation_fit(make_trainer, **callback_args: Any) -> tuple[CAMCallback, SegNet, L.Trainer]:
     torch.manual_seed(0)
     cam = CAMCallback(
-        num_images=4, target=SegmentationTarget(1), target_layer="features", pointing_tolerance=0, **callback_args
+        num_images=4,
+        target=SegmentationTarget(1),
+        target_layers="features",
+        measures=[Localisation(tolerance=0), "noise_floor", "baselines"],
+        **callback_args,
     )
     model = SegNet()
     trainer = make_trainer([cam], max_epochs=2, enable_checkpointing=False)
@@ -222,7 +227,12 @@ def _loaders() -> dict[str, DataLoader]:
 
 def test_volumes_are_logged_as_slices_through_the_peak_with_drift_and_3d_pointing_game(make_trainer):
     torch.manual_seed(0)
-    cam = CAMCallback(methods=["gradcam", "eigencam"], num_images=3, pointing_tolerance=1, target="label")
+    cam = CAMCallback(
+        methods=["gradcam", "eigencam"],
+        num_images=3,
+        target="label",
+        measures=[Localisation(tolerance=1), "noise_floor", "baselines"],
+    )
     trainer = make_trainer([cam], max_epochs=2)
     trainer.fit(VolumeNet(), **_loaders())
     events = _events(trainer.log_dir)
@@ -252,7 +262,7 @@ def test_volumes_are_logged_as_slices_through_the_peak_with_drift_and_3d_pointin
 
 
 def test_volumes_with_faithfulness_fail_before_training(make_trainer):
-    cam = CAMCallback(num_images=2, faithfulness=True)
+    cam = CAMCallback(num_images=2, measures=["localisation", "noise_floor", "baselines", "faithfulness"])
     model = VolumeNet()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(MisconfigurationException, match=r"faithfulness metrics .* perturb 2-D images only"):
@@ -262,4 +272,4 @@ def test_volumes_with_faithfulness_fail_before_training(make_trainer):
 
 def test_volume_boxes_must_have_six_columns():
     with pytest.raises(ValueError, match=r"boxes must be \(N, 6\) = \(2, 6\) x0, y0, z0, x1, y1, z1 in voxels"):
-        CAMCallback(images=torch.zeros(2, 1, 4, 8, 8), boxes=torch.zeros(2, 4))
+        CAMCallback(images={"image": torch.zeros(2, 1, 4, 8, 8), "boxes": torch.zeros(2, 4)})

@@ -33,7 +33,12 @@ def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path: P
     plain_rng = torch.random.get_rng_state()
     pair = CAMCallback(methods=["gradcam", "xgradcam"], num_images=4)
     smoothed = CAMCallback(method="gradcam++", aug_smooth=True, num_images=4)
-    measured = CAMCallback(method="scorecam", num_images=4, faithfulness=True, sanity_check=True, target="label")
+    measured = CAMCallback(
+        method="scorecam",
+        num_images=4,
+        target="label",
+        measures=["noise_floor", "baselines", "faithfulness", "sanity"],
+    )
     batch_sizes: list[int] = []
     engine_call = cams.CamEngine.__call__
 

@@ -86,7 +86,7 @@ def test_cam_callback_explain_writes_files_whose_maps_equal_explain(ckpt, pictur
         for kind in ("heatmap", "overlay")
     } | {"gradcam++.npy", "gradcam.npy", "explanation.json"}
     assert {p.name for p in out.iterdir()} == expected
-    in_process = explain(ckpt, images, "gradcam++", methods=["gradcam"])
+    in_process = explain(ckpt, images, ["gradcam++", "gradcam"])
     for method in ("gradcam++", "gradcam"):
         assert np.allclose(np.load(out / f"{method}.npy"), in_process.maps[method].numpy(), atol=1e-6)
     assert "astronaut.png: class" in proc.stdout

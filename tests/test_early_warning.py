@@ -22,9 +22,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_callback_logging import RecordingLogger
 from torch import nn
 
-from cam_callback import CAMCallback, ShortcutWarning
+from cam_callback import CAMCallback, CAMDisplay, ShortcutWarning
 from cam_callback._budget import CostBudget
 from cam_callback._timeline import COLUMNS, Timeline, tile_size
+from cam_callback.measures import Localisation, NoiseFloor, Shortcut
 from cams import CamEngine, metrics
 from cams.overlay import denormalize, overlay
 
@@ -47,7 +48,7 @@ def _green(pixels: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- timeline
 def test_the_timeline_keeps_the_first_run_and_the_last_k_and_stops_growing(make_trainer) -> None:
-    cam = CAMCallback(num_images=4, timeline_rows=2, **QUIET)
+    cam = CAMCallback(num_images=4, measures=["localisation"], display=CAMDisplay(timeline_rows=2))
     trainer = make_trainer([cam], max_epochs=5)
     trainer.fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
     images = _events(trainer.log_dir).Images("cam/gradcam/timeline")
@@ -61,7 +62,7 @@ def test_the_timeline_keeps_the_first_run_and_the_last_k_and_stops_growing(make_
 
 
 def test_timeline_tiles_are_the_overlays_with_boxes_outlined_and_classes_written(make_trainer) -> None:
-    cam = CAMCallback(num_images=6, target="label", **QUIET)
+    cam = CAMCallback(num_images=6, target="label", measures=["localisation"])
     model = TinyNet()
     trainer = make_trainer([cam], max_epochs=1)
     trainer.fit(model, datamodule=QuadrantData(as_dict=True))
@@ -106,20 +107,20 @@ def test_timeline_state_survives_a_checkpoint_round_trip() -> None:
 
 
 def test_timeline_rows_none_logs_no_timeline_and_bad_values_are_rejected(make_trainer) -> None:
-    cam = CAMCallback(num_images=2, timeline_rows=None, **QUIET)
+    cam = CAMCallback(num_images=2, measures=[], display=CAMDisplay(timeline_rows=None))
     trainer = make_trainer([cam], max_epochs=1)
     trainer.fit(TinyNet(), datamodule=QuadrantData())
     assert "cam/gradcam/timeline" not in _events(trainer.log_dir).Tags()["images"]
     assert cam.timeline_image("gradcam") is None
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="timeline_rows"):
-            CAMCallback(timeline_rows=bad)
+            CAMCallback(display=CAMDisplay(timeline_rows=bad))
 
 
 # ------------------------------------------------------------------------- metrics Lightning can act on
 def test_every_scalar_is_in_callback_metrics_at_the_step_of_lightnings_metrics(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=4, faithfulness=True)
+    cam = CAMCallback(num_images=4, measures=["localisation", "noise_floor", "baselines", "faithfulness"])
     trainer = make_trainer([cam], logger=recorder, max_epochs=2)
     trainer.fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
     cam_keys = {key for key in recorder.metrics if key.startswith("cam")}
@@ -137,7 +138,7 @@ def test_every_scalar_is_in_callback_metrics_at_the_step_of_lightnings_metrics(m
 
 def test_a_model_checkpoint_keeps_the_epoch_with_the_best_pointing_game(make_trainer, tmp_path: Path) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=6, target="label", **QUIET)
+    cam = CAMCallback(num_images=6, target="label", measures=["localisation"])
     best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="cam_localisation/gradcam/pointing_game",
                            mode="max", save_top_k=1, filename="{epoch}")
     trainer = make_trainer([cam, best], logger=recorder, max_epochs=3, enable_checkpointing=True)
@@ -149,7 +150,7 @@ def test_a_model_checkpoint_keeps_the_epoch_with_the_best_pointing_game(make_tra
 
 
 def test_early_stopping_acts_on_a_cam_scalar(make_trainer) -> None:
-    cam = CAMCallback(num_images=4, target="label", **QUIET)
+    cam = CAMCallback(num_images=4, target="label", measures=["localisation"])
     stop = EarlyStopping(monitor="cam_localisation/gradcam/energy", mode="max", stopping_threshold=0.0)
     trainer = make_trainer([cam, stop], max_epochs=5)
     trainer.fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
@@ -158,7 +159,7 @@ def test_early_stopping_acts_on_a_cam_scalar(make_trainer) -> None:
 
 def test_runs_every_n_steps_share_the_step_of_the_training_loss(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=2, every_n_steps=3, **QUIET)
+    cam = CAMCallback(num_images=2, every_n_steps=3, measures=[])
     trainer = make_trainer([cam], logger=recorder, max_epochs=2)
     trainer.fit(TinyNet(), datamodule=QuadrantData())
     steps = [step for key, step, _ in recorder.images if key == "cam/gradcam"]
@@ -171,7 +172,7 @@ def test_runs_every_n_steps_share_the_step_of_the_training_loss(make_trainer) ->
 def test_baselines_are_scored_like_the_methods_beside_them(make_trainer) -> None:
     recorder = RecordingLogger()
     data = QuadrantData(as_dict=True)
-    cam = CAMCallback(num_images=6, target="label", pointing_tolerance=0, noise_floor=None, faithfulness=True)
+    cam = CAMCallback(num_images=6, target="label", measures=[Localisation(tolerance=0), "baselines", "faithfulness"])
     model = TinyNet()
     make_trainer([cam], logger=recorder, max_epochs=1).fit(model, datamodule=data)
     boxes = data.val_set.boxes[:6]
@@ -190,7 +191,11 @@ def test_baselines_are_scored_like_the_methods_beside_them(make_trainer) -> None
 
 def test_road_and_axioms_scalars_match_the_metric_functions(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(methods=["gradcam", "eigencam"], num_images=3, road=True, axioms=True, noise_floor=None)
+    cam = CAMCallback(
+        methods=["gradcam", "eigencam"],
+        num_images=3,
+        measures=["baselines", "road", "axioms"],
+    )
     model = TinyNet()
     make_trainer([cam], logger=recorder, max_epochs=1).fit(model, datamodule=QuadrantData())
     with torch.no_grad():
@@ -208,15 +213,18 @@ def test_road_and_axioms_scalars_match_the_metric_functions(make_trainer) -> Non
 
 def test_axioms_need_one_layer_and_a_channel_sum_method() -> None:
     with pytest.raises(ValueError, match="one layer"):
-        CAMCallback(axioms=True, target_layer=["features.0", "features.3"])
+        CAMCallback(
+            target_layers=["features.0", "features.3"],
+            measures=["axioms"],
+        )
     with pytest.raises(ValueError, match="sum weighted channels"):
-        CAMCallback(methods=["eigencam"], axioms=True)
+        CAMCallback(methods=["eigencam"], measures=["axioms"])
 
 
 # ----------------------------------------------------------------------------------------- noise floor
 def test_the_noise_floor_is_the_drift_under_a_seeded_perturbation_with_the_same_weights(make_trainer) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=4, baselines=False, noise_floor=0.05)
+    cam = CAMCallback(num_images=4, measures=[NoiseFloor(0.05)])
     model = TinyNet()
     make_trainer([cam], logger=recorder, max_epochs=1).fit(model, datamodule=QuadrantData())
     x = cam.fixed_images
@@ -227,8 +235,8 @@ def test_the_noise_floor_is_the_drift_under_a_seeded_perturbation_with_the_same_
     logged = recorder.metrics["cam_drift/gradcam/noise_floor"]
     assert [step for step, _ in logged] == [0, 3]
     assert logged[-1][1] == pytest.approx(float(metrics.drift(again["gradcam"], maps["gradcam"])), abs=1e-6)
-    with pytest.raises(ValueError, match="noise_floor"):
-        CAMCallback(noise_floor=0.0)
+    with pytest.raises(ValueError, match=r"NoiseFloor\(sigma=0.0\)"):
+        NoiseFloor(0.0)
 
 
 # ---------------------------------------------------------------------------------------------- shortcut
@@ -240,13 +248,18 @@ def test_the_shortcut_warning_fires_once_per_method_after_the_baseline(make_trai
     # a spurious region covering the whole image holds all of every map's mass: more than any object box
     recorder = RecordingLogger()
     torch.manual_seed(0)  # an initialisation whose maps put some mass on the objects (the ratio is then finite)
-    cam = CAMCallback(methods=["gradcam", "xgradcam"], num_images=4, spurious_masks=_everywhere(4), **QUIET)
+    cam = CAMCallback(
+        methods=["gradcam", "xgradcam"],
+        num_images=4,
+        images={"spurious_mask": _everywhere(4)},
+        measures=["localisation", "shortcut"],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer([cam], logger=recorder, max_epochs=3).fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
     said = [str(w.message) for w in caught if issubclass(w.category, ShortcutWarning)]
     assert len(said) == 2 and sorted(cam.shortcut_alerts) == ["gradcam", "xgradcam"]
-    assert all("After epoch 1 (global step 4)" in message and "shortcut_ratio=1" in message for message in said)
+    assert all("After epoch 1 (global step 4)" in message and "Shortcut(ratio=1)" in message for message in said)
     energy = recorder.metrics["cam_shortcut/gradcam/energy"]
     assert [step for step, _ in energy] == [0, 3, 7, 11] and all(value == pytest.approx(1.0) for _, value in energy)
     ratio = recorder.metrics["cam_shortcut/gradcam/vs_object"][-1][1]
@@ -255,7 +268,7 @@ def test_the_shortcut_warning_fires_once_per_method_after_the_baseline(make_trai
 
 
 def test_early_stopping_on_the_shortcut_ratio_stops_a_run_that_learns_a_shortcut(make_trainer) -> None:
-    cam = CAMCallback(num_images=4, spurious_masks=_everywhere(4), **QUIET)
+    cam = CAMCallback(num_images=4, images={"spurious_mask": _everywhere(4)}, measures=["localisation", "shortcut"])
     stop = EarlyStopping(monitor="cam_shortcut/gradcam/vs_object", mode="min", divergence_threshold=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ShortcutWarning)
@@ -266,18 +279,26 @@ def test_early_stopping_on_the_shortcut_ratio_stops_a_run_that_learns_a_shortcut
 
 def test_no_shortcut_warning_below_the_ratio_and_spurious_regions_need_an_object(make_trainer) -> None:
     torch.manual_seed(0)  # an initialisation whose maps put some mass on the objects (the ratio is then finite)
-    cam = CAMCallback(num_images=4, spurious_masks=_everywhere(4), shortcut_ratio=1e6, **QUIET)
+    cam = CAMCallback(
+        num_images=4,
+        images={"spurious_mask": _everywhere(4)},
+        measures=["localisation", Shortcut(ratio=1e6)],
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         make_trainer([cam], max_epochs=1).fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
     assert not [w for w in caught if issubclass(w.category, ShortcutWarning)] and not cam.shortcut_alerts
-    no_object = CAMCallback(num_images=4, spurious_masks=_everywhere(4), **QUIET)
+    no_object = CAMCallback(
+        num_images=4,
+        images={"spurious_mask": _everywhere(4)},
+        measures=["localisation", "shortcut"],
+    )
     with pytest.raises(MisconfigurationException, match="no object to compare"):
         make_trainer([no_object], max_epochs=1).fit(TinyNet(), datamodule=QuadrantData())
-    with pytest.raises(ValueError, match="boxes= or masks="):
-        CAMCallback(images=torch.zeros(4, 1, 16, 16), spurious_masks=_everywhere(4))
-    with pytest.raises(ValueError, match="shortcut_ratio"):
-        CAMCallback(shortcut_ratio=0)
+    with pytest.raises(ValueError, match="'boxes' or 'masks'"):
+        CAMCallback(images={"image": torch.zeros(4, 1, 16, 16), "spurious_mask": _everywhere(4)})
+    with pytest.raises(ValueError, match=r"Shortcut\(ratio=0\)"):
+        CAMCallback(measures=["localisation", Shortcut(ratio=0)])
 
 
 def test_spurious_regions_come_from_a_batch_key(make_trainer) -> None:
@@ -292,7 +313,7 @@ def test_spurious_regions_come_from_a_batch_key(make_trainer) -> None:
             return torch.utils.data.DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate)
 
     recorder = RecordingLogger()
-    cam = CAMCallback(num_images=4, **QUIET)
+    cam = CAMCallback(num_images=4, measures=["localisation", "shortcut"])
     make_trainer([cam], logger=recorder, max_epochs=1).fit(TinyNet(), datamodule=WithMarker(as_dict=True))
     corner = torch.zeros(4, 16, 16, dtype=torch.bool)
     corner[:, :2, :2] = True
@@ -313,7 +334,7 @@ class WideNet(TinyNet):
 
 def test_a_slow_method_over_the_budget_skips_runs_and_says_so_once(tmp_path: Path) -> None:
     recorder = RecordingLogger()
-    cam = CAMCallback(method="scorecam", num_images=8, every_n_steps=1, max_overhead=0.05, **QUIET)
+    cam = CAMCallback(method="scorecam", num_images=8, every_n_steps=1, max_overhead=0.05, measures=[])
     options = dict(TRAINER_DEFAULTS, max_epochs=2, logger=recorder, default_root_dir=str(tmp_path))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -326,7 +347,7 @@ def test_a_slow_method_over_the_budget_skips_runs_and_says_so_once(tmp_path: Pat
 
 
 def test_without_a_budget_nothing_is_skipped(tmp_path: Path) -> None:
-    cam = CAMCallback(num_images=2, every_n_steps=1, **QUIET)
+    cam = CAMCallback(num_images=2, every_n_steps=1, measures=[])
     options = dict(TRAINER_DEFAULTS, max_epochs=1, logger=CSVLogger(str(tmp_path)))
     L.Trainer(callbacks=[cam], **options).fit(TinyNet(), datamodule=QuadrantData())
     assert cam.skipped_runs == 0 and cam.runs == 1 + 4

@@ -87,8 +87,11 @@ def test_uint8_tensor_is_raw_pixels_like_the_same_array(ckpt):
 
 
 def test_method_aliases_and_extra_methods_are_canonical_and_deduplicated(ckpt, x):
-    result = explain(ckpt, x[:2], "GradCAM++", methods=["gradcam", "gradcam++"])
+    result = explain(ckpt, x[:2], ["GradCAM++", "gradcam", "gradcam++"])
     assert result.methods == ["gradcam++", "gradcam"]
+    with pytest.warns(DeprecationWarning, match=r"methods=.*pass method=\[...\]"):
+        old = explain(ckpt, x[:2], "GradCAM++", **{"methods": ["gradcam", "gradcam++"]})
+    assert old.methods == ["gradcam++", "gradcam"]
 
 
 def test_explicit_target_is_the_class_explained(ckpt, x):
@@ -108,7 +111,7 @@ def test_class_out_of_range_names_the_class_count(ckpt, x):
 def test_save_writes_heatmap_overlay_pngs_raw_maps_and_summary(ckpt, tmp_path):
     path = tmp_path / "astronaut.png"
     Image.fromarray(skimage.data.astronaut()).save(path)
-    result = explain(ckpt, [path, skimage.data.camera()], methods=["gradcam", "xgradcam"])
+    result = explain(ckpt, [path, skimage.data.camera()], ["gradcam", "xgradcam"])
     out = tmp_path / "out"
     written = result.save(out)
     expected = {
@@ -209,8 +212,9 @@ def test_scores_are_logits_with_their_probabilities_and_probability_maps_are_on_
         explain(ckpt, x, score="prob")
 
 
-def test_target_layer_is_another_name_for_target_layers(ckpt, x):
-    same = explain(ckpt, x, "gradcam", target_layer=tiny.LAYER)
+def test_target_layer_is_a_deprecated_name_for_target_layers(ckpt, x):
+    with pytest.warns(DeprecationWarning, match="pass target_layers="):
+        same = explain(ckpt, x, "gradcam", **{"target_layer": tiny.LAYER})
     assert torch.equal(same.maps["gradcam"], explain(ckpt, x, "gradcam", target_layers=tiny.LAYER).maps["gradcam"])
     with pytest.raises(InputError, match="one argument under two names"):
-        explain(ckpt, x, target_layers=tiny.LAYER, target_layer=tiny.LAYER)
+        explain(ckpt, x, target_layers=tiny.LAYER, **{"target_layer": tiny.LAYER})

@@ -95,7 +95,12 @@ def score_of_class_two(output: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_callback_takes_a_callable_target(make_trainer):
-    callback = CAMCallback(target=score_of_class_two, methods=["gradcam"], faithfulness=True, on_error="raise")
+    callback = CAMCallback(
+        target=score_of_class_two,
+        methods=["gradcam"],
+        on_error="raise",
+        measures=["noise_floor", "baselines", "faithfulness"],
+    )
     assert "callable:score_of_class_two" in callback.state_key
     trainer = make_trainer(callbacks=[callback], max_epochs=1)
     trainer.fit(TinyNet(), datamodule=QuadrantData(n_train=32, n_val=8))

@@ -1,14 +1,14 @@
 """Shortcut watch: how much of each map lies on a region marked spurious, and a warning when it beats the object.
 
-Given ``spurious_masks`` (or a batch key ``spurious_mask``/``spurious_masks``) beside the object's boxes or
-masks, every run logs, per method:
+Given spurious regions (``images={..., "spurious_mask": ...}`` or a batch key ``spurious_mask``/``spurious_masks``)
+beside the object's boxes or masks, every run logs, per method (and per baseline map):
 
 - ``cam_shortcut/<method>/energy``: the share of the map's mass on the spurious region (the energy-based
   pointing game of :func:`cams.metrics.energy_pointing_game`, averaged over the images that have one);
 - ``cam_shortcut/<method>/vs_object``: that share divided by the share on the object, over the same
   images (``cam_localisation/<method>/energy`` is the object's share over all images).
 
-When ``vs_object`` exceeds ``shortcut_ratio`` at a run after the baseline, a :class:`ShortcutWarning`
+When ``vs_object`` exceeds ``Shortcut(ratio=...)`` at a run after the baseline, a :class:`ShortcutWarning`
 says so once per method, in words. Before training the maps reflect random weights, so the baseline run
 is not judged.
 """
@@ -16,17 +16,21 @@ is not judged.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
+from cam_callback.measures.base import Measure, Whole
+from cam_callback.measures.localisation import objects
+from cams import metrics
 
-__all__ = ["ShortcutWarning", "ShortcutWatch", "shortcut_message", "shortcut_scalars"]
+__all__ = ["Shortcut", "ShortcutWarning", "ShortcutWatch", "shortcut_message", "shortcut_scalars"]
 
 
 class ShortcutWarning(UserWarning):
-    """A CAM puts more attention on a region marked spurious than on the object (``CAMCallback(spurious_masks=...)``).
+    """A CAM puts more attention on a region marked spurious than on the object (spurious regions in the batch).
 
     Turn it into an error to stop training when it happens::
 
@@ -50,15 +54,12 @@ def shortcut_scalars(maps: dict[str, Tensor], batch: FixedBatch) -> dict[str, fl
         >>> shortcut_scalars({"gradcam": maps}, batch)
         {'cam_shortcut/gradcam/energy': 0.75, 'cam_shortcut/gradcam/vs_object': 3.0}
     """
-    from cams import metrics
-
     assert batch.spurious is not None
     scalars: dict[str, float] = {}
     for name, cam in maps.items():
         cam = cam.detach().float()
         spurious = batch.spurious.to(cam.device)
-        boxes = None if batch.boxes is None or batch.masks is not None else batch.boxes.to(cam.device)
-        masks = None if batch.masks is None else batch.masks.to(cam.device)
+        boxes, masks = objects(batch, cam.device)
         on_spurious = metrics.energy_pointing_game(cam, masks=spurious).double()
         has_region = torch.isfinite(on_spurious)
         scalars[f"cam_shortcut/{name}/energy"] = float(on_spurious[has_region].mean()) if has_region.any() else math.nan
@@ -79,18 +80,55 @@ def shortcut_message(method: str, scalars: dict[str, float], threshold: float, w
     object_energy = spurious / ratio if ratio > 0 else 0.0
     return (
         f"CAMCallback: possible shortcut. {when}, {method}'s attention on the spurious region is {ratio:.1f}x its "
-        f"attention on the object (shortcut_ratio={threshold:g}): {spurious:.0%} of the map's mass lies on the "
+        f"attention on the object (Shortcut(ratio={threshold:g})): {spurious:.0%} of the map's mass lies on the "
         f"spurious region against {object_energy:.0%} on the object. The model may be learning the spurious cue "
         f"instead of the object; see cam_shortcut/{method}/energy and the cam/{method}/timeline image. "
         "This warning is given once per method."
     )
 
 
+class Shortcut(Measure):
+    """The share of each map on the spurious regions, and that share over the share on the object.
+
+    Args:
+        ratio: when ``cam_shortcut/<method>/vs_object`` exceeds it at a run after the baseline, a
+            :class:`ShortcutWarning` says so (once per method; see :class:`ShortcutWatch`).
+
+    Example:
+        >>> Shortcut(ratio=2.0)
+        Shortcut(ratio=2.0)
+    """
+
+    name: ClassVar[str] = "shortcut"
+    scores_baselines: ClassVar[bool] = True
+
+    def __init__(self, ratio: float = 1.0) -> None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < float(ratio) < math.inf):
+            raise ValueError(
+                f"Shortcut(ratio={ratio!r}): expected a positive number, e.g. 1.0 (warn when the spurious region "
+                "gets more attention than the object)"
+            )
+        self.ratio = float(ratio)
+
+    def problem(self, batch: FixedBatch) -> str | None:
+        if batch.spurious is None:
+            return (
+                "the fixed batch has no spurious regions: give them with images={'image': x, 'boxes': ..., "
+                "'spurious_mask': ...}, or yield them under a 'spurious_mask' batch key"
+            )
+        return None
+
+    def on_batch(self, whole: Whole) -> dict[str, float]:
+        if whole.batch.spurious is None:
+            return {}
+        return shortcut_scalars(whole.scored(self.scores_baselines), whole.batch)
+
+
 class ShortcutWatch:
     """Which methods were warned about, and when; each method is warned about once per session.
 
     Args:
-        ratio: the callback's ``shortcut_ratio``.
+        ratio: the threshold of the :class:`Shortcut` measure.
 
     Example:
         >>> watch = ShortcutWatch(1.0)
