@@ -23,4 +23,7 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
 ]
-__version__ = "0.1.0"
+__version__ = next(  # pyproject.toml's version, as installed; "0.0.0+unknown" in a checkout never installed
+    (dist.version for dist in __import__("importlib.metadata").metadata.distributions(name="cam-callback")),
+    "0.0.0+unknown",
+)
