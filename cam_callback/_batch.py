@@ -101,22 +101,8 @@ class FixedBatch:
                 what = "x0, y0, x1, y1 in pixels" if columns == 4 else "x0, y0, z0, x1, y1, z1 in voxels"
                 raise ValueError(f"boxes must be (N, {columns}) = ({n}, {columns}) {what}; got {tuple(boxes.shape)}")
             self.boxes = _own(boxes.float())
-        if self.masks is not None:
-            masks = torch.as_tensor(self.masks)
-            if masks.dim() == len(spatial) + 2 and masks.shape[1] == 1:
-                masks = masks[:, 0]
-            if tuple(masks.shape) != (n, *spatial):
-                names = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
-                raise ValueError(f"masks must be {names} = {(n, *spatial)}; got {tuple(masks.shape)}")
-            self.masks = _own(masks != 0)
-        if self.spurious is not None:
-            spurious = torch.as_tensor(self.spurious)
-            if spurious.dim() == len(spatial) + 2 and spurious.shape[1] == 1:
-                spurious = spurious[:, 0]
-            if tuple(spurious.shape) != (n, *spatial):
-                names = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
-                raise ValueError(f"spurious masks must be {names} = {(n, *spatial)}; got {tuple(spurious.shape)}")
-            self.spurious = _own(spurious != 0)
+        self.masks = None if self.masks is None else _region(self.masks, "masks", n, spatial)
+        self.spurious = None if self.spurious is None else _region(self.spurious, "spurious masks", n, spatial)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -137,6 +123,17 @@ class FixedBatch:
         images = state["images"]
         assert images is not None
         return cls(images, state.get("labels"), state.get("boxes"), state.get("masks"), state.get("spurious"))
+
+
+def _region(value: Any, what: str, n: int, spatial: tuple[int, ...]) -> Tensor:
+    """``(N, H, W)`` (volumes ``(N, D, H, W)``; a channel of 1 is dropped) as a bool CPU tensor, or ``ValueError``."""
+    region = torch.as_tensor(value)
+    if region.dim() == len(spatial) + 2 and region.shape[1] == 1:
+        region = region[:, 0]
+    if tuple(region.shape) != (n, *spatial):
+        names = "(N, H, W)" if len(spatial) == 2 else "(N, D, H, W)"
+        raise ValueError(f"{what} must be {names} = {(n, *spatial)}; got {tuple(region.shape)}")
+    return _own(region != 0)
 
 
 def _own(t: Tensor) -> Tensor:

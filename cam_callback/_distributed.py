@@ -197,7 +197,7 @@ def rank_zero_buffers(trainer: Trainer, module: nn.Module) -> Iterator[None]:
                 buffers[name].copy_(value)
 
 
-def check_strategy(trainer: Trainer, sanity_check: bool) -> None:
+def check_strategy(trainer: Trainer, sanity: bool) -> None:
     """Refuse the strategies under which the callback cannot explain on the LightningModule itself.
 
     The callback runs the LightningModule's own forward (hooks on its layers) and one backward to the
@@ -210,7 +210,7 @@ def check_strategy(trainer: Trainer, sanity_check: bool) -> None:
         MisconfigurationException: for ``FSDPStrategy`` (FSDP1 gathers parameters only in its wrapper's
             forward), DeepSpeed ZeRO stage 3 (it gathers partitioned parameters in hooks that DeepSpeed's
             engine drives for its own training passes), tensor parallelism (a layer's output may hold only
-            this rank's part of the channels or tokens), and ``sanity_check=True`` with sharded parameters
+            this rank's part of the channels or tokens), and the ``"sanity"`` measure with sharded parameters
             (the check re-initialises a deep copy of the model).
     """
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
@@ -241,9 +241,9 @@ def check_strategy(trainer: Trainer, sanity_check: bool) -> None:
                 f"size of {tensor_parallel}): a target layer's output may hold only this rank's part of the "
                 f"channels or tokens, and its maps would be wrong. For sharded parameters {fsdp2} (FSDP2)."
             )
-        if sanity_check:
+        if sanity:
             raise MisconfigurationException(
-                "CAMCallback(sanity_check=True) needs a model it can deep-copy and re-initialise; under "
-                "ModelParallelStrategy the parameters are sharded. Pass sanity_check=False, or run "
+                "CAMCallback(measures=[..., 'sanity']) needs a model it can deep-copy and re-initialise; under "
+                "ModelParallelStrategy the parameters are sharded. Leave 'sanity' out, or run "
                 "cams.metrics.sanity_check on the gathered model after training."
             )

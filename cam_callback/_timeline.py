@@ -28,7 +28,7 @@ from cam_callback._settings import CAMDisplay
 from cam_callback._volumes import volume_panels
 from cams.overlay import denormalize, overlay
 
-__all__ = ["COLUMNS", "TILE", "Timeline", "draw_row", "log_timeline", "render_for", "run_title", "tile_size"]
+__all__ = ["COLUMNS", "TILE", "Regions", "Timeline", "draw_row", "log_timeline", "render_for", "run_title", "tile_size"]
 
 COLUMNS = 8
 """Fixed images shown per row (the first ``COLUMNS`` of the fixed batch), like the overlay grids."""
@@ -112,17 +112,7 @@ class Timeline:
         self._methods: dict[str, _Rows] = {}
 
     def add(
-        self,
-        method: str,
-        overlays: Tensor,
-        title: str,
-        preds: Tensor | None,
-        *,
-        labels: Tensor | None = None,
-        boxes: Tensor | None = None,
-        masks: Tensor | None = None,
-        spurious: Tensor | None = None,
-        image_size: tuple[int, int] | None = None,
+        self, method: str, overlays: Tensor, title: str, preds: Tensor | None, regions: Regions | None = None
     ) -> None:
         """Append one run's row: ``overlays`` ``(N, 3, H, W)`` in [0, 1] (the first :data:`COLUMNS` are kept).
 
@@ -131,15 +121,15 @@ class Timeline:
             overlays: the run's overlays.
             title: the row's title (:func:`run_title`).
             preds: the run's predicted classes ``(N,)``, or ``None``.
-            labels, boxes, masks, spurious, image_size: see :func:`draw_row`.
+            regions: what is outlined and written on the tiles (:class:`Regions`).
         """
+        regions = regions or Regions()
         overlays = overlays[:COLUMNS]
-        strip = draw_row(overlays, title, preds, labels=labels, boxes=boxes, masks=masks, spurious=spurious,
-                         image_size=image_size)  # fmt: skip
+        strip = draw_row(overlays, title, preds, regions)
         rows = self._methods.get(method)
         if rows is None or rows.strips.shape[1:] != strip.shape:
             header = f"{method}: one row per CAM run"
-            if labels is not None:
+            if regions.labels is not None:
                 header += " · under each image: predicted class (true class)"
             rows = _Rows(strips=torch.zeros(self.rows + 1, *strip.shape, dtype=torch.uint8), header=header)
             rows.titles = [""] * (self.rows + 1)
@@ -240,38 +230,45 @@ def _box_region(box: Tensor, image_size: tuple[int, int]) -> Tensor:
     return (xs >= math.floor(x0)) & (xs < math.ceil(x1)) & (ys >= math.floor(y0)) & (ys < math.ceil(y1))
 
 
-def draw_row(
-    overlays: Tensor,
-    title: str,
-    preds: Tensor | None,
-    *,
-    labels: Tensor | None = None,
-    boxes: Tensor | None = None,
-    masks: Tensor | None = None,
-    spurious: Tensor | None = None,
-    image_size: tuple[int, int] | None = None,
-) -> Tensor:
+@dataclass(frozen=True)
+class Regions:
+    """What the timeline draws on the tiles of the fixed images, besides the overlays.
+
+    Attributes:
+        labels: ``(N', )`` true classes of the fixed images (``N' >= N`` tiles), or ``None``.
+        boxes: ``(N', 4)`` object boxes ``x0, y0, x1, y1`` in image pixels (outlined in green), or ``None``.
+        masks: ``(N', H, W)`` object masks (outlined in green, instead of the boxes), or ``None``.
+        spurious: ``(N', H, W)`` spurious-region masks (outlined in magenta), or ``None``.
+        image_size: ``(H, W)`` of the fixed images (default: the overlays').
+    """
+
+    labels: Tensor | None = None
+    boxes: Tensor | None = None
+    masks: Tensor | None = None
+    spurious: Tensor | None = None
+    image_size: tuple[int, int] | None = None
+
+
+def draw_row(overlays: Tensor, title: str, preds: Tensor | None, regions: Regions | None = None) -> Tensor:
     """One run's row of the timeline: its title, the tiles with outlines, a caption under each.
 
     Args:
         overlays: ``(N, 3, H, W)`` float in [0, 1], one tile each, enlarged or reduced to :func:`tile_size`.
         title: the row's title; a second line after a newline is written smaller (``"epoch 3\\nstep 119"``).
         preds: ``(N,)`` predicted classes (``-1`` or ``None``: not known).
-        labels: ``(N', )`` true classes of the fixed images (``N' >= N``), or ``None``.
-        boxes: ``(N', 4)`` object boxes ``x0, y0, x1, y1`` in image pixels (outlined in green), or ``None``.
-        masks: ``(N', H, W)`` object masks (outlined in green, instead of the boxes), or ``None``.
-        spurious: ``(N', H, W)`` spurious-region masks (outlined in magenta), or ``None``.
-        image_size: ``(H, W)`` of the fixed images (default: the overlays').
+        regions: the labels and the regions outlined on the tiles (:class:`Regions`).
 
     Returns:
         ``(3, tile height + caption + gap, label column + N (tile width + gap))`` uint8.
     """
     from PIL import Image, ImageDraw
 
+    regions = regions or Regions()
+    labels, boxes, masks, spurious = regions.labels, regions.boxes, regions.masks, regions.spurious
     count = overlays.shape[0]
     size = tile_size(*overlays.shape[-2:])
     tiles = _to_tiles(overlays, size)
-    image_size = tuple(overlays.shape[-2:]) if image_size is None else image_size  # type: ignore[assignment]
+    image_size = tuple(overlays.shape[-2:]) if regions.image_size is None else regions.image_size
     colours = torch.tensor([_OBJECT, _SPURIOUS], dtype=torch.uint8).view(2, 3, 1)
     for i in range(count):
         ring = None
@@ -351,14 +348,14 @@ def log_timeline(
     images = batch.images[:COLUMNS]
     volumes = images.dim() == 5
     shown = None if volumes else denormalize(images, mean, std)
-    regions: dict[str, Any] = {"labels": batch.labels}
+    regions = Regions(labels=batch.labels)
     if not volumes:  # outlines on 2-D tiles only (volumes show slices through each map's peak)
         size = (int(images.shape[-2]), int(images.shape[-1]))
-        regions.update(boxes=batch.boxes, masks=batch.masks, spurious=batch.spurious, image_size=size)
+        regions = Regions(batch.labels, batch.boxes, batch.masks, batch.spurious, size)
     for name, cam in maps.items():
         if shown is None:
             tiles = volume_panels(images, cam[: len(images)], mean, std, display.alpha, display.colormap)
         else:
             tiles = overlay(shown, cam[: len(shown)], display.alpha, display.colormap)
-        timeline.add(name, tiles, title, preds, **regions)
+        timeline.add(name, tiles, title, preds, regions)
         writer.image(f"cam/{name}/timeline", timeline.render_uint8(name), step)

@@ -122,27 +122,27 @@ def _stub(strategy: Any) -> Any:
 
 def test_fsdp1_is_refused_with_the_strategy_to_use_instead() -> None:
     with pytest.raises(MisconfigurationException, match=r"FSDPStrategy .*ModelParallelStrategy.*fully_shard"):
-        check_strategy(_stub(FSDPStrategy()), sanity_check=False)
+        check_strategy(_stub(FSDPStrategy()), sanity=False)
 
 
 def test_deepspeed_zero3_is_refused_and_stages_1_and_2_pass() -> None:
     strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # deepspeed itself is not installed
     strategy.config = {"zero_optimization": {"stage": 3}}
     with pytest.raises(MisconfigurationException, match=r"ZeRO stage 3.*stage 1 or 2"):
-        check_strategy(_stub(strategy), sanity_check=False)
+        check_strategy(_stub(strategy), sanity=False)
     strategy.config = {"zero_optimization": {"stage": 2}}
-    check_strategy(_stub(strategy), sanity_check=False)
+    check_strategy(_stub(strategy), sanity=False)
 
 
 def test_tensor_parallelism_and_sanity_check_with_sharded_parameters_are_refused() -> None:
     strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2)
     strategy._device_mesh = {"tensor_parallel": SimpleNamespace(size=lambda: 2)}  # as on 2 devices
     with pytest.raises(MisconfigurationException, match="tensor-parallel size of 2"):
-        check_strategy(_stub(strategy), sanity_check=False)
+        check_strategy(_stub(strategy), sanity=False)
     strategy._device_mesh = {"tensor_parallel": SimpleNamespace(size=lambda: 1)}
-    check_strategy(_stub(strategy), sanity_check=False)
-    with pytest.raises(MisconfigurationException, match="sanity_check=True"):
-        check_strategy(_stub(strategy), sanity_check=True)
+    check_strategy(_stub(strategy), sanity=False)
+    with pytest.raises(MisconfigurationException, match=r"measures=\[..., 'sanity'\]"):
+        check_strategy(_stub(strategy), sanity=True)
 
 
 def test_labels_out_of_range_stop_the_fit_before_training(make_trainer) -> None:
