@@ -63,36 +63,9 @@ def callback_options(scenario: str) -> dict[str, Any]:
 
 
 def _recorder() -> Any:
-    from lightning.pytorch.loggers import Logger
+    from _helpers import RecordingLogger
 
-    class Recorder(Logger):
-        """Keeps every scalar and image the callback logs (a logger with a W&B-style ``log_image``)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.scalars: list[tuple[int, dict[str, float]]] = []
-            self.images: list[tuple[int, str, Any]] = []
-
-        @property
-        def name(self) -> str:
-            return "recorder"
-
-        @property
-        def version(self) -> int:
-            return 0
-
-        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-            cam = {k: float(v) for k, v in metrics.items() if k.startswith("cam")}
-            if cam:
-                self.scalars.append((int(step or 0), cam))
-
-        def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
-            self.images.append((int(step or 0), key, torch.as_tensor(images[0]).clone()))
-
-    return Recorder()
+    return RecordingLogger()
 
 
 def fit(scenario: str, out: Path) -> None:
@@ -171,8 +144,8 @@ def fit(scenario: str, out: Path) -> None:
         "last_maps": cam.last_maps,
         "layer_names": cam.layer_names,
         "weights": cam.weights,
-        "scalars": recorder.scalars,
-        "images": recorder.images,
+        "scalars": recorder.calls,
+        "images": recorder.images_by_tag(),
         "warnings": [str(w.message) for w in caught if "CAMCallback" in str(w.message)],
     }
     if scenario == "fsdp2":

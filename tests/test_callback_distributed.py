@@ -70,16 +70,9 @@ def replay(scenario: str, weights: list[dict[str, torch.Tensor]]) -> list[dict[s
         options = dict(TRAINER_DEFAULTS, logger=recorder)
         L.Trainer(callbacks=[cam], **options).validate(model, datamodule=QuadrantData(as_dict=True), verbose=False)
         assert len(recorder.scalars) == 1
-        scalars, images = recorder.scalars[0][1], images_by_tag(recorder.images)
+        scalars, images = recorder.calls[0][1], recorder.images_by_tag()
         runs.append({"maps": cam.last_maps, "scalars": scalars, "images": images})
     return runs
-
-
-def images_by_tag(images: list[tuple[int, str, torch.Tensor]]) -> dict[str, list[torch.Tensor]]:
-    by_tag: dict[str, list[torch.Tensor]] = {}
-    for _, tag, image in images:
-        by_tag.setdefault(tag, []).append(image)
-    return by_tag
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +154,7 @@ def test_ddp_rank_zero_logs_what_one_process_logs(fits: Any, scenario: str) -> N
     rank0 = ranks[0]
     assert rank0["world_size"] == SCENARIOS[scenario]["world"] == len(ranks)
     expected = replay(scenario, rank0["weights"])
-    logged_images = images_by_tag(rank0["images"])
+    logged_images = rank0["images"]
     assert len(rank0["scalars"]) == len(expected) == rank0["runs"]
     for i, (run, (_, scalars)) in enumerate(zip(expected, rank0["scalars"], strict=True)):
         assert "cam_cost/overhead" in scalars  # a fit's runs say their share of it; the replay validates
@@ -200,7 +193,7 @@ def test_ddp_every_rank_explains_its_share_and_holds_the_same_state(fits: Any, s
         for method in rank0["last_maps"]:
             assert torch.equal(other["last_maps"][method], rank0["last_maps"][method])
             assert torch.equal(other["first_maps"][method], rank0["first_maps"][method])
-        assert other["scalars"] == [] and other["images"] == []  # only rank 0 logs
+        assert other["scalars"] == [] and other["images"] == {}  # only rank 0 logs
 
 
 @needs_gloo

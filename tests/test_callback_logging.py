@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _helpers import RecordingLogger, decode, read_events
 from conftest import MEAN, STD, QuadrantData, TinyNet
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cam_callback import CAMCallback
 from cam_callback.measures import Localisation
@@ -41,49 +40,12 @@ class MapsHistory(L.Callback):
         self._snapshot()
 
 
-class RecordingLogger(Logger):
-    """A non-TensorBoard logger with ``log_image`` (the W&B signature) that keeps what it gets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[tuple[str, int | None, list[np.ndarray]]] = []
-        self.metrics: dict[str, list[tuple[int | None, float]]] = {}
-
-    @property
-    def name(self) -> str:
-        return "recording"
-
-    @property
-    def version(self) -> int:
-        return 0
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for key, value in metrics.items():
-            self.metrics.setdefault(key, []).append((step, float(value)))
-
-    def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
-        self.images.append((key, step, images))
-
-
-def _events(log_dir: str) -> EventAccumulator:
-    accumulator = EventAccumulator(log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def _decode(event: Any) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
-
-
 def test_tensorboard_event_files_hold_grids_drift_scalars_and_config(make_trainer) -> None:
     cam = CAMCallback(methods=["gradcam", "xgradcam"], num_images=4)
     history = MapsHistory(cam)
     trainer = make_trainer([cam, history], max_epochs=3)
     trainer.fit(TinyNet(), datamodule=QuadrantData())
-    events = _events(trainer.log_dir)
+    events = read_events(trainer.log_dir)
     tags = events.Tags()
 
     assert {"cam/input", "cam/gradcam", "cam/xgradcam"} <= set(tags["images"])
@@ -94,7 +56,7 @@ def test_tensorboard_event_files_hold_grids_drift_scalars_and_config(make_traine
         assert all((image.width, image.height) == (width, height) for image in images)
     (shown,) = events.Images("cam/input")  # once
     expected = denormalize(cam.fixed_images, MEAN, STD)  # datamodule.mean/std undone for display
-    tile = _decode(shown)[2:18, 2:18].astype(np.float32) / 255
+    tile = decode(shown)[2:18, 2:18].astype(np.float32) / 255
     np.testing.assert_allclose(tile, expected[0].permute(1, 2, 0).numpy(), atol=1.5 / 255)
 
     assert len(history.history) == 4

@@ -10,12 +10,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from _helpers import RecordingLogger, read_events
 from conftest import QuadrantData, QuadrantDataset, TinyNet, make_quadrant_data
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_callback import StepRecorder
-from test_callback_logging import RecordingLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -124,11 +123,6 @@ def test_a_schedule_that_fires_does_not_warn(make_trainer) -> None:
     assert not [w for w in caught if "will log nothing" in str(w.message)]
 
 
-def _events(log_dir: str) -> EventAccumulator:
-    accumulator = EventAccumulator(log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
-
 
 def test_validate_after_fit_appends_a_new_point_and_never_repeats_one(make_trainer) -> None:
     cam = CAMCallback(every_n_epochs=2, num_images=2)
@@ -138,7 +132,7 @@ def test_validate_after_fit_appends_a_new_point_and_never_repeats_one(make_train
     trainer.validate(model, datamodule=data)  # new weights since step 8: a point at 12 (validate's val_loss step)
     trainer.validate(model, datamodule=data)  # the same weights, the same logger: nothing new
     assert cam.runs == 3
-    events = _events(trainer.logger.log_dir)
+    events = read_events(trainer.logger.log_dir)
     assert [image.step for image in events.Images("cam/gradcam")] == [0, 7, 12]
     assert len(events.Images("cam/input")) == 1
     assert len(events.Tensors("cam/config/text_summary")) == 1

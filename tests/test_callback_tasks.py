@@ -3,7 +3,6 @@ TensorBoard event files; task targets in the checkpoint, ``explain`` and the com
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import lightning as L
@@ -11,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import decode, read_events
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,14 +26,6 @@ from cams.targets import MultiLabelTarget, SegmentationTarget
 SIZE = 16
 
 
-def _events(log_dir: str) -> EventAccumulator:
-    accumulator = EventAccumulator(log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def _decode(event: Any) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
 
 
 # ---------------------------------------------------------------------------------------------- segmentation
@@ -103,13 +94,13 @@ def _segmentation_fit(make_trainer, **callback_args: Any) -> tuple[CAMCallback, 
 
 def test_segmentation_overlays_carry_the_predicted_mask_outline_beside_them(make_trainer):
     cam, model, trainer = _segmentation_fit(make_trainer, methods=["gradcam", "layercam"])
-    events = _events(trainer.log_dir)
+    events = read_events(trainer.log_dir)
     tile = 2 * SIZE + 2  # overlay | gap | image with the mask's outline
     for tag in ("cam/gradcam", "cam/layercam"):
         images = events.Images(tag)
         assert [e.step for e in images] == [0, 3, 7]
         assert all((e.width, e.height) == (4 * (tile + 2) + 2, SIZE + 4) for e in images)
-    last = _decode(events.Images("cam/gradcam")[-1])
+    last = decode(events.Images("cam/gradcam")[-1])
     model.eval()
     with torch.no_grad():
         predicted = model(cam.fixed_images).argmax(dim=1) == 1  # the model as it was at the last run
@@ -133,7 +124,7 @@ def test_segmentation_target_reaches_the_checkpoint_explain_and_the_command_line
     from cam_callback.cli import main
 
     cam, model, trainer = _segmentation_fit(make_trainer, faithfulness=True, sanity_check=True)
-    events = _events(trainer.log_dir)
+    events = read_events(trainer.log_dir)
     model.eval()
     with torch.no_grad():  # faithfulness scores the mask the maps explain: class 1 where predicted at the run
         fixed = SegmentationTarget(1).fixed(model(cam.fixed_images))
@@ -235,7 +226,7 @@ def test_volumes_are_logged_as_slices_through_the_peak_with_drift_and_3d_pointin
     )
     trainer = make_trainer([cam], max_epochs=2)
     trainer.fit(VolumeNet(), **_loaders())
-    events = _events(trainer.log_dir)
+    events = read_events(trainer.log_dir)
     panel_w, panel_h = 3 * SIZE + 4, SIZE  # axial (H, W) | coronal (D, W) | sagittal (D, H), 2-pixel gaps
     for tag in ("cam/input", "cam/gradcam", "cam/eigencam"):
         for event in events.Images(tag):
@@ -245,7 +236,7 @@ def test_volumes_are_logged_as_slices_through_the_peak_with_drift_and_3d_pointin
     maps = cam.last_maps["gradcam"]
     assert maps.shape == (3, DEPTH, SIZE, SIZE)
     expected = volume_panels(cam.fixed_images, maps, None, None, 0.5, "jet")
-    logged = _decode(events.Images("cam/gradcam")[-1]).astype(np.float32) / 255
+    logged = decode(events.Images("cam/gradcam")[-1]).astype(np.float32) / 255
     for i in range(3):
         tile = logged[2 : 2 + panel_h, 2 + i * (panel_w + 2) : 2 + i * (panel_w + 2) + panel_w]
         np.testing.assert_allclose(tile, expected[i].permute(1, 2, 0).numpy(), atol=1.5 / 255)

@@ -19,9 +19,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from _helpers import read_events
 from conftest import TRAINER_DEFAULTS, QuadrantData, split_batch
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -152,8 +152,7 @@ def eager_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[CAMCallback, Pa
 def test_the_callback_with_no_arguments_logs_overlays_and_drift_on_a_timm_vit(eager_fit):
     callback, log_dir = eager_fit
     assert callback.layer_names == ["model.blocks.1.norm1"] and callback.runs == 3
-    events = EventAccumulator(str(log_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
-    events.Reload()
+    events = read_events(log_dir)
     assert len(events.Images("cam/gradcam")) == 3
     config = events.Tensors("cam/config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| layout | tokens (B, 17, 32): 1 prefix token dropped, grid 4×4 from model.patch_embed |" in config
@@ -184,6 +183,5 @@ def test_a_fit_of_the_default_torch_compile_logs_the_eager_maps(eager_fit, tmp_p
     for method in eager.first_maps:
         assert torch.equal(compiled.first_maps[method], eager.first_maps[method])
         torch.testing.assert_close(compiled.last_maps[method], eager.last_maps[method], atol=1e-4, rtol=0)
-    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    events.Reload()
+    events = read_events(log_dir)
     assert all(e.value > 0 for e in events.Scalars("cam_drift/gradcam/vs_first"))

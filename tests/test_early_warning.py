@@ -4,7 +4,6 @@ warning and the cost budget, each with a real ``Trainer``."""
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from _helpers import RecordingLogger, decode, read_events
 from conftest import MEAN, STD, TRAINER_DEFAULTS, QuadrantData, TinyNet
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_callback_logging import RecordingLogger
 from torch import nn
 
 from cam_callback import CAMCallback, CAMDisplay, ShortcutWarning
@@ -32,14 +29,6 @@ from cams.overlay import denormalize, overlay
 QUIET = {"noise_floor": None, "baselines": False}  # the cheapest callback, where a test is about something else
 
 
-def _events(log_dir: str) -> EventAccumulator:
-    accumulator = EventAccumulator(log_dir, size_guidance={"images": 0, "scalars": 0})
-    accumulator.Reload()
-    return accumulator
-
-
-def _decode(event: Any) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB"))
 
 
 def _green(pixels: np.ndarray) -> np.ndarray:
@@ -51,7 +40,7 @@ def test_the_timeline_keeps_the_first_run_and_the_last_k_and_stops_growing(make_
     cam = CAMCallback(num_images=4, measures=["localisation"], display=CAMDisplay(timeline_rows=2))
     trainer = make_trainer([cam], max_epochs=5)
     trainer.fit(TinyNet(), datamodule=QuadrantData(as_dict=True))
-    images = _events(trainer.log_dir).Images("cam/gradcam/timeline")
+    images = read_events(trainer.log_dir).Images("cam/gradcam/timeline")
     assert [image.step for image in images] == [0, 3, 7, 11, 15, 19]  # with the overlays and val_loss
     heights = [image.height for image in images]
     # 1, 2, 3 rows, then 3 rows and a line saying how many runs are not shown: bounded from there on
@@ -66,7 +55,7 @@ def test_timeline_tiles_are_the_overlays_with_boxes_outlined_and_classes_written
     model = TinyNet()
     trainer = make_trainer([cam], max_epochs=1)
     trainer.fit(model, datamodule=QuadrantData(as_dict=True))
-    last = _decode(_events(trainer.log_dir).Images("cam/gradcam/timeline")[-1])
+    last = decode(read_events(trainer.log_dir).Images("cam/gradcam/timeline")[-1])
     assert np.allclose(last, (cam.timeline_image("gradcam").permute(1, 2, 0).numpy() * 255), atol=1)
 
     # where the last row's tiles are: under the header, after one row (label column 150 px, 6 px gaps)
@@ -110,7 +99,7 @@ def test_timeline_rows_none_logs_no_timeline_and_bad_values_are_rejected(make_tr
     cam = CAMCallback(num_images=2, measures=[], display=CAMDisplay(timeline_rows=None))
     trainer = make_trainer([cam], max_epochs=1)
     trainer.fit(TinyNet(), datamodule=QuadrantData())
-    assert "cam/gradcam/timeline" not in _events(trainer.log_dir).Tags()["images"]
+    assert "cam/gradcam/timeline" not in read_events(trainer.log_dir).Tags()["images"]
     assert cam.timeline_image("gradcam") is None
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="timeline_rows"):

@@ -318,10 +318,9 @@ def test_volumes_example_pointing_game_rises(tmp_path):
     first, last = summary.history[0]["gradcam"], summary.history[-1]["gradcam"]
     assert first <= 0.3 and last >= 0.6 and last - first >= 0.4, lines
     assert len(lines) == 3 and lines[0].startswith("init") and "3-D pointing game (16 volumes)" in lines[-1]
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from _helpers import read_events
 
-    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
+    events = read_events(trainer.logger.log_dir)
     logged = [e.value for e in events.Scalars("cam_localisation/gradcam/pointing_game")]
     assert logged == pytest.approx([row["gradcam"] for row in summary.history], abs=1e-6)
     assert "cam/gradcam" in events.Tags()["images"]
