@@ -2,7 +2,7 @@
 
 How one call runs (:meth:`CamEngine.__call__`):
 
-1. the target layers are resolved (:mod:`cams.hooks`: a name, a module, or the automatic choice);
+1. the target layers are resolved (:mod:`cams.layer_choice`: a name, a module, or the automatic choice);
 2. one forward records their outputs (:func:`cams.hooks.capture`), with autograd on only from the
    first target layer onwards when a method needs gradients;
 3. the user's ``targets`` become a :class:`cams.targets.Target` and score each image;
@@ -35,17 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from cams.hooks import (
-    Records,
-    auto_layer,
-    capture,
-    find_layer,
-    from_leaves,
-    grad_capable,
-    map_tensors,
-    prepare,
-    tensor_leaves,
-)
+from cams.hooks import Records, capture, from_leaves, grad_capable, map_tensors, prepare, tensor_leaves
+from cams.layer_choice import auto_layer, find_layer
 from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
 from cams.names import uncompiled_name
@@ -82,7 +73,7 @@ class CamEngine:
             training flags restored, BatchNorm statistics and parameter ``.grad`` untouched, no hooks
             left, global RNG not consumed.
         target_layers: a module, a dotted name (``"layer4.1"``), or a list of those. ``None`` picks the
-            layer a practitioner would (:func:`cams.hooks.auto_layer`, one forward on the first call): the
+            layer a practitioner would (:func:`cams.layer_choice.auto_layer`, one forward on the first call): the
             last feature map of CNNs and pooled transformers, the last block's first norm of class-token
             transformers (ViT, DeiT, BEiT, Hugging Face ViT). Several layers are aggregated like
             pytorch-grad-cam (per-layer ReLU and min-max, resize, mean, min-max).

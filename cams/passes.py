@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cams.hooks import replacing_output
+from cams.layer_choice import find_layer
 from cams.layout import Layout
 from cams.targets import Target, select_rows
 
@@ -226,8 +227,6 @@ def _fc_weights(p: Pass, i: int, *, fc_layer: str | None) -> torch.Tensor:
 
 def _fc_layer(model: nn.Module, name: str | None, channels: int) -> tuple[str, nn.Module]:
     if name is not None:
-        from cams.hooks import find_layer
-
         return name, find_layer(model, name)
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features == channels]
     if len(found) != 1:

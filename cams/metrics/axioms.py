@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cams.hooks import capture, find_layer, grad_capable, prepare
+from cams.hooks import capture, grad_capable, prepare
+from cams.layer_choice import find_layer
 from cams.methods import get_method
 from cams.passes import Pass, ablated_scores, score_rows
 from cams.state import frozen_model, model_device
