@@ -41,7 +41,7 @@ from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
 from cams.names import uncompiled_name
 from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
-from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, Progress, score_rows
+from cams.passes import Explain, Pass, Progress, score_rows
 from cams.state import frozen_model, model_device
 from cams.targets import Target, Targets, readable_logits, resolve_targets, select_rows
 
@@ -248,11 +248,11 @@ class CamEngine:
         layer_list = self._layers if any(s.needs_layers for s in specs) else []
         assert layer_list is not None
         modules = [m for _, m in layer_list]
-        inputs = {name for s in specs for name in s.inputs}
+        inputs = {i.name: i for s in specs for i in s.declared_inputs}
         needs_grads = any(s.needs_grads for s in specs)
         needs_target = any(s.needs_target for s in specs)
-        keep_graph = bool(inputs & GRAPH_INPUTS)
-        second_order = bool(inputs & SECOND_ORDER_INPUTS)
+        keep_graph = any(i.graph for i in inputs.values())
+        second_order = any(i.second_order for i in inputs.values())
         rows = torch.arange(x.shape[0], device=x.device)
 
         records, taps, output = Records(0), {}, None
@@ -260,7 +260,9 @@ class CamEngine:
             with contextlib.ExitStack() as stack:
                 names = [name for name, _ in layer_list]
                 records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
-                taps = {n: stack.enter_context(TAPS[n](self.model, layer_list)) for n in inputs & TAPS.keys()}
+                taps = {
+                    i.name: stack.enter_context(i.tap(self.model, layer_list)) for i in inputs.values() if i.tap
+                }
                 stack.enter_context(torch.no_grad())
                 output = self.model(x)
         logits = readable_logits(output)
@@ -276,7 +278,7 @@ class CamEngine:
                 grads = _gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
-        needs_maps = bool(inputs - MAP_FREE_INPUTS) or grads is not None
+        needs_maps = any(i.reads_feature_map for i in inputs.values()) or grads is not None
         layouts = [self._layout(x, i, r) for i, r in enumerate(raw)] if needs_maps else []
         acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw[: len(layouts)], strict=True)]
         graph_grads = grads if second_order else None
@@ -296,15 +298,14 @@ class CamEngine:
             batch_size=batch_size,
             progress=progress,
             layouts=layouts,
-            reshape_transform=self.reshape_transform,
             output=output,
             outputs=records.outputs,
             graph_grads=graph_grads,
             taps=taps,
             seed=seed,
-            block=block,
-            eigen_smooth=eigen_smooth,
-            eigen_sign=sign,
+            explain=self._explainer(layer_list, eigen_smooth=eigen_smooth, eigen_sign=sign, batch_size=batch_size,
+                                    seed=seed),
+            inputs=inputs,
         )
 
         size = tuple(x.shape[2:])
@@ -317,6 +318,19 @@ class CamEngine:
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
+
+    def _explainer(self, layers: Sequence[tuple[str, nn.Module]], **options: Any) -> Explain:
+        """:data:`cams.passes.Explain` for a call: other images explained with this call's model, ``layers``,
+        ``reshape_transform`` and ``options``, by one engine of their own (their layouts are read for their size),
+        made on first use."""
+        engines: list[CamEngine] = []
+
+        def explain(x: torch.Tensor, method: str | CamMethod, target: Target) -> CamMaps:
+            if not engines:
+                engines.append(CamEngine(self.model, [m for _, m in layers], self.reshape_transform))
+            return engines[0](x, methods=method, targets=target, **options)
+
+        return explain
 
     def _layout(self, x: torch.Tensor, i: int, raw: Any) -> Layout:
         """The layout of target layer ``i``'s output, read once per input and output size."""
