@@ -11,10 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cams.metrics._maps import as_maps
+from cams.metrics._inputs import check_counts, check_images_and_maps, metric_target
 from cams.names import close_matches
 from cams.state import frozen_model
-from cams.targets import ClassTarget, Target, Targets, logits_of, resolve_targets, select_rows
+from cams.targets import Targets, logits_of, select_rows
 
 __all__ = [
     "average_drop",
@@ -66,30 +66,6 @@ def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tenso
     return torch.nn.functional.conv2d(x, kernel, padding=kernel_size // 2, groups=channels)
 
 
-def _check_inputs(x: Tensor, maps: Tensor) -> Tensor:
-    """Validate ``x`` ``(B, C, H, W)``; return maps ``(B, H, W)`` at ``x``'s size, dtype and device."""
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be images (B, C, H, W), got {shape}")
-    maps = as_maps(maps).to(device=x.device)
-    if maps.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"maps has {maps.shape[0]} maps for {x.shape[0]} images in x; pass one map per image"
-        )
-    if maps.shape[-2:] != x.shape[-2:]:
-        maps = torch.nn.functional.interpolate(
-            maps[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )[:, 0]
-    return maps.to(x.dtype if x.is_floating_point() else torch.float32)
-
-
-def _check_counts(steps: int, batch_size: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int (number of deletion/insertion steps), got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (images per forward), got {batch_size!r}")
-
-
 def _make_baseline(baseline: Baseline, x: Tensor, name: str) -> Tensor:
     if isinstance(baseline, str):
         if baseline == "zeros":
@@ -109,18 +85,6 @@ def _make_baseline(baseline: Baseline, x: Tensor, name: str) -> Tensor:
         raise ValueError(
             f"{name} of shape {shape} does not broadcast to x of shape {tuple(x.shape)}"
         ) from error
-
-
-def _metric_target(targets: Targets, batch: int, softmax: bool, device: torch.device) -> tuple[Target, Tensor | None]:
-    """The target of every scored row, and for ``targets=None`` the class tensor the originals fill in.
-
-    The originals are the first rows scored, so the predicted class of each image is known before any
-    perturbed copy of it is scored.
-    """
-    if targets is None:
-        classes = torch.zeros(batch, dtype=torch.long, device=device)
-        return ClassTarget(classes, softmax=softmax), classes
-    return resolve_targets(targets, batch, softmax=softmax), None
 
 
 def _perturbation_scores(
@@ -146,13 +110,13 @@ def _perturbation_scores(
     device = next((t.device for t in (*model.parameters(), *model.buffers())), x.device)
     if batch_size is None:
         batch_size = 8 if device.type == "cpu" else 64
-    _check_counts(steps, batch_size)
-    maps = _check_inputs(x, maps)
+    check_counts(steps, batch_size)
+    maps = check_images_and_maps(x, maps)
     out_device = x.device
     x, maps = x.detach().to(device), maps.to(device)
     batch, _, height, width = x.shape
     pixels = height * width
-    target, predicted = _metric_target(targets, batch, softmax, x.device)
+    target, predicted = metric_target(targets, batch, softmax, x.device)
 
     images = torch.arange(batch, device=x.device)
     step = torch.arange(steps + 1, device=x.device)
