@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cams.ops import gaussian_blur
 from cams.passes import Input, Pass
 from cams.targets import Target, logits_of
 
@@ -24,7 +25,6 @@ __all__ = [
     "SESS",
     "SESS_OPTIONS",
     "finer_gradients",
-    "gaussian_blur",
     "sess_map",
     "sess_maps",
     "sliding_windows",
@@ -43,6 +43,10 @@ SESS_OPTIONS: dict[str, Any] = {
     "smooth": True,
     "use_softmax_scores": True,
 }
+
+
+#: the Gaussian SESS smooths its fused maps with: 11×11, σ = 5, reflected borders (pytorch-grad-cam's cv2 call)
+_BLUR, _BLUR_SIGMA = 11, 5.0
 
 
 def sess_map(fused: torch.Tensor) -> torch.Tensor:
@@ -82,27 +86,6 @@ def sliding_windows(height: int, width: int, step: int, window: int) -> list[tup
         [(0, 0), (8, 0), (0, 8), (8, 8)]
     """
     return [(x, y) for y in window_starts(height, step, window) for x in window_starts(width, step, window)]
-
-
-def gaussian_blur(maps: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Blur maps (B, H, W) with a ``size × size`` Gaussian, borders reflected (OpenCV's ``GaussianBlur`` default).
-
-    Example:
-        >>> gaussian_blur(torch.ones(1, 12, 12)).sub(1).abs().max().item() < 1e-6
-        True
-    """
-    half = size // 2
-    offsets = torch.arange(size, dtype=torch.float64, device=maps.device) - half
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    out = maps[:, None]
-    pad_h, pad_w = min(half, maps.shape[1] - 1), min(half, maps.shape[2] - 1)
-    if pad_h < half or pad_w < half:
-        raise ValueError(f"sess: the map ({tuple(maps.shape[1:])}) is too small for an {size}×{size} blur")
-    out = F.pad(out, (half, half, half, half), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, size))
-    out = F.conv2d(out, kernel.view(1, 1, size, 1))
-    return out[:, 0]
 
 
 class _PatchTarget(Target):
@@ -180,6 +163,8 @@ def sess_maps(
         raise ValueError(f"sess: pool={pool!r}; expected 'mean' or 'max'")
     if not 0.0 <= pre_filter_ratio < 1.0:
         raise ValueError(f"sess: pre_filter_ratio={pre_filter_ratio!r}; expected a value in [0, 1)")
+    if smooth and min(x.shape[2:]) <= _BLUR // 2:
+        raise ValueError(f"sess: the map ({tuple(x.shape[2:])}) is too small for an {_BLUR}×{_BLUR} blur")
     assert p.target is not None and p.explain is not None, "the engine gives SESS its target and its explain"
     batch, _, height, width = x.shape
     window = int(window_size) if window_size is not None else min(height, width)
@@ -230,7 +215,9 @@ def sess_maps(
             counts += above.sum(dim=1)
     if pool == "mean":
         fused = torch.where(counts > 0, fused / counts.clamp_min(1), 0.0)
-    return gaussian_blur(fused) if smooth else fused
+    if not smooth:
+        return fused
+    return gaussian_blur(fused[:, None], _BLUR, _BLUR_SIGMA, border="reflect")[:, 0]
 
 
 def _patch_scores(result: Any, target: Target, softmax: bool) -> torch.Tensor:

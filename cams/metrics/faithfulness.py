@@ -13,6 +13,7 @@ from torch import Tensor
 
 from cams.metrics._inputs import check_counts, check_images_and_maps, metric_target
 from cams.names import close_matches
+from cams.ops import gaussian_blur
 from cams.state import frozen_model
 from cams.targets import Targets, logits_of, select_rows
 
@@ -20,7 +21,6 @@ __all__ = [
     "average_drop",
     "deletion_auc",
     "faithfulness",
-    "gaussian_blur",
     "increase_in_confidence",
     "insertion_auc",
 ]
@@ -29,41 +29,6 @@ Baseline = str | float | Tensor | Callable[[Tensor], Tensor]
 
 _BASELINES = ("zeros", "blur")
 _ORIGINAL, _EXPLANATION, _DELETION, _INSERTION = range(4)
-
-
-def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    r"""Blur each channel with a normalised ``kernel_size`` x ``kernel_size`` Gaussian, zero padding.
-
-    The insertion metric's default starting image: the RISE evaluation code
-    (https://github.com/eclique/RISE, ``evaluation.py``) blurs with an 11 x 11 kernel, sigma 5 and
-    zero padding (``conv2d(x, kernel, padding=kernel_size // 2)``), so borders darken towards 0.
-
-    Args:
-        x: images ``(B, C, H, W)``, any float dtype.
-        kernel_size: odd kernel side in pixels.
-        sigma: standard deviation in pixels.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device as ``x``.
-
-    Example:
-        >>> import torch
-        >>> x = torch.zeros(1, 1, 21, 21)
-        >>> x[0, 0, 10, 10] = 1.0
-        >>> y = gaussian_blur(x)
-        >>> round(float(y.sum()), 4), bool(y[0, 0, 10, 10] < 1), bool(y[0, 0, 10, 10] == y.max())
-        (1.0, True, True)
-    """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number of pixels, got {kernel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0 pixels, got {sigma!r}")
-    channels = x.shape[1]
-    offsets = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - kernel_size // 2
-    line = torch.exp(-(offsets**2) / (2 * sigma**2))
-    line = line / line.sum()
-    kernel = (line[:, None] * line[None, :]).to(x.dtype).expand(channels, 1, kernel_size, kernel_size)
-    return torch.nn.functional.conv2d(x, kernel, padding=kernel_size // 2, groups=channels)
 
 
 def _make_baseline(baseline: Baseline, x: Tensor, name: str) -> Tensor:
@@ -331,7 +296,7 @@ def deletion_auc(
         model, x, maps, targets, softmax, batch_size: as in :func:`average_drop`.
         steps: :math:`S`, number of deletion steps.
         baseline: what removed pixels become: ``"zeros"`` (default, as the RISE code; in
-            normalised space this is the dataset mean), ``"blur"`` (:func:`gaussian_blur`), a
+            normalised space this is the dataset mean), ``"blur"`` (:func:`cams.ops.gaussian_blur`), a
             number, a tensor broadcastable to ``x``, or a callable ``x -> (B, C, H, W)``.
 
     Returns:
@@ -374,7 +339,7 @@ def insertion_auc(
     Args:
         model, x, maps, targets, softmax, batch_size: as in :func:`average_drop`.
         steps: :math:`S`, number of insertion steps.
-        baseline: the starting image: ``"blur"`` (default, :func:`gaussian_blur`, 11 x 11,
+        baseline: the starting image: ``"blur"`` (default, :func:`cams.ops.gaussian_blur`, 11 x 11,
             sigma 5), ``"zeros"``, a number, a tensor broadcastable to ``x`` or a callable
             ``x -> (B, C, H, W)``.
 
