@@ -1,7 +1,8 @@
 """Baselines: maps that do not explain the model, to calibrate metrics against.
 
 RandomCAM weighs the channels at random; the Sobel map is the edges of the input image. A faithfulness
-or localisation score is only worth what it beats these by.
+or localisation score is only worth what it beats these by. RandomCAM's ``random_weights`` input is declared
+here (:data:`RANDOM_WEIGHTS`).
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Shapes: ``acts`` and ``grads`` are (B, C, *spatial) float32 — (B, C, h, w) for
 for volumes — the activations of the target layer and the gradient of the target score with respect
 to them. Each function returns the weighted activations, same shape, whose channel sum (or first
 principal component, with ``eigen_smooth``) is the map before ReLU and normalisation.
+
+ShapleyCAM's second-order input, the Hessian-vector product ``hvp``, is declared here (:data:`HVP`);
+Smooth Grad-CAM++'s noisy gradients in :mod:`cams.noise`, FullGrad's terms in :mod:`cams.bias_gradients`.
 """
 
 from __future__ import annotations
