@@ -88,11 +88,14 @@ class Input:
         graph: it differentiates the shared forward's graph again after the shared backward, which then keeps
             the graph (ShapleyCAM, Finer-CAM, LeGrad).
         second_order: it differentiates the shared gradients themselves, which then carry their own graph
-            (:attr:`Pass.graph_grads`; ShapleyCAM's Hessian-vector product).
+            (:attr:`Pass.graph_grads`; ShapleyCAM's Hessian-vector product); implies ``backward`` and ``graph``.
         tap: a :data:`Tap` the engine enters around the shared forward; what it yields is
             ``pass_.taps[name]`` (LeGrad's attention probabilities).
         random: it draws from :meth:`Pass.generator`: the map depends on the call's ``seed`` and on each image's
             place in the batch.
+
+    Raises:
+        ValueError: ``second_order`` without ``backward`` and ``graph``.
 
     Example:
         >>> ACTS.name, ACTS.needs_target, GRADS.backward
@@ -109,6 +112,13 @@ class Input:
     second_order: bool = False
     tap: Tap | None = None
     random: bool = False
+
+    def __post_init__(self) -> None:
+        if self.second_order and not (self.backward and self.graph):
+            raise ValueError(
+                f"Input {self.name!r}: second_order differentiates the shared backward's gradients again, so it "
+                "needs backward=True and graph=True too"
+            )
 
 
 @dataclass
