@@ -10,7 +10,8 @@ Two kinds of blocks are understood:
 - timm's ``Block`` (an ``attn`` with ``qkv``, ``attn_drop`` and ``fused_attn``): the fused kernel is switched
   off for the forward and the output of ``attn_drop`` (the probabilities, used by ``attn @ v``) is recorded.
 
-Every hook is removed and every flag restored on exit.
+Every hook is removed and every flag restored on exit. The tap and :func:`legrad_relevance` are the
+``legrad`` input, declared here (:data:`LEGRAD`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cams.passes import Input, Pass
 from cams.targets import Target
 
-__all__ = ["AttentionTap", "attention_tap", "default_projection", "legrad_relevance", "patch_grid"]
+__all__ = ["LEGRAD", "AttentionTap", "attention_tap", "default_projection", "legrad_relevance", "patch_grid"]
 
 
 class AttentionTap:
@@ -235,3 +237,14 @@ def legrad_relevance(
         p, h, w = patch_grid(relevance.shape[-1], prefix, size)
         maps.append(relevance[:, p:].reshape(len(z), h, w).float())
     return torch.stack(maps).mean(dim=0)
+
+
+def _legrad(p: Pass, i: int, *, score_projection: Callable[[torch.Tensor], torch.Tensor] | None,
+            prefix_tokens: int | None) -> torch.Tensor:  # fmt: skip
+    assert p.target is not None and p.outputs is not None
+    return legrad_relevance(p.model, p.outputs, p.taps["legrad"], p.target, p.x.shape[2:],
+                            score_projection=score_projection, prefix_tokens=prefix_tokens)  # fmt: skip
+
+
+#: LeGrad: the relevance of the target blocks' attention (B, h, w), from the tap on the shared forward
+LEGRAD = Input("legrad", _legrad, reads_feature_map=False, graph=True, tap=attention_tap)

@@ -5,7 +5,7 @@ layer with a bias (Srinivas & Fleuret 2019, Eq. 3). Every such layer's gradient 
 on its output during the single ``autograd.grad`` to the input, and reduced to one map per layer on the
 spot: ``Σ_c ψ(|b_c ⊙ ∂y/∂z_c|)`` (``ψ`` = min-max scaling per channel) at the layer's resolution, then
 resized once: resizing is linear, so this is pytorch-grad-cam's "resize every channel, then sum" at a
-fraction of the cost.
+fraction of the cost. They are the ``fullgrad`` input, declared here (:data:`FULLGRAD`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from cams.ops import minmax, resize
+from cams.passes import Input, Pass
 from cams.targets import Target
 
-__all__ = ["bias_layers", "effective_bias", "full_gradient_terms"]
+__all__ = ["FULLGRAD", "bias_layers", "effective_bias", "full_gradient_terms"]
 
 #: exact types, as the reference: subclasses (timm's BatchNormAct2d, ...) may fold an activation in
 _BIAS_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Conv3d, nn.BatchNorm3d)
@@ -113,3 +114,12 @@ def full_gradient_terms(model: nn.Module, x: torch.Tensor, target: Target) -> to
     if not terms:
         raise RuntimeError("fullgrad: no bias layer's output reached the target score")
     return torch.cat([input_terms, torch.stack(terms[::-1], dim=1)], dim=1)
+
+
+def _fullgrad(p: Pass, i: int) -> torch.Tensor:
+    assert p.target is not None
+    return full_gradient_terms(p.model, p.x, p.target)
+
+
+#: FullGrad: the input-gradient terms and one term per bias layer ``(B, C_in + L, *spatial)``, from one backward
+FULLGRAD = Input("fullgrad", _fullgrad, reads_layers=False, reads_feature_map=False)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cams.engine import CamEngine
+from cams.guided import guided_backprop, guided_gradcam
 from cams.io import (
     InputError,
     OneLineParser,
@@ -56,6 +58,9 @@ from cams.io import (
     read_image,
     write_files,
 )
+from cams.layer_choice import find_layer
+from cams.methods import METHODS, get_method
+from cams.overlay import colorize, deprocess_guided, overlay, to_uint8
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -252,8 +257,6 @@ def load_input(path: str | os.PathLike[str], size: int) -> tuple[torch.Tensor, t
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m cams`` parser: the seeds' flags, ``--aug_smooth`` and ``--aug-smooth`` alike."""
-    from . import METHODS
-
     parser = OneLineParser(
         prog="python -m cams",
         description="Grad-CAM, Grad-CAM++, guided backprop and guided Grad-CAM images of a torchvision net.",
@@ -320,9 +323,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, say: Callable[[str], None]) -> tuple[list[Path], list[str]]:
     """Validate everything, compute every image, then write them all. Returns (files, report lines)."""
-    from . import CamEngine, find_layer, get_method, guided_backprop, guided_gradcam
-    from .overlay import colorize, deprocess_guided, overlay, to_uint8
-
     # 1. Validate the cheap things first, so a typo costs no network construction.
     spec = network_spec(args.network)  # raises the InputError with close matches
     try:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cams.hooks import auto_layer, capture, find_layer, grad_capable, prepare
+from cams.hooks import capture, grad_capable, prepare
+from cams.layer_choice import auto_layer, find_layer
 from cams.ops import minmax, resize
 from cams.state import frozen_model, model_device
 

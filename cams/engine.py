@@ -2,7 +2,7 @@
 
 How one call runs (:meth:`CamEngine.__call__`):
 
-1. the target layers are resolved (:mod:`cams.hooks`: a name, a module, or the automatic choice);
+1. the target layers are resolved (:mod:`cams.layer_choice`: a name, a module, or the automatic choice);
 2. one forward records their outputs (:func:`cams.hooks.capture`), with autograd on only from the
    first target layer onwards when a method needs gradients;
 3. the user's ``targets`` become a :class:`cams.targets.Target` and score each image;
@@ -28,36 +28,27 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from cams.hooks import (
-    Records,
-    auto_layer,
-    capture,
-    find_layer,
-    from_leaves,
-    grad_capable,
-    map_tensors,
-    prepare,
-    tensor_leaves,
-)
+from cams.aug_smooth import augment, deaugment, plain_rows, repeat_targets
+from cams.backward import check_gradients, layer_gradients
+from cams.hooks import Records, capture, grad_capable, map_tensors, prepare, tensor_leaves
+from cams.layer_choice import auto_layer, find_layer
 from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
 from cams.names import uncompiled_name
 from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
-from cams.passes import GRAPH_INPUTS, MAP_FREE_INPUTS, SECOND_ORDER_INPUTS, TAPS, Pass, Progress, score_rows
+from cams.passes import Explain, Pass, Progress, score_rows
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, readable_logits, resolve_targets, select_rows
+from cams.targets import Target, Targets, readable_logits, resolve_targets
 
-__all__ = ["CamEngine", "CamMaps", "find_layer"]
+__all__ = ["CamEngine", "CamMaps", "check_input", "find_layer"]
 
 LayerSpec = nn.Module | str
-_AUG_FACTORS = (0.9, 1.0, 1.1)
 
 
 class CamMaps(dict):
@@ -82,7 +73,7 @@ class CamEngine:
             training flags restored, BatchNorm statistics and parameter ``.grad`` untouched, no hooks
             left, global RNG not consumed.
         target_layers: a module, a dotted name (``"layer4.1"``), or a list of those. ``None`` picks the
-            layer a practitioner would (:func:`cams.hooks.auto_layer`, one forward on the first call): the
+            layer a practitioner would (:func:`cams.layer_choice.auto_layer`, one forward on the first call): the
             last feature map of CNNs and pooled transformers, the last block's first norm of class-token
             transformers (ViT, DeiT, BEiT, Hugging Face ViT). Several layers are aggregated like
             pytorch-grad-cam (per-layer ReLU and min-max, resize, mean, min-max).
@@ -139,7 +130,7 @@ class CamEngine:
     def resolve_layers(self, x: torch.Tensor) -> list[str]:
         """Choose the target layers now (one forward for the automatic choice) and return their names."""
         if self._layers is None:
-            x = _check_input(x)
+            x = check_input(x)
             with grad_capable(), frozen_model(self.model):
                 self._layers = [auto_layer(self.model, prepare(x, model_device(self.model))[:1])]
         return self.layer_names
@@ -206,7 +197,7 @@ class CamEngine:
             :class:`CamMaps`: ``name -> (B, H, W)`` float32 in [0, 1].
         """
         specs = _methods(methods)
-        x = _check_input(x)
+        x = check_input(x)
         bad_size = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         if batch_size is not None and bad_size:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -227,14 +218,14 @@ class CamEngine:
                     )
             batch = x.shape[0]
             if aug_smooth:
-                x = torch.cat([_augment(x, flip, f) for flip in (False, True) for f in _AUG_FACTORS])
-                targets = _repeat_targets(targets, len(_AUG_FACTORS) * 2, batch)
+                x = augment(x)
+                targets = repeat_targets(targets, batch)
             maps, info = self._run(
                 x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed, progress
             )
             if aug_smooth:
-                maps = {k: _deaugment(v, batch) for k, v in maps.items()}
-                plain = slice(batch, 2 * batch)  # (no flip, factor 1.0)
+                maps = {k: deaugment(v, batch) for k, v in maps.items()}
+                plain = plain_rows(batch)
                 info = {k: (v[plain] if v is not None else None) for k, v in info.items()}
         result = CamMaps({k: v.to(out_device) for k, v in maps.items()})
         result.classes, result.scores, result.logits = (
@@ -257,11 +248,11 @@ class CamEngine:
         layer_list = self._layers if any(s.needs_layers for s in specs) else []
         assert layer_list is not None
         modules = [m for _, m in layer_list]
-        inputs = {name for s in specs for name in s.inputs}
+        inputs = {i.name: i for s in specs for i in s.declared_inputs}
         needs_grads = any(s.needs_grads for s in specs)
         needs_target = any(s.needs_target for s in specs)
-        keep_graph = bool(inputs & GRAPH_INPUTS)
-        second_order = bool(inputs & SECOND_ORDER_INPUTS)
+        keep_graph = any(i.graph for i in inputs.values())
+        second_order = any(i.second_order for i in inputs.values())
         rows = torch.arange(x.shape[0], device=x.device)
 
         records, taps, output = Records(0), {}, None
@@ -269,7 +260,9 @@ class CamEngine:
             with contextlib.ExitStack() as stack:
                 names = [name for name, _ in layer_list]
                 records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))
-                taps = {n: stack.enter_context(TAPS[n](self.model, layer_list)) for n in inputs & TAPS.keys()}
+                taps = {
+                    i.name: stack.enter_context(i.tap(self.model, layer_list)) for i in inputs.values() if i.tap
+                }
                 stack.enter_context(torch.no_grad())
                 output = self.model(x)
         logits = readable_logits(output)
@@ -282,15 +275,15 @@ class CamEngine:
             target = resolve_targets(targets, x.shape[0], output)
             score_per_row = score_rows(target, output, rows, block)
             if needs_grads:
-                grads = _gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
+                grads = layer_gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
-        needs_maps = bool(inputs - MAP_FREE_INPUTS) or grads is not None
+        needs_maps = any(i.reads_feature_map for i in inputs.values()) or grads is not None
         layouts = [self._layout(x, i, r) for i, r in enumerate(raw)] if needs_maps else []
         acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw[: len(layouts)], strict=True)]
         graph_grads = grads if second_order else None
         if grads is not None:
-            _check_gradients(grads, self.layer_names, layouts)
+            check_gradients(grads, self.layer_names, layouts)
             detached = [map_tensors(g, torch.Tensor.detach) for g in grads]
             grads = [layout.to_feature_map(g).float() for layout, g in zip(layouts, detached, strict=True)]
         state = Pass(
@@ -305,15 +298,14 @@ class CamEngine:
             batch_size=batch_size,
             progress=progress,
             layouts=layouts,
-            reshape_transform=self.reshape_transform,
             output=output,
             outputs=records.outputs,
             graph_grads=graph_grads,
             taps=taps,
             seed=seed,
-            block=block,
-            eigen_smooth=eigen_smooth,
-            eigen_sign=sign,
+            explain=self._explainer(layer_list, eigen_smooth=eigen_smooth, eigen_sign=sign, batch_size=batch_size,
+                                    seed=seed),
+            inputs=inputs,
         )
 
         size = tuple(x.shape[2:])
@@ -326,6 +318,19 @@ class CamEngine:
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
         return maps, {"classes": classes, "scores": scores, "logits": logits}
+
+    def _explainer(self, layers: Sequence[tuple[str, nn.Module]], **options: Any) -> Explain:
+        """:data:`cams.passes.Explain` for a call: other images explained with this call's model, ``layers``,
+        ``reshape_transform`` and ``options``, by one engine of their own (their layouts are read for their size),
+        made on first use."""
+        engines: list[CamEngine] = []
+
+        def explain(x: torch.Tensor, method: str | CamMethod, target: Target) -> CamMaps:
+            if not engines:
+                engines.append(CamEngine(self.model, [m for _, m in layers], self.reshape_transform))
+            return engines[0](x, methods=method, targets=target, **options)
+
+        return explain
 
     def _layout(self, x: torch.Tensor, i: int, raw: Any) -> Layout:
         """The layout of target layer ``i``'s output, read once per input and output size."""
@@ -376,7 +381,13 @@ def _layer_map(
     return resize(minmax(cam), size).float()
 
 
-def _check_input(x: Any) -> torch.Tensor:
+def check_input(x: Any) -> torch.Tensor:
+    """``x`` itself, once it is checked to be a floating-point batch ``(B, C, H, W)`` or ``(B, C, D, H, W)``, B ≥ 1.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor.
+        ValueError: ``x`` has another shape (with a hint for a missing batch dimension).
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
     if x.dim() not in (4, 5) or x.shape[0] == 0:
@@ -388,127 +399,3 @@ def _check_input(x: Any) -> torch.Tensor:
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor; got dtype {x.dtype}")
     return x
-
-
-def _gradients(
-    scores: torch.Tensor, records: list[Any], names: list[str], keep: bool = False, second_order: bool = False
-) -> list[Any]:
-    """``∂ scores.sum() / ∂ record`` per target layer (per tensor of a dict/list/tuple output, zeros for the
-    tensors the score does not use), in one ``autograd.grad``; a layer the score does not depend on at all is
-    an error.
-
-    ``keep``: the graph stays for later backwards (ShapleyCAM, Finer-CAM, LeGrad); ``second_order``: the
-    gradients carry their own graph (ShapleyCAM's Hessian-vector product).
-    """
-    if not scores.requires_grad:
-        raise RuntimeError(
-            f"the target score does not depend on the target layers {names}; choose layers that the "
-            "output is computed from (and a target that is not detached)"
-        )
-    leaves = [tensor_leaves(r) or [] for r in records]
-    flat = [t for group in leaves for t in group]
-    grads = list(torch.autograd.grad(scores.sum(), flat, allow_unused=True, retain_graph=keep or second_order,
-                                     create_graph=second_order))  # fmt: skip
-    out, start, unused = [], 0, []
-    for name, record, group in zip(names, records, leaves, strict=True):
-        mine = grads[start : start + len(group)]
-        start += len(group)
-        if all(g is None for g in mine):
-            unused.append(name)
-        filled = [torch.zeros_like(t) if g is None else g for t, g in zip(group, mine, strict=True)]
-        out.append(from_leaves(record, filled))
-    if unused:
-        raise RuntimeError(
-            f"target layer(s) {unused}: the target score does not depend on their output (no gradient "
-            "reaches them), so gradient methods would give empty maps; choose a layer the prediction is "
-            "computed from"
-        )
-    return out
-
-
-def _check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
-    """Say loudly why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
-
-    The score does not change with the layer's output at all (an untrained classifier head initialised to
-    zero, a segmentation class predicted nowhere): a ``RuntimeWarning``, since training or another image
-    changes it. The gradient reaches only what the layout drops (a class token read after this layer):
-    an error, since this layer can never give a map.
-    """
-    for grad, name, layout in zip(grads, names, layouts, strict=True):
-        mapped = layout.to_feature_map(grad)
-        if not bool((mapped == 0).all()):
-            continue
-        where = f"target layer {name!r}: the gradient of the target score is zero at every position of its " \
-            f"feature map {tuple(mapped.shape)}"
-        if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
-            warnings.warn(
-                f"{where}: the score does not change with this layer's output (an untrained classifier head "
-                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer have before training, or a "
-                "target that scores nothing, such as a class predicted nowhere); gradient maps are empty",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        elif layout.prefix:
-            raise RuntimeError(
-                f"{where}: only its {layout.prefix} prefix token(s) get one, because the model reads the class "
-                "token after this layer; explain a layer before the last attention (the last block's first "
-                "norm), or let target_layers=None choose"
-            )
-        else:
-            raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")
-
-
-def _augment(x: torch.Tensor, flip: bool, factor: float) -> torch.Tensor:
-    return (x.flip(-1) if flip else x) * factor
-
-
-def _deaugment(maps: torch.Tensor, batch: int) -> torch.Tensor:
-    per_aug = maps.view(2, len(_AUG_FACTORS), batch, *maps.shape[1:])
-    unflipped = torch.stack([per_aug[0], per_aug[1].flip(-1)])
-    return unflipped.mean(dim=(0, 1))
-
-
-def _repeat_targets(targets: Targets, times: int, batch: int) -> Targets:
-    """Targets for the six stacked augmented copies: per-image targets repeated, the rest as given."""
-    import numpy as np
-
-    if isinstance(targets, Target):
-        if targets.geometric:
-            raise ValueError(
-                f"aug_smooth flips the input horizontally, but targets={targets!r} is tied to the unflipped "
-                "image (a given mask or given boxes); pass aug_smooth=False, or let the target choose from the "
-                "model's output (SegmentationTarget(category) without mask=, DetectionTarget() without boxes=)"
-            )
-        return _Repeated(targets, batch, times)
-    if targets is None or isinstance(targets, (int, np.integer)) or callable(targets):
-        return targets
-    if isinstance(targets, (torch.Tensor, np.ndarray)):
-        flat = torch.as_tensor(targets).reshape(-1)
-        return flat.repeat(times) if flat.numel() == batch else targets
-    seq = list(targets)  # type: ignore[arg-type]
-    return seq * times if len(seq) == batch else seq
-
-
-class _Repeated(Target):
-    """A user's :class:`~cams.targets.Target` for ``batch`` images, applied to ``times`` stacked copies.
-
-    Each copy has its own fresh target, so a target that chooses from the output (classes above a
-    threshold, a predicted mask) chooses from that copy's own forward, as ``targets=None`` does.
-    """
-
-    def __init__(self, target: Target, batch: int, times: int) -> None:
-        self.batch = batch
-        self.copies = [target.fresh() for _ in range(times)]
-        self.classes = None if target.classes is None else target.classes.repeat(times)
-
-    def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
-        copy = images // self.batch
-        if bool((copy == copy[0]).all()):
-            return self.copies[int(copy[0])](output, images % self.batch)
-        scores: list[torch.Tensor] = []
-        order: list[torch.Tensor] = []
-        for k in copy.unique().tolist():
-            rows = (copy == k).nonzero()[:, 0]
-            scores.append(self.copies[k](select_rows(output, rows), images[rows] % self.batch))
-            order.append(rows)
-        return torch.cat(scores)[torch.argsort(torch.cat(order))]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from cams.engine import check_input
 from cams.hooks import grad_capable, prepare
 from cams.state import frozen_model, model_device
 from cams.targets import Targets, resolve_targets
@@ -54,9 +55,7 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, targets: Targets = None) 
         >>> tuple(gb.shape)
         (2, 3, 32, 32)
     """
-    from cams.engine import _check_input
-
-    x = _check_input(x)
+    x = check_input(x)
     out_device = x.device
     with grad_capable(), frozen_model(model):
         inp = prepare(x, model_device(model)).clone().requires_grad_(True)

@@ -51,6 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from cams.hooks import map_tensors, output_shape
 from cams.names import uncompiled_name
 
 __all__ = ["MAX_PREFIX", "Layout", "grid_hints", "infer_layout", "layout_of", "prefix_hint"]
@@ -319,8 +320,6 @@ def layout_of(
     ways, one forward of ``x[0]`` at twice the width."""
 
     def probe() -> tuple[int, ...] | None:
-        from cams.hooks import output_shape
-
         wide = torch.nn.functional.interpolate(x[:1], size=(x.shape[2], 2 * x.shape[3]), mode="nearest")
         return output_shape(model, module, wide)
 
@@ -336,8 +335,6 @@ def layout_of(
 
 
 def _custom(raw: Any, size: tuple[int, ...], name: str, transform: Callable[[Any], torch.Tensor]) -> Layout:
-    from cams.hooks import map_tensors
-
     is_tensor = isinstance(raw, torch.Tensor)
     shape = tuple(int(s) for s in raw.shape) if is_tensor else ()
     with torch.no_grad():

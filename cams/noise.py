@@ -1,5 +1,8 @@
 """Noise- and path-averaged passes: Smooth Grad-CAM++'s gradient moments, SS-CAM's and IS-CAM's channel scores.
 
+They are the ``smooth_grads``, ``smoothed_mask_scores`` and ``integrated_mask_scores`` inputs, declared
+here (:data:`SMOOTH_GRADS`, :data:`SMOOTHED_MASK_SCORES`, :data:`INTEGRATED_MASK_SCORES`).
+
 Every sample of every image goes into as few forwards as memory allows: the ``N × B`` noisy copies of
 Smooth Grad-CAM++ and the ``N × B × C`` masked images of SS-CAM/IS-CAM are rows of chunked batches.
 Randomness comes only from the ``torch.Generator`` passed in, never from the global RNG. Noise is drawn
@@ -17,9 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from cams.hooks import capture
+from cams.passes import Input, Pass, expand_rows
 from cams.targets import Target
 
-__all__ = ["check_samples", "integrated_mask_scores", "noisy_gradient_moments", "smoothed_mask_scores"]
+__all__ = [
+    "INTEGRATED_MASK_SCORES",
+    "SMOOTHED_MASK_SCORES",
+    "SMOOTH_GRADS",
+    "check_samples",
+    "integrated_mask_scores",
+    "noisy_gradient_moments",
+    "smoothed_mask_scores",
+]
 
 
 def check_samples(method: str, num_samples: object, std: object = 1.0) -> None:
@@ -169,7 +181,7 @@ def integrated_mask_scores(
             blank = model(torch.zeros_like(x[:1]))
             for _ in coefficients:
                 rows_of = image_of[constant]
-                scores = target(_expand(blank, len(constant)), rows_of).float()
+                scores = target(expand_rows(blank, len(constant)), rows_of).float()
                 gains.index_add_(0, constant, scores - base_scores[rows_of])
         total = num_samples * len(varies)
         for start in range(0, total, rows):
@@ -184,7 +196,35 @@ def integrated_mask_scores(
     return (gains / num_samples).view(batch, channels)
 
 
-def _expand(output: object, n: int) -> object:
-    from cams.passes import _expand_rows
+def _smooth_grads(p: Pass, i: int, *, num_samples: int, std: float) -> torch.Tensor:
+    target = p.target
+    assert target is not None
 
-    return _expand_rows(output, n)
+    def every_layer() -> list[torch.Tensor]:  # one noisy pass gives every layer's moments
+        return noisy_gradient_moments(
+            p.model, p.layers, p.x, target, num_samples=num_samples, std=std, generator=p.generator("smooth_grads"),
+            rows_per_pass=p.batch_size,
+            to_feature_maps=[layout.to_feature_map for layout in p.layouts] if p.layouts else None,
+        )
+
+    return p.cached(("smooth_grads", num_samples, std), every_layer)[i]
+
+
+def _smoothed_mask_scores(p: Pass, i: int, *, num_samples: int, std: float) -> torch.Tensor:
+    assert p.target is not None and p.scores is not None
+    return smoothed_mask_scores(p.model, p.x, p.acts[i], p.target, p.scores, num_samples=num_samples, std=std,
+                                generator=p.generator("smoothed_mask_scores", i), batch_size=p.batch_size)  # fmt: skip
+
+
+def _integrated_mask_scores(p: Pass, i: int, *, num_samples: int) -> torch.Tensor:
+    assert p.target is not None and p.scores is not None
+    return integrated_mask_scores(p.model, p.x, p.acts[i], p.target, p.scores, num_samples=num_samples,
+                                  batch_size=p.batch_size)  # fmt: skip
+
+
+#: Smooth Grad-CAM++: the means of ``g, g², g³`` over noisy copies of the input, per layer ``(3, B, C, *spatial)``
+SMOOTH_GRADS = Input("smooth_grads", _smooth_grads, random=True)
+#: SS-CAM: the mean score gain of the input masked by each channel plus noise ``(B, C)``
+SMOOTHED_MASK_SCORES = Input("smoothed_mask_scores", _smoothed_mask_scores, random=True)
+#: IS-CAM: the mean score gain of the masked input scaled along a path ``(B, C)``
+INTEGRATED_MASK_SCORES = Input("integrated_mask_scores", _integrated_mask_scores)

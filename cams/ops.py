@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "Border",
     "EigenSign",
     "aggregate_layers",
     "first_principal_component",
+    "gaussian_blur",
     "minmax",
     "peak",
     "resize",
@@ -22,6 +24,7 @@ __all__ = [
 ]
 
 EigenSign = Literal["max", "none"]
+Border = Literal["zeros", "reflect"]
 
 #: The reference divides by ``max + 1e-7`` after subtracting the minimum (``scale_cam_image``).
 _MINMAX_EPS = 1e-7
@@ -160,3 +163,57 @@ def peak(maps: torch.Tensor) -> torch.Tensor:
         coords.append(index % n)
         index = index // n
     return torch.stack(coords[::-1], dim=1)
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0, border: Border = "zeros") -> torch.Tensor:
+    r"""Blur each channel with a normalised ``kernel_size`` x ``kernel_size`` Gaussian (applied as two 1-D passes).
+
+    ``border`` says what lies beyond the image:
+
+    - ``"zeros"`` (default): zero padding, so borders darken towards 0, as the RISE evaluation code
+      (https://github.com/eclique/RISE, ``evaluation.py``: 11 x 11, sigma 5) blurs the insertion metric's
+      starting image (:func:`cams.metrics.insertion_auc`);
+    - ``"reflect"``: the image reflected about its edge pixels, as OpenCV's ``GaussianBlur`` by default
+      (``BORDER_REFLECT_101``), which SESS's fused maps are smoothed with.
+
+    Args:
+        x: images ``(B, C, H, W)``, any float dtype; for maps ``(B, H, W)`` pass ``maps[:, None]``.
+        kernel_size: odd kernel side in pixels.
+        sigma: standard deviation in pixels.
+        border: ``"zeros"`` or ``"reflect"``.
+
+    Returns:
+        ``(B, C, H, W)``, same dtype and device as ``x``.
+
+    Raises:
+        ValueError: an even or non-positive ``kernel_size``, ``sigma <= 0``, an unknown ``border``, or, with
+            ``"reflect"``, an image no larger than half the kernel.
+
+    Example:
+        >>> x = torch.zeros(1, 1, 21, 21)
+        >>> x[0, 0, 10, 10] = 1.0
+        >>> y = gaussian_blur(x)
+        >>> round(float(y.sum()), 4), bool(y[0, 0, 10, 10] < 1), bool(y[0, 0, 10, 10] == y.max())
+        (1.0, True, True)
+        >>> gaussian_blur(torch.ones(1, 1, 12, 12), border="reflect").sub(1).abs().max().item() < 1e-6
+        True
+    """
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number of pixels, got {kernel_size!r}")
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 pixels, got {sigma!r}")
+    if border not in ("zeros", "reflect"):
+        raise ValueError(f"border must be 'zeros' or 'reflect', got {border!r}")
+    half = kernel_size // 2
+    if border == "reflect" and min(x.shape[-2:]) <= half:
+        raise ValueError(
+            f"an image of {tuple(x.shape[-2:])} px is too small for a {kernel_size}×{kernel_size} blur with "
+            f"reflected borders (it needs more than {half} px a side)"
+        )
+    offsets = torch.arange(kernel_size, dtype=torch.float64, device=x.device) - half
+    line = torch.exp(-(offsets**2) / (2 * sigma**2))
+    line = (line / line.sum()).to(x.dtype)
+    channels = x.shape[1]
+    out = F.pad(x, (half, half, half, half), mode="reflect" if border == "reflect" else "constant")
+    out = F.conv2d(out, line.view(1, 1, 1, kernel_size).expand(channels, 1, 1, kernel_size), groups=channels)
+    return F.conv2d(out, line.view(1, 1, kernel_size, 1).expand(channels, 1, kernel_size, 1), groups=channels)

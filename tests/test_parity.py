@@ -39,7 +39,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sig
 
 from cams import CamEngine, find_layer, guided_backprop
 from cams.hooks import capture
-from cams.passes import ablated_scores
+from cams.methods.perturbation import ablated_scores
 from cams.targets import resolve_targets
 
 REFERENCE = {

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal
-
-import torch
+from collections.abc import Callable
+from dataclasses import replace
 
 from cams.methods.activation import cam, fem
 from cams.methods.attention import legrad
+from cams.methods.base import CamMethod
 from cams.methods.baseline import random_cam, sobel
 from cams.methods.eigen import eigen_cam, eigen_grad_cam, kpca_cam, seg_eigen_cam
 from cams.methods.gradient import (
@@ -47,119 +45,11 @@ from cams.methods.gradient import (
     smooth_grad_cam_plus_plus,
     xgrad_cam,
 )
+from cams.methods.meta import SESS_OPTIONS, sess_map
 from cams.methods.perturbation import ablation_cam, is_cam, score_cam, ss_cam
 from cams.names import close_matches
-from cams.ops import EigenSign
-from cams.passes import accepted_options
 
 __all__ = ["METHODS", "CamMethod", "get_method"]
-
-Family = Literal["gradient", "perturbation", "eigen", "activation", "attention", "baseline", "meta"]
-Aggregate = Literal["mean", "product"]
-
-#: inputs that need no target score (every other input is about the explained class)
-_TARGET_FREE = frozenset({"acts", "random_weights", "image"})
-#: inputs that do not read the target layers
-_LAYER_FREE = frozenset({"image", "fullgrad"})
-#: inputs drawn at random
-_RANDOM = frozenset({"smooth_grads", "smoothed_mask_scores", "random_weights"})
-
-
-@dataclass(frozen=True)
-class CamMethod:
-    """One CAM method: how to weigh the captured activations, and what that costs.
-
-    Attributes:
-        name: registry key, e.g. ``"gradcam++"``; also the key of its map in :class:`cams.CamMaps`.
-        weigh: ``weigh(*inputs, **options) -> weighted activations (B, C, *spatial)`` (or the map
-            ``(B, *spatial)`` itself when ``returns_map``), called with the inputs named in ``inputs``, in that
-            order, and with the options its keyword-only parameters name.
-        inputs: what ``weigh`` takes, by name (see :mod:`cams.passes`): ``"acts"``, ``"grads"``,
-            ``"scores"``, ``"mask_scores"``, ``"ablation_scores"``, ``"smooth_grads"``, ...
-        family: ``"gradient"``, ``"perturbation"``, ``"eigen"``, ``"activation"``, ``"attention"``,
-            ``"baseline"`` or ``"meta"``.
-        cost: forwards/backwards per call, for the README table.
-        paper: link to the paper.
-        project: always take the first principal component (Eigen-CAM family).
-        title: the paper's name of the method (also accepted as an alias).
-        options: the method's options and their values; each goes to the keyword-only parameter of that
-            name of ``weigh`` or of the providers of its ``inputs`` (:data:`cams.passes.PROVIDERS`).
-        returns_map: ``weigh`` returns the map ``(B, *spatial)`` itself: no channel sum or projection.
-        per_layer: computed once per target layer and aggregated (``False``: once for the whole call,
-            e.g. FullGrad's bias layers, LeGrad's blocks together, the Sobel map of the input).
-        relu: clamp the map at 0 before min-max scaling (CAM keeps the signed map, as its paper).
-        aggregate: how the maps of several target layers combine: their ``"mean"`` (pytorch-grad-cam),
-            or their ``"product"`` (RefineCAM).
-        min_layers: the fewest target layers the method works with (RefineCAM: 2).
-        eigen_sign: a sign rule the method fixes for its principal component (Seg-Eigen-CAM: ``"max"``);
-            ``None`` follows the call's ``eigen_sign``.
-        volumes: works on volumes ``(B, C, D, H, W)`` as on images (not the Sobel map, SESS's windows, LeGrad).
-    """
-
-    name: str
-    weigh: Callable[..., torch.Tensor]
-    inputs: tuple[str, ...]
-    family: Family
-    cost: str
-    paper: str
-    project: bool = False
-    title: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    returns_map: bool = False
-    per_layer: bool = True
-    relu: bool = True
-    aggregate: Aggregate = "mean"
-    min_layers: int = 1
-    eigen_sign: EigenSign | None = None
-    volumes: bool = True
-
-    @property
-    def needs_grads(self) -> bool:
-        """Whether the shared backward pass is needed."""
-        return "grads" in self.inputs
-
-    @property
-    def needs_target(self) -> bool:
-        """Whether the method explains a target (class) score."""
-        return any(name not in _TARGET_FREE for name in self.inputs)
-
-    @property
-    def needs_layers(self) -> bool:
-        """Whether the method reads the target layers (FullGrad and the Sobel map do not)."""
-        return self.per_layer or any(name not in _LAYER_FREE for name in self.inputs)
-
-    @property
-    def randomised(self) -> bool:
-        """Whether the map depends on random draws (from the call's ``seed``): then an image's map also depends
-        on its place in the batch, which decides the draws it gets."""
-        base = self.options.get("base")
-        return any(name in _RANDOM for name in self.inputs) or (isinstance(base, CamMethod) and base.randomised)
-
-    def with_options(self, **options: Any) -> CamMethod:
-        """A copy of this method with some options changed (lists become tuples).
-
-        Raises:
-            ValueError: an option the method does not have, with close matches.
-
-        Example:
-            >>> get_method("kpcacam").with_options(kernel="rbf").options
-            {'kernel': 'rbf', 'gamma': None}
-        """
-        for key in options:
-            if key not in self.options:
-                known = ", ".join(sorted(self.options)) or "none"
-                raise ValueError(
-                    f"{self.name}: unknown option {key!r}{close_matches(key, self.options)}; its options are: "
-                    f"{known}"
-                )
-        frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-        return replace(self, options={**self.options, **frozen})
-
-    def kwargs_for(self, fn: Callable[..., Any]) -> dict[str, Any]:
-        """The options ``fn`` takes: those named by its keyword-only parameters."""
-        accepted = accepted_options(fn)
-        return {k: v for k, v in self.options.items() if accepted is None or k in accepted}
-
 
 _GRADIENT = ("acts", "grads")
 _SHARED = "1 forward + 1 partial backward (shared)"
@@ -229,7 +119,7 @@ def finer_cam(base: CamMethod) -> CamMethod:
     """Finer-CAM (Zhang et al. 2025, https://arxiv.org/abs/2501.11309) over any gradient method ``base``.
 
     ``base`` weighs the activations with the gradient of the contrastive score of pytorch-grad-cam's
-    ``FinerWeightedTarget`` instead of the target's (see :func:`cams.passes.finer_gradients`).
+    ``FinerWeightedTarget`` instead of the target's (see :func:`cams.methods.meta.finer_gradients`).
 
     Example:
         >>> finer_cam(get_method("layercam")).name, finer_cam(get_method("layercam")).inputs
@@ -280,8 +170,6 @@ def sess(base: CamMethod) -> CamMethod:
         >>> sess(get_method("layercam")).name, sess(get_method("gradcam")).options["num_scales"]
         ('sess(layercam)', 12)
     """
-    from cams.methods.meta import SESS_OPTIONS, sess_map
-
     if not base.per_layer:
         raise ValueError(f"sess runs its base on patches through the target layers; {base.name!r} does not")
     return CamMethod(

@@ -1,7 +1,8 @@
 """Baselines: maps that do not explain the model, to calibrate metrics against.
 
 RandomCAM weighs the channels at random; the Sobel map is the edges of the input image. A faithfulness
-or localisation score is only worth what it beats these by.
+or localisation score is only worth what it beats these by. RandomCAM's ``random_weights`` input is declared
+here (:data:`RANDOM_WEIGHTS`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_cam", "sobel"]
+from cams.passes import Input, Pass
+
+__all__ = ["RANDOM_WEIGHTS", "random_cam", "sobel"]
 
 #: ITU-R BT.601 luma, as OpenCV's ``COLOR_RGB2GRAY``
 _LUMA = (0.299, 0.587, 0.114)
@@ -54,3 +57,13 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
     # grey conversion, both Sobel kernels and the ½ in one convolution: weight[o, c] = ½ luma_c · K_o
     weight = (0.5 * sobel_xy[:, None] * luma[None, :, None, None]).to(image.device)
     return F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), weight).abs().sum(dim=1)
+
+
+def _random_weights(p: Pass, i: int) -> torch.Tensor:
+    """RandomCAM: ``U(-1, 1)`` weights per image and channel → (B, C), from the call's seeded generator."""
+    shape = p.acts[i].shape[:2]
+    return torch.rand(shape, generator=p.generator("random_weights", i), device=p.x.device) * 2 - 1
+
+
+#: RandomCAM: ``U(-1, 1)`` weights per image and channel ``(B, C)``, from the call's seeded generator
+RANDOM_WEIGHTS = Input("random_weights", _random_weights, needs_target=False, random=True)

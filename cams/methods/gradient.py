@@ -4,6 +4,9 @@ Shapes: ``acts`` and ``grads`` are (B, C, *spatial) float32 — (B, C, h, w) for
 for volumes — the activations of the target layer and the gradient of the target score with respect
 to them. Each function returns the weighted activations, same shape, whose channel sum (or first
 principal component, with ``eigen_smooth``) is the map before ReLU and normalisation.
+
+ShapleyCAM's second-order input, the Hessian-vector product ``hvp``, is declared here (:data:`HVP`);
+Smooth Grad-CAM++'s noisy gradients in :mod:`cams.noise`, FullGrad's terms in :mod:`cams.bias_gradients`.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import torch
 
 from cams.ops import spatial_dims
+from cams.passes import Input, Pass
 
 __all__ = [
+    "HVP",
     "full_grad",
     "grad_cam",
     "grad_cam_elementwise",
@@ -167,3 +172,20 @@ def full_grad(terms: torch.Tensor) -> torch.Tensor:
         [4.0, 4.0, 4.0, 4.0]
     """
     return terms
+
+
+def _hvp(p: Pass, i: int) -> torch.Tensor:
+    """ShapleyCAM: the Hessian-vector product ``(∂²y/∂A²) A`` → (B, C, *spatial)."""
+    assert p.graph_grads is not None and p.outputs is not None
+    grad, output = p.graph_grads[i], p.outputs[i]
+    hvp = None
+    if grad.requires_grad:
+        (hvp,) = torch.autograd.grad(grad, output, grad_outputs=p.raw[i].to(grad.dtype), retain_graph=True,
+                                     allow_unused=True)  # fmt: skip
+    if hvp is None:  # the score is linear in the layer's output after it: no second-order term
+        return torch.zeros_like(p.acts[i])
+    return p.feature_map(i, hvp).float()
+
+
+#: ShapleyCAM: the Hessian-vector product ``(∂²y/∂A²) A`` ``(B, C, *spatial)``, from the shared backward's graph
+HVP = Input("hvp", _hvp, backward=True, graph=True, second_order=True)

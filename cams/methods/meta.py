@@ -1,25 +1,34 @@
-"""Meta-methods: RefineCAM and SESS run any other method and combine its maps.
+"""Meta-methods: Finer-CAM, RefineCAM and SESS run any other method and change or combine its maps.
 
-Both are built over a base method by :func:`cams.methods.refine_cam` / :func:`cams.methods.sess`, or by name:
-``"refinecam(layercam)"``, ``"sess(gradcam++)"``. RefineCAM only changes how the engine combines the maps of
-several target layers (their product); SESS runs the base method on patches and fuses them
-(:func:`sess_maps`, the provider of the ``"sess"`` input).
+All three are built over a base method by :func:`cams.methods.finer_cam` / :func:`cams.methods.refine_cam` /
+:func:`cams.methods.sess`, or by name: ``"finercam(layercam)"``, ``"refinecam(layercam)"``,
+``"sess(gradcam++)"``. Finer-CAM gives the base method other gradients (:func:`finer_gradients`, the
+``finer_grads`` input, :data:`FINER_GRADS`); RefineCAM only changes how the engine combines the maps of
+several target layers (their product); SESS runs the base method on patches, through the engine call's own
+:attr:`cams.passes.Pass.explain`, and fuses them (:func:`sess_maps`, the ``sess`` input, :data:`SESS`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cams.ops import gaussian_blur
+from cams.passes import Input, Pass
 from cams.targets import Target, logits_of
 
-if TYPE_CHECKING:
-    from cams.methods import CamMethod
-    from cams.passes import Pass
-
-__all__ = ["SESS_OPTIONS", "gaussian_blur", "sess_map", "sess_maps", "sliding_windows"]
+__all__ = [
+    "FINER_GRADS",
+    "SESS",
+    "SESS_OPTIONS",
+    "finer_gradients",
+    "sess_map",
+    "sess_maps",
+    "sliding_windows",
+]
 
 #: SESS's options and defaults (pytorch-grad-cam's ``SESS``): see :func:`sess_maps`.
 SESS_OPTIONS: dict[str, Any] = {
@@ -34,6 +43,10 @@ SESS_OPTIONS: dict[str, Any] = {
     "smooth": True,
     "use_softmax_scores": True,
 }
+
+
+#: the Gaussian SESS smooths its fused maps with: 11×11, σ = 5, reflected borders (pytorch-grad-cam's cv2 call)
+_BLUR, _BLUR_SIGMA = 11, 5.0
 
 
 def sess_map(fused: torch.Tensor) -> torch.Tensor:
@@ -75,27 +88,6 @@ def sliding_windows(height: int, width: int, step: int, window: int) -> list[tup
     return [(x, y) for y in window_starts(height, step, window) for x in window_starts(width, step, window)]
 
 
-def gaussian_blur(maps: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Blur maps (B, H, W) with a ``size × size`` Gaussian, borders reflected (OpenCV's ``GaussianBlur`` default).
-
-    Example:
-        >>> gaussian_blur(torch.ones(1, 12, 12)).sub(1).abs().max().item() < 1e-6
-        True
-    """
-    half = size // 2
-    offsets = torch.arange(size, dtype=torch.float64, device=maps.device) - half
-    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    out = maps[:, None]
-    pad_h, pad_w = min(half, maps.shape[1] - 1), min(half, maps.shape[2] - 1)
-    if pad_h < half or pad_w < half:
-        raise ValueError(f"sess: the map ({tuple(maps.shape[1:])}) is too small for an {size}×{size} blur")
-    out = F.pad(out, (half, half, half, half), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, size))
-    out = F.conv2d(out, kernel.view(1, 1, size, 1))
-    return out[:, 0]
-
-
 class _PatchTarget(Target):
     """The target of each patch's source image: row ``r`` of a patch batch comes from ``source[r]``."""
 
@@ -134,7 +126,7 @@ def _resized(x: torch.Tensor, short: int) -> torch.Tensor:
 def sess_maps(
     p: Pass,
     *,
-    base: CamMethod,
+    base: Any,
     scales: Any,
     num_scales: int,
     scale_step_ratio: float,
@@ -160,11 +152,10 @@ def sess_maps(
        are fused pixel by pixel by their mean over the maps above ``theta`` (``pool="mean"``) or their
        maximum (``"max"``), and blurred by an 11×11 Gaussian of σ = 5 (``smooth``).
 
-    The reference scores the patches in one pass and computes their maps in another; here one forward
-    gives both.
+    ``base`` is the base :class:`cams.CamMethod`, run on the patches by the call's :attr:`~cams.passes.Pass.explain`
+    (the same model, target layers, ``reshape_transform`` and call options). The reference scores the patches
+    in one pass and computes their maps in another; here one forward gives both.
     """
-    from cams.engine import CamEngine
-
     x = p.x
     if x.dim() != 4:
         raise ValueError(f"sess slides windows over images (B, C, H, W); got input shape {tuple(x.shape)}")
@@ -172,7 +163,9 @@ def sess_maps(
         raise ValueError(f"sess: pool={pool!r}; expected 'mean' or 'max'")
     if not 0.0 <= pre_filter_ratio < 1.0:
         raise ValueError(f"sess: pre_filter_ratio={pre_filter_ratio!r}; expected a value in [0, 1)")
-    assert p.target is not None
+    if smooth and min(x.shape[2:]) <= _BLUR // 2:
+        raise ValueError(f"sess: the map ({tuple(x.shape[2:])}) is too small for an {_BLUR}×{_BLUR} blur")
+    assert p.target is not None and p.explain is not None, "the engine gives SESS its target and its explain"
     batch, _, height, width = x.shape
     window = int(window_size) if window_size is not None else min(height, width)
     step = int(step_size) if step_size is not None else window
@@ -191,14 +184,12 @@ def sess_maps(
     stacked = torch.stack(patches, dim=1).reshape(batch * count, x.shape[1], window, window)
     source = torch.arange(batch, device=x.device).repeat_interleave(count)
 
-    engine = CamEngine(p.model, [module for _, module in p.layers], reshape_transform=p.reshape_transform)
     chunk = p.batch_size or 32
     maps, scores = [], []
     for start in range(0, len(stacked), chunk):
         rows = slice(start, start + chunk)
         target = _PatchTarget(p.target, source[rows])
-        result = engine(stacked[rows], methods=base, targets=target, eigen_smooth=p.eigen_smooth,
-                        eigen_sign=p.eigen_sign, batch_size=p.batch_size, seed=p.seed)  # fmt: skip
+        result = p.explain(stacked[rows], base, target)
         maps.append(result[base.name])
         scores.append(_patch_scores(result, target, use_softmax_scores))
     patch_maps = torch.cat(maps).view(batch, count, window, window)
@@ -224,7 +215,9 @@ def sess_maps(
             counts += above.sum(dim=1)
     if pool == "mean":
         fused = torch.where(counts > 0, fused / counts.clamp_min(1), 0.0)
-    return gaussian_blur(fused) if smooth else fused
+    if not smooth:
+        return fused
+    return gaussian_blur(fused[:, None], _BLUR, _BLUR_SIGMA, border="reflect")[:, 0]
 
 
 def _patch_scores(result: Any, target: Target, softmax: bool) -> torch.Tensor:
@@ -248,3 +241,61 @@ def _patch_weights(scores: torch.Tensor, pre_filter_ratio: float) -> tuple[torch
     top = scores.amax(dim=1, keepdim=True)
     weights = torch.where(top > 0, scores / torch.where(top > 0, top, torch.ones_like(top)), 1.0)
     return weights, kept
+
+
+def _sess(p: Pass, i: int, **options: Any) -> torch.Tensor:
+    return sess_maps(p, **options)
+
+
+#: SESS: the base method's patch maps, weighted and fused ``(B, H, W)`` (every option of the method reaches it)
+SESS = Input("sess", _sess, reads_feature_map=False)
+
+
+def _finer_grads(p: Pass, i: int, *, alpha: float, comparisons: Sequence[int]) -> torch.Tensor:
+    outputs, target = p.outputs, p.target
+    assert outputs is not None and target is not None
+
+    def every_layer() -> list[torch.Tensor]:  # one backward gives every layer's gradients
+        grads = finer_gradients(p.output, outputs, target, alpha=alpha, comparisons=comparisons)
+        return [p.feature_map(j, g).float() for j, g in enumerate(grads)]
+
+    return p.cached(("finer", alpha, tuple(comparisons)), every_layer)[i]
+
+
+def finer_gradients(
+    output: Any, outputs: Sequence[torch.Tensor], target: Target, *, alpha: float, comparisons: Sequence[int]
+) -> list[torch.Tensor]:
+    """Finer-CAM: gradients of pytorch-grad-cam's ``FinerWeightedTarget`` score with respect to ``outputs``.
+
+    For each row, with logits ``y`` and main class ``m`` (the target's class, or the prediction), the
+    comparison classes ``d_j`` are those at the ranks ``comparisons`` (default 1, 2, 3) when the classes
+    are sorted by ``|y − y_m|`` (rank 0 is ``m``); ``w_j = softmax(y)_{d_j}`` and the score is
+    ``Σ_j w_j (y_m − α y_{d_j}) / (Σ_j w_j + 1e-9)``, differentiated through ``w`` as well.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"finercam: alpha={alpha!r}; expected a number")
+    classes = target.classes
+    if classes is None:
+        raise ValueError("finercam compares classes; pass class targets (None, an int, one class per image)")
+    logits = logits_of(output, "targets")
+    y = logits.float()
+    main = classes.to(y.device)
+    ranks = [int(r) for r in comparisons]
+    valid = [r for r in ranks if 0 < r < y.shape[1]] if ranks else []
+    if not valid:
+        raise ValueError(f"finercam: comparisons={tuple(comparisons)!r} selects no class of {y.shape[1]}; use ranks "
+                         "from 1 (the closest class) up")  # fmt: skip
+    with torch.no_grad():
+        distance = (y - y.gather(1, main[:, None])).abs()
+        distance.scatter_(1, main[:, None], -1.0)
+        order = distance.argsort(dim=1, stable=True)
+    others = order[:, valid]
+    probs = y.softmax(dim=1).gather(1, others)
+    gap = y.gather(1, main[:, None]) - alpha * y.gather(1, others)
+    score = (probs * gap).sum(dim=1) / (probs.sum(dim=1) + 1e-9)
+    grads = torch.autograd.grad(score.sum(), list(outputs), retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(o) if g is None else g for o, g in zip(outputs, grads, strict=True)]
+
+
+#: Finer-CAM: the gradients of the contrastive score, per layer ``(B, C, *spatial)``, from the shared forward's graph
+FINER_GRADS = Input("finer_grads", _finer_grads, graph=True)

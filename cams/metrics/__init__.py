@@ -29,7 +29,6 @@ from cams.metrics.faithfulness import (
     average_drop,
     deletion_auc,
     faithfulness,
-    gaussian_blur,
     increase_in_confidence,
     insertion_auc,
 )
@@ -37,6 +36,7 @@ from cams.metrics.localisation import energy_pointing_game, pointing_game
 from cams.metrics.road import noisy_linear_imputation, road
 from cams.metrics.sanity import randomized_copy, sanity_check
 from cams.metrics.similarity import cosine_similarity, drift, spearman
+from cams.ops import gaussian_blur
 
 __all__ = [
     "average_drop",

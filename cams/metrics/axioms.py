@@ -24,9 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from cams.hooks import capture, find_layer, grad_capable, prepare
+from cams.hooks import capture, grad_capable, prepare
+from cams.layer_choice import find_layer
 from cams.methods import get_method
-from cams.passes import Pass, ablated_scores, score_rows
+from cams.methods.perturbation import ablated_scores
+from cams.passes import Pass, score_rows
 from cams.state import frozen_model, model_device
 from cams.targets import Targets, resolve_targets
 
@@ -158,7 +160,8 @@ def axioms(
                 f"like the input {tuple(x.shape)}"
             )
         scores = score.detach().float()
-        state = Pass(model, x, [(name, module)], [raw], [raw.float()], grads, target, scores, batch_size)
+        state = Pass(model, x, [(name, module)], [raw], [raw.float()], grads, target, scores, batch_size,
+                     inputs={i.name: i for i in spec.declared_inputs})  # fmt: skip
         weighted = spec.weigh(*(state.get(input_name, 0) for input_name in spec.inputs))
         if batch_size is None:
             batch_size = max(1, min(raw.shape[1], (256 << 20) // (raw[0].numel() * raw.element_size())))

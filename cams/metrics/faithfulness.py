@@ -11,16 +11,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from cams.metrics._maps import as_maps
+from cams.metrics._inputs import check_counts, check_images_and_maps, metric_target
 from cams.names import close_matches
+from cams.ops import gaussian_blur
 from cams.state import frozen_model
-from cams.targets import ClassTarget, Target, Targets, logits_of, resolve_targets, select_rows
+from cams.targets import Targets, logits_of, select_rows
 
 __all__ = [
     "average_drop",
     "deletion_auc",
     "faithfulness",
-    "gaussian_blur",
     "increase_in_confidence",
     "insertion_auc",
 ]
@@ -29,65 +29,6 @@ Baseline = str | float | Tensor | Callable[[Tensor], Tensor]
 
 _BASELINES = ("zeros", "blur")
 _ORIGINAL, _EXPLANATION, _DELETION, _INSERTION = range(4)
-
-
-def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    r"""Blur each channel with a normalised ``kernel_size`` x ``kernel_size`` Gaussian, zero padding.
-
-    The insertion metric's default starting image: the RISE evaluation code
-    (https://github.com/eclique/RISE, ``evaluation.py``) blurs with an 11 x 11 kernel, sigma 5 and
-    zero padding (``conv2d(x, kernel, padding=kernel_size // 2)``), so borders darken towards 0.
-
-    Args:
-        x: images ``(B, C, H, W)``, any float dtype.
-        kernel_size: odd kernel side in pixels.
-        sigma: standard deviation in pixels.
-
-    Returns:
-        ``(B, C, H, W)``, same dtype and device as ``x``.
-
-    Example:
-        >>> import torch
-        >>> x = torch.zeros(1, 1, 21, 21)
-        >>> x[0, 0, 10, 10] = 1.0
-        >>> y = gaussian_blur(x)
-        >>> round(float(y.sum()), 4), bool(y[0, 0, 10, 10] < 1), bool(y[0, 0, 10, 10] == y.max())
-        (1.0, True, True)
-    """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd number of pixels, got {kernel_size!r}")
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0 pixels, got {sigma!r}")
-    channels = x.shape[1]
-    offsets = torch.arange(kernel_size, device=x.device, dtype=torch.float32) - kernel_size // 2
-    line = torch.exp(-(offsets**2) / (2 * sigma**2))
-    line = line / line.sum()
-    kernel = (line[:, None] * line[None, :]).to(x.dtype).expand(channels, 1, kernel_size, kernel_size)
-    return torch.nn.functional.conv2d(x, kernel, padding=kernel_size // 2, groups=channels)
-
-
-def _check_inputs(x: Tensor, maps: Tensor) -> Tensor:
-    """Validate ``x`` ``(B, C, H, W)``; return maps ``(B, H, W)`` at ``x``'s size, dtype and device."""
-    if not isinstance(x, Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be images (B, C, H, W), got {shape}")
-    maps = as_maps(maps).to(device=x.device)
-    if maps.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"maps has {maps.shape[0]} maps for {x.shape[0]} images in x; pass one map per image"
-        )
-    if maps.shape[-2:] != x.shape[-2:]:
-        maps = torch.nn.functional.interpolate(
-            maps[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False
-        )[:, 0]
-    return maps.to(x.dtype if x.is_floating_point() else torch.float32)
-
-
-def _check_counts(steps: int, batch_size: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int (number of deletion/insertion steps), got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (images per forward), got {batch_size!r}")
 
 
 def _make_baseline(baseline: Baseline, x: Tensor, name: str) -> Tensor:
@@ -109,18 +50,6 @@ def _make_baseline(baseline: Baseline, x: Tensor, name: str) -> Tensor:
         raise ValueError(
             f"{name} of shape {shape} does not broadcast to x of shape {tuple(x.shape)}"
         ) from error
-
-
-def _metric_target(targets: Targets, batch: int, softmax: bool, device: torch.device) -> tuple[Target, Tensor | None]:
-    """The target of every scored row, and for ``targets=None`` the class tensor the originals fill in.
-
-    The originals are the first rows scored, so the predicted class of each image is known before any
-    perturbed copy of it is scored.
-    """
-    if targets is None:
-        classes = torch.zeros(batch, dtype=torch.long, device=device)
-        return ClassTarget(classes, softmax=softmax), classes
-    return resolve_targets(targets, batch, softmax=softmax), None
 
 
 def _perturbation_scores(
@@ -146,13 +75,13 @@ def _perturbation_scores(
     device = next((t.device for t in (*model.parameters(), *model.buffers())), x.device)
     if batch_size is None:
         batch_size = 8 if device.type == "cpu" else 64
-    _check_counts(steps, batch_size)
-    maps = _check_inputs(x, maps)
+    check_counts(steps, batch_size)
+    maps = check_images_and_maps(x, maps)
     out_device = x.device
     x, maps = x.detach().to(device), maps.to(device)
     batch, _, height, width = x.shape
     pixels = height * width
-    target, predicted = _metric_target(targets, batch, softmax, x.device)
+    target, predicted = metric_target(targets, batch, softmax, x.device)
 
     images = torch.arange(batch, device=x.device)
     step = torch.arange(steps + 1, device=x.device)
@@ -367,7 +296,7 @@ def deletion_auc(
         model, x, maps, targets, softmax, batch_size: as in :func:`average_drop`.
         steps: :math:`S`, number of deletion steps.
         baseline: what removed pixels become: ``"zeros"`` (default, as the RISE code; in
-            normalised space this is the dataset mean), ``"blur"`` (:func:`gaussian_blur`), a
+            normalised space this is the dataset mean), ``"blur"`` (:func:`cams.ops.gaussian_blur`), a
             number, a tensor broadcastable to ``x``, or a callable ``x -> (B, C, H, W)``.
 
     Returns:
@@ -410,7 +339,7 @@ def insertion_auc(
     Args:
         model, x, maps, targets, softmax, batch_size: as in :func:`average_drop`.
         steps: :math:`S`, number of insertion steps.
-        baseline: the starting image: ``"blur"`` (default, :func:`gaussian_blur`, 11 x 11,
+        baseline: the starting image: ``"blur"`` (default, :func:`cams.ops.gaussian_blur`, 11 x 11,
             sigma 5), ``"zeros"``, a number, a tensor broadcastable to ``x`` or a callable
             ``x -> (B, C, H, W)``.
 

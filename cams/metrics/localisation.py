@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cams.metrics._maps import as_maps
+from cams.metrics._inputs import as_maps
 from cams.ops import peak
 
 __all__ = ["energy_pointing_game", "pointing_game"]

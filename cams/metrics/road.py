@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cams.metrics.faithfulness import _check_counts, _check_inputs, _metric_target
+from cams.metrics._inputs import check_counts, check_images_and_maps, metric_target
 from cams.state import frozen_model
 from cams.targets import Targets, logits_of
 
@@ -314,17 +314,17 @@ def road(
     device = next((t.device for t in (*model.parameters(), *model.buffers())), x.device)
     if batch_size is None:
         batch_size = 8 if device.type == "cpu" else 64
-    _check_counts(1, batch_size)
+    check_counts(1, batch_size)
     percentiles = [float(p) for p in percentiles]
     if not percentiles or not all(0 < p < 100 for p in percentiles):
         raise ValueError(f"percentiles must be numbers in (0, 100), e.g. {list(PERCENTILES)}; got {percentiles!r}")
-    maps = _check_inputs(x, maps).float()
+    maps = check_images_and_maps(x, maps).float()
     out_device = x.device
     x, maps = x.detach().to(device), maps.to(device)
     batch = x.shape[0]
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0)
-    target, predicted = _metric_target(targets, batch, softmax, device)
+    target, predicted = metric_target(targets, batch, softmax, device)
     images = torch.arange(batch, device=device)
 
     with frozen_model(model), torch.inference_mode():

@@ -11,6 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from cams.engine import CamEngine
+from cams.layer_choice import find_layer
+from cams.methods import get_method
 from cams.metrics.similarity import spearman
 from cams.state import frozen_model, rng_guard
 from cams.targets import Target, Targets
@@ -161,8 +164,6 @@ def randomized_copy(
         ...     model.layer4[1].conv2.weight), torch.equal(copy.layer4[0].conv1.weight, model.layer4[0].conv1.weight)
         (False, False, True)
     """
-    from cams.engine import find_layer
-
     specs = [target_layers] if isinstance(target_layers, (str, nn.Module)) else list(target_layers)
     if not specs:
         raise ValueError("target_layers: got an empty list; pass a layer name such as 'layer4'")
@@ -237,9 +238,6 @@ def sanity_check(
         >>> similarity.shape, bool((similarity.abs() <= 1).all())
         (torch.Size([2]), True)
     """
-    from cams.engine import CamEngine
-    from cams.methods import get_method
-
     name = get_method(method, argument="method").name
     engine = CamEngine(model, target_layers, reshape_transform)
     original = engine(x, methods=name, targets=targets, batch_size=batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cams.metrics._maps import as_maps
+from cams.metrics._inputs import as_maps
 from cams.names import close_matches
 
 __all__ = ["cosine_similarity", "drift", "spearman"]

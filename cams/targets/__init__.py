@@ -2,6 +2,7 @@
 
 A :class:`Target` maps a model output and the source image of each row to one score per row
 (see :mod:`cams.targets.base`). :func:`resolve_targets` turns every form a user may pass into one.
+:func:`logits_of` and :func:`readable_logits` (:mod:`~cams.targets.logits`) read the logits in a model output.
 
 One module per task:
 
@@ -35,9 +36,10 @@ import numpy as np
 import torch
 
 from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
-from cams.targets.classification import ClassTarget, check_classes, logits_of, readable_logits
+from cams.targets.classification import ClassTarget, check_classes
 from cams.targets.detection import DetectionTarget, fpn_reshape
 from cams.targets.embedding import EmbeddingTarget
+from cams.targets.logits import logits_of, readable_logits
 from cams.targets.multilabel import MultiLabelTarget, classes_above
 from cams.targets.segmentation import SegmentationTarget, segmentation_logits
 from cams.targets.spec import parse_target

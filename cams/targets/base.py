@@ -19,6 +19,8 @@ from typing import Any, Union
 import numpy as np
 import torch
 
+from cams.targets.logits import logits_of
+
 __all__ = ["FunctionTarget", "PerImageTargets", "Target", "Targets", "select_rows"]
 
 Targets = Union[
@@ -86,8 +88,6 @@ class FunctionTarget(Target):
 
     def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
         if self.softmax:
-            from cams.targets.classification import logits_of
-
             output = logits_of(output, "targets").float().softmax(dim=1)
         scores = self.fn(output)
         if not isinstance(scores, torch.Tensor) or scores.shape != (len(images),):
