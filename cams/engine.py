@@ -177,9 +177,9 @@ class CamEngine:
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
             eigen_smooth: replace the channel sum by the first principal component of the weighted
                 activations.
-            batch_size: rows per forward for Score-CAM (default 8 masked images on the CPU, 64 on
-                accelerators) and Ablation-CAM
-                (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
+            batch_size: rows per forward for Score-CAM (default on the CPU: 8 masked images of 3×224², more of
+                smaller ones, up to 256; 64 on accelerators) and Ablation-CAM (default: every channel of an image
+                in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
                 pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
