@@ -145,6 +145,14 @@ class CamLogWriter:
         self.destination = destination(self.loggers, self.png_dir)
         """Where this writer's output lands (:func:`destination`): equal for two writers of the same run."""
 
+    def resolve(self) -> None:
+        """Create the loggers' lazy state (MLflow's run, Comet's experiment, TensorBoard's writer) on this thread,
+        so a background thread writing images never creates it a second time."""
+        for logger in (*self.tensorboard, *self.mlflow, *self.comet):
+            _ = logger.experiment
+        for logger in self.mlflow:
+            _ = logger.run_id
+
     @classmethod
     def open(cls, trainer: Trainer, name: str | None = None) -> CamLogWriter:
         """The writer for ``trainer``'s loggers (global rank zero), PNGs in :func:`png_run_dir` without an image

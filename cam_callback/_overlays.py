@@ -136,6 +136,7 @@ class ImageLog:
         writer = self.writer
         if writer is None:
             return
+        writer.resolve()  # on the main thread: the worker must not create a logger's run a second time
 
         def job() -> None:
             started = time.perf_counter()

@@ -69,8 +69,9 @@ class CAMCallback(Callback):
     the end of the epoch when there is none), or every ``every_n_steps`` optimizer steps, and logs at the step
     Lightning logs its own metrics at: the overlays ``cam/<method>``, the timeline ``cam/<method>/timeline``, the
     drift ``cam_drift/<method>/vs_previous`` and ``/vs_first``, each measure's scalars (``docs/callback.md`` lists
-    every tag) and ``cam_cost/overhead``. Every scalar is also in ``trainer.callback_metrics`` under the same tag,
-    for ``ModelCheckpoint``/``EarlyStopping``.
+    every tag) and ``cam_cost/...``. Every scalar (but ``cam_cost/logging``, which the background image worker
+    writes after the run) is also in ``trainer.callback_metrics`` under the same tag, for
+    ``ModelCheckpoint``/``EarlyStopping``.
 
     The maps never change training: no ``.grad`` writes, no hooks left behind; modes, BatchNorm buffers, sharded
     parameters and the global RNG as found. With several processes (DDP, ``ModelParallelStrategy`` with FSDP2)
@@ -134,6 +135,7 @@ class CAMCallback(Callback):
         ...                        display=CAMDisplay(colormap="turbo"))
         >>> callback.methods
         ('gradcam', 'xgradcam')
+
         In a training script::
 
             trainer = Trainer(max_epochs=10, callbacks=[CAMCallback(method="xgradcam")])
