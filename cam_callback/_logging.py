@@ -12,6 +12,11 @@
   ``save_dir/name/version``), or a new ``<default_root_dir>/cams/version_<n>/`` per run without
   loggers; never a folder shared between runs.
 
+Drawing and encoding a run's images is the largest part of a run on a small model, so global rank zero hands
+them to a :class:`BackgroundLog`: one worker thread, a bounded queue, jobs in the order given; the callback
+flushes it at the end of ``fit``/``validate``, on an exception, before its state is saved and before it reads
+the timeline, and a failure in the worker is raised at the next run or flush, on every rank alike.
+
 A writer with a ``name`` puts it after the tag's first part (``cam/<name>/gradcam``,
 ``cam_drift/<name>/gradcam/vs_first``), so several callbacks in one Trainer never write the same tag.
 """
@@ -20,8 +25,12 @@ from __future__ import annotations
 
 import csv
 import inspect
+import queue
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +44,7 @@ from cams.overlay import save_png, to_uint8
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
-__all__ = ["CamLogWriter", "destination", "mlflow_key", "png_run_dir", "prefixed"]
+__all__ = ["BackgroundLog", "CamLogWriter", "destination", "mlflow_key", "png_run_dir", "prefixed"]
 
 
 def _is_tensorboard(logger: Logger) -> bool:
@@ -136,6 +145,14 @@ class CamLogWriter:
         self.destination = destination(self.loggers, self.png_dir)
         """Where this writer's output lands (:func:`destination`): equal for two writers of the same run."""
 
+    def resolve(self) -> None:
+        """Create the loggers' lazy state (MLflow's run, Comet's experiment, TensorBoard's writer) on this thread,
+        so a background thread writing images never creates it a second time."""
+        for logger in (*self.tensorboard, *self.mlflow, *self.comet):
+            _ = logger.experiment
+        for logger in self.mlflow:
+            _ = logger.run_id
+
     @classmethod
     def open(cls, trainer: Trainer, name: str | None = None) -> CamLogWriter:
         """The writer for ``trainer``'s loggers (global rank zero), PNGs in :func:`png_run_dir` without an image
@@ -158,8 +175,8 @@ class CamLogWriter:
         else:
             grid = grid.detach().float().clamp(0, 1).cpu()
             array = to_uint8(grid[None])[0]  # (H, W, 3) uint8
-        for logger in self.tensorboard:
-            logger.experiment.add_image(tag, grid, global_step=step, dataformats="CHW")
+        for logger in self.tensorboard:  # uint8 as it is: no float round trip before TensorBoard's PNG encoder
+            logger.experiment.add_image(tag, array, global_step=step, dataformats="HWC")
         for logger in self.mlflow:
             _mlflow_image(logger, array, tag, step)
         for logger in self.comet:
@@ -243,3 +260,81 @@ def _mlflow_image(logger: MLFlowLogger, array: Any, tag: str, step: int) -> None
         client.log_image(logger.run_id, array, key=key, step=step)
     else:  # an older MLflow: one artifact per image
         client.log_image(logger.run_id, array, artifact_file=f"{key}/step_{step:07d}.png")
+
+
+class BackgroundLog:
+    """Run jobs (a run's image logging) on one worker thread, in the order submitted, with at most ``depth``
+    waiting: :meth:`submit` blocks when the queue is full, so nothing is dropped and memory stays bounded.
+
+    A job that raises is remembered (with its traceback) and the jobs after it still run; :meth:`check` raises
+    the first remembered failure once, :meth:`flush` waits for every job and then does the same.
+
+    Args:
+        depth: jobs that may wait at once (a run is one job).
+
+    Example:
+        >>> log = BackgroundLog()
+        >>> done = []
+        >>> for i in range(3):
+        ...     log.submit(lambda i=i: done.append(i))
+        >>> log.flush(); done
+        [0, 1, 2]
+        >>> log.close()
+    """
+
+    def __init__(self, depth: int = 4) -> None:
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=depth)
+        self._failure: tuple[BaseException, str] | None = None
+        self._thread: threading.Thread | None = None
+        self.seconds = 0.0
+        """Wall time the worker spent in jobs so far."""
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` (blocks while ``depth`` jobs wait)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="cam-callback-log", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                started = time.perf_counter()
+                job()
+                self.seconds += time.perf_counter() - started
+            except BaseException as err:  # remembered, raised on the main thread by check()
+                if self._failure is None:
+                    self._failure = (err, traceback.format_exc())
+            finally:
+                self._jobs.task_done()
+
+    def check(self) -> None:
+        """Raise the first failure of a job since the last check (``RuntimeError`` with its traceback), if any."""
+        if self._failure is not None:
+            err, trace = self._failure
+            self._failure = None
+            raise RuntimeError(f"CAMCallback: logging a run's images failed in the background: "
+                               f"{type(err).__name__}: {err}\n{trace}") from err  # fmt: skip
+
+    def wait(self) -> None:
+        """Wait until every job submitted so far has run."""
+        if self._thread is not None:
+            self._jobs.join()
+
+    def flush(self) -> None:
+        """:meth:`wait`, then :meth:`check`."""
+        self.wait()
+        self.check()
+
+    def close(self) -> None:
+        """Flush and stop the worker (a later :meth:`submit` starts a new one)."""
+        try:
+            self.flush()
+        finally:
+            if self._thread is not None and self._thread.is_alive():
+                self._jobs.put(None)
+                self._thread.join()
+            self._thread = None

@@ -10,19 +10,22 @@ the attention timeline. This is an edge of the package: where maps become pixels
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torchvision
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
-from cam_callback._logging import CamLogWriter
+from cam_callback._logging import BackgroundLog, CamLogWriter
 from cam_callback._settings import CAMDisplay
 from cam_callback._timeline import Timeline, log_timeline
 from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
 
-__all__ = ["grid", "log_config_and_input", "log_overlays", "log_run_images"]
+__all__ = ["ImageLog", "grid", "log_config_and_input", "log_overlays", "log_run_images"]
 
 Normalisation = tuple[float, ...] | None
 
@@ -104,3 +107,62 @@ def log_run_images(
     if timeline is not None:
         log_timeline(timeline, writer, batch, maps, preds, step, title, mean, std, display)
     writer.flush()
+
+
+class ImageLog:
+    """Global rank zero's image logging for one ``fit``/``validate`` session: the writer and the background worker
+    that draws and writes each run's images (:class:`~cam_callback._logging.BackgroundLog`), so no rank waits for it.
+
+    Each run's job logs its images, then ``cam_cost/logging`` (the job's own seconds) at the run's step. On the
+    other ranks (``trainer=None``) it logs nothing and every method does nothing.
+
+    Args:
+        trainer: the Trainer (its loggers; PNG files in the run's folder without an image logger), or ``None``.
+        name: the callback's name in its tags, or ``None``.
+    """
+
+    def __init__(self, trainer: Trainer | None = None, name: str | None = None) -> None:
+        self.writer = None if trainer is None else CamLogWriter.open(trainer, name)
+        self._worker = BackgroundLog()
+
+    @property
+    def destination(self) -> str | None:
+        """Where the images land (equal for two sessions of the same run); ``None`` on the other ranks."""
+        return None if self.writer is None else self.writer.destination
+
+    def submit(self, batch: FixedBatch, maps: dict[str, Tensor], preds: Tensor | None, fixed: Any, step: int,
+               **options: Any) -> None:  # fmt: skip
+        """Queue :func:`log_run_images` of one run (``options``: its keyword arguments) and its cost scalar."""
+        writer = self.writer
+        if writer is None:
+            return
+        writer.resolve()  # on the main thread: the worker must not create a logger's run a second time
+
+        def job() -> None:
+            started = time.perf_counter()
+            log_run_images(writer, batch, maps, preds, fixed, step, **options)
+            writer.scalars({"cam_cost/logging": time.perf_counter() - started}, step)
+            writer.flush()
+
+        self._worker.submit(job)
+
+    def check(self) -> None:
+        """Raise a failure of an earlier run's job (once)."""
+        self._worker.check()
+
+    def flush(self) -> None:
+        """Wait for every queued job, then :meth:`check`."""
+        self._worker.flush()
+
+    def wait(self) -> None:
+        """Wait for every queued job; a failure is left for the next :meth:`check`."""
+        self._worker.wait()
+
+    def close(self, quiet: bool = False) -> None:
+        """Flush and stop the worker; with ``quiet`` a failure is a warning (an exception is on its way already)."""
+        try:
+            self._worker.close()
+        except RuntimeError as err:
+            if not quiet:
+                raise
+            rank_zero_warn(str(err), category=RuntimeWarning)

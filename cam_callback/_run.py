@@ -11,28 +11,36 @@ nothing it is given. Step by step:
    every process holds the whole batch's, on the CPU;
 3. every process computes the same scalars from them: the drift against the history, each measure's
    reduction of its per-image values, and what the measures read from the whole batch's maps
-   (:meth:`~cam_callback.measures.Measure.on_batch`).
+   (:meth:`~cam_callback.measures.Measure.on_batch`); and what each part cost on global rank zero, in seconds:
+   ``cam_cost/explain/shared`` (the engine's shared forward and backward), ``cam_cost/explain/<method>`` (a
+   method's weighing and the inputs it was first to need, e.g. Score-CAM's masked forwards) and
+   ``cam_cost/measure/<name>``; the callback adds ``cam_cost/overhead`` and, from the background image log,
+   ``cam_cost/logging``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
 from cam_callback._checks import TargetSpec
-from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, splits, take_rows, together
+from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, share, splits, take_rows, together
 from cam_callback._history import MapHistory
 from cam_callback._settings import CAMSettings
 from cam_callback._volumes import fixed_target
 from cam_callback.measures import Baselines, Measure, Slice, Whole, baseline_maps
 
-__all__ = ["RunResult", "engine_targets", "explain_run", "predictions"]
+__all__ = ["Failures", "RunResult", "engine_targets", "explain_run", "predictions"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class RunResult:
         fixed: the target with its choices made explicit (a task target's predicted mask, for the outlines).
         scalars: tag -> value: drift and every measure.
         layers: the explained layers' dotted names.
+        seconds: this process's wall time per part: ``explain/shared`` (the engine's shared pass),
+            ``explain/<method>``, ``measure/<name>`` (for the ``cam_cost/...`` scalars).
     """
 
     maps: dict[str, Tensor]
@@ -52,6 +62,48 @@ class RunResult:
     fixed: Any
     scalars: dict[str, float]
     layers: list[str]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Failures:
+    """What happens to a run that fails after the fit-start probe passed (or whose images failed to be written).
+
+    ``on_error="raise"`` re-raises it; ``"warn"`` reports each distinct failure once, with its traceback, and the
+    run is skipped (training goes on).
+
+    Example:
+        >>> import warnings
+        >>> failures = Failures("warn")
+        >>> with warnings.catch_warnings(record=True) as seen:
+        ...     warnings.simplefilter("always")
+        ...     for _ in range(2):
+        ...         with failures.guard(step=3):
+        ...             raise ValueError("no")
+        >>> len(seen)
+        1
+    """
+
+    def __init__(self, on_error: str) -> None:
+        self.on_error = on_error
+        self.reported: set[str] = set()
+
+    @contextlib.contextmanager
+    def guard(self, step: int) -> Iterator[None]:
+        """Run the block; a failure in it is raised or reported (see the class docstring)."""
+        try:
+            yield
+        except Exception as err:
+            if self.on_error == "raise":
+                raise
+            key = f"{type(err).__name__}: {err}"
+            if key not in self.reported:
+                self.reported.add(key)
+                rank_zero_warn(
+                    f"CAMCallback: the CAM run at global step {step} failed and was skipped (training goes on; pass "
+                    "on_error='raise' to stop instead). Further identical failures are skipped silently.\n"
+                    f"{traceback.format_exc()}",
+                    category=RuntimeWarning,
+                )
 
 
 def engine_targets(batch: FixedBatch, target: TargetSpec, device: torch.device) -> Any:
@@ -102,20 +154,22 @@ def explain_run(
     split = splits(settings.target)
     rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
     with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
-        part, fixed, layers = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings, batch,
-                                                                      measures, rows))  # fmt: skip
+        part, fixed, layers, seconds = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings,
+                                                                               batch, measures, rows))  # fmt: skip
     whole = gather_rows(trainer, part, n, split)
     maps = {m: whole[f"map/{m}"] for m in settings.methods}
     preds = whole.get("pred")
 
     scalars = history.drift(maps, preds)
-    for i, measure in enumerate(measures):
-        prefix = f"metric/{i}/"
-        scalars.update(measure.reduce({k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}))
     base = _baselines(measures, (n, *next(iter(maps.values())).shape[1:]), torch.device("cpu"))
-    for measure in measures:
+    for i, measure in enumerate(measures):
+        started, prefix = time.perf_counter(), f"metric/{i}/"
+        scalars.update(measure.reduce({k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}))
         scalars.update(measure.on_batch(Whole(batch, maps, base if measure.scores_baselines else {})))
-    return RunResult(maps, preds, fixed, scalars, layers)
+        seconds[f"measure/{measure.name}"] += time.perf_counter() - started
+    # what each part cost, global rank zero's (every rank logs the same scalars)
+    scalars.update({f"cam_cost/{part}": value for part, value in share(trainer, seconds).items()})
+    return RunResult(maps, preds, fixed, scalars, layers, seconds)
 
 
 def _baselines(measures: Sequence[Measure], shape: tuple[int, ...], device: torch.device) -> dict[str, Tensor]:
@@ -132,10 +186,10 @@ def _explain_rows(
     batch: FixedBatch,
     measures: Sequence[Measure],
     rows: Tensor,
-) -> tuple[dict[str, Tensor], Any, list[str]]:
+) -> tuple[dict[str, Tensor], Any, list[str], dict[str, float]]:
     """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
     ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values of measure ``i``, on that device; the target with
-    its choices made explicit; the explained layers."""
+    its choices made explicit; the explained layers; the seconds each part took here."""
     part = take_rows(batch, rows)
     plugin = trainer.precision_plugin
     x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
@@ -147,6 +201,7 @@ def _explain_rows(
                           eigen_smooth=settings.eigen_smooth)  # fmt: skip
 
     result = explain(x, targets)
+    seconds = {f"explain/{part}": value for part, value in (result.seconds or {}).items()}
     fixed = fixed_target(pl_module, x, targets, plugin.forward_context)  # a task target's choices, made explicit
     layers = list(engine.layer_names)
     maps = {m: result[m].detach().float() for m in settings.methods}
@@ -172,8 +227,11 @@ def _explain_rows(
         reshape_transform=settings.reshape_transform,
         forward_context=plugin.forward_context,
         convert_input=plugin.convert_input,
+        world_size=trainer.world_size if splits(settings.target) else 1,
     )
     for i, measure in enumerate(measures):
+        started = time.perf_counter()
         out.update({f"metric/{i}/{tag}": value for tag, value in measure.per_image(inputs).items()})
-    return out, fixed, layers
+        seconds[f"measure/{measure.name}"] = time.perf_counter() - started
+    return out, fixed, layers, seconds
 

@@ -11,7 +11,6 @@ history (``_history``), the timeline (``_timeline``), the cost budget (``_budget
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -32,11 +31,10 @@ from cam_callback._checks import LayerSpec, TargetSpec, check_target_layers, che
 from cam_callback._distributed import agree, check_strategy, share, together
 from cam_callback._history import MapHistory
 from cam_callback._legacy import accepts_old_spellings, callback_arguments
-from cam_callback._logging import CamLogWriter
-from cam_callback._overlays import log_run_images
+from cam_callback._overlays import ImageLog
 from cam_callback._probe import probe_model
 from cam_callback._publish import log_step, publish
-from cam_callback._run import RunResult, explain_run
+from cam_callback._run import Failures, RunResult, explain_run
 from cam_callback._schedule import (
     LastRun,
     due_after_epoch,
@@ -71,8 +69,9 @@ class CAMCallback(Callback):
     the end of the epoch when there is none), or every ``every_n_steps`` optimizer steps, and logs at the step
     Lightning logs its own metrics at: the overlays ``cam/<method>``, the timeline ``cam/<method>/timeline``, the
     drift ``cam_drift/<method>/vs_previous`` and ``/vs_first``, each measure's scalars (``docs/callback.md`` lists
-    every tag) and ``cam_cost/overhead``. Every scalar is also in ``trainer.callback_metrics`` under the same tag,
-    for ``ModelCheckpoint``/``EarlyStopping``.
+    every tag) and ``cam_cost/...``. Every scalar (but ``cam_cost/logging``, which the background image worker
+    writes after the run) is also in ``trainer.callback_metrics`` under the same tag, for
+    ``ModelCheckpoint``/``EarlyStopping``.
 
     The maps never change training: no ``.grad`` writes, no hooks left behind; modes, BatchNorm buffers, sharded
     parameters and the global RNG as found. With several processes (DDP, ``ModelParallelStrategy`` with FSDP2)
@@ -136,10 +135,6 @@ class CAMCallback(Callback):
         ...                        display=CAMDisplay(colormap="turbo"))
         >>> callback.methods
         ('gradcam', 'xgradcam')
-        >>> CAMCallback(method="gradcamm")  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        ValueError: method='gradcamm' is not a known CAM method; did you mean 'gradcam'...
 
         In a training script::
 
@@ -187,11 +182,11 @@ class CAMCallback(Callback):
         self._input_logged_to: str | None = None  # the destination that got cam/input and cam/config
         self._budget = CostBudget(self._settings.max_overhead)
         self._shortcuts = ShortcutWatch(getattr(self._settings.measure("shortcut"), "ratio", 1.0))
-        self._reported: set[str] = set()  # failures reported once
+        self._failures = Failures(self._settings.on_error)  # raised, or reported once each
         # per fit/validate session, set in setup and at fit start
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
-        self._writer: CamLogWriter | None = None
+        self._images = ImageLog()  # global rank zero's writer and background image log (a no-op elsewhere)
         self._measures: tuple[Measure, ...] = ()
         self._mean, self._std = self._settings.mean, self._settings.std
         self._tag_name: str | None = self._settings.name  # the name in this Trainer's tags (None: plain "cam/...")
@@ -263,6 +258,7 @@ class CAMCallback(Callback):
 
     def timeline_image(self, method: str) -> Tensor | None:
         """The ``cam/<method>/timeline`` image as last logged, ``(3, H, W)`` float in [0, 1] (``None`` before a run)."""
+        self._images.wait()  # the latest row may still be drawn in the background
         return None if self._timeline is None else render_for(self._timeline, method)
 
     # ------------------------------------------------------------------ hooks: a guard and a call each
@@ -314,12 +310,28 @@ class CAMCallback(Callback):
             self._run(trainer, pl_module, "on_train_batch_end")
 
     @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        with self._failures.guard(trainer.global_step):
+            together(trainer, self._images.flush)  # every image written, or its failure raised or reported
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING:
+            with self._failures.guard(trainer.global_step):
+                together(trainer, self._images.flush)
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._images.close(quiet=True)  # the images of the runs before the failure still arrive
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._images.close(quiet=True)
         self._engine = self._engine_module = None  # the engine holds the model: let it go with the Trainer
-        self._writer = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        self._images.wait()  # the timeline's rows are drawn in the background
         return {
             "version": CHECKPOINT_VERSION,
             "batch": None if self._batch is None else self._batch.to_state(),
@@ -366,12 +378,8 @@ class CAMCallback(Callback):
         self._mean, self._std = session_mean_std(s.mean, s.std, getattr(trainer, "datamodule", None))
         self._engine = self._engine_module = None
         self._shortcuts = ShortcutWatch(self._shortcuts.ratio)
-        self._writer = CamLogWriter.open(trainer, self._tag_name) if trainer.is_global_zero else None
-
-    @property
-    def _destination(self) -> str | None:
-        """Where this session's images land (global rank zero; ``None`` on the others)."""
-        return None if self._writer is None else self._writer.destination
+        self._images.close()
+        self._images = ImageLog(trainer if trainer.is_global_zero else None, self._tag_name)
 
     def _start_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Before the first training step: the fixed batch, the probe, the schedule's check, the budget's clock."""
@@ -406,7 +414,7 @@ class CAMCallback(Callback):
     def _repeats(self, trainer: Trainer, pl_module: LightningModule) -> bool:
         """Whether a run now would repeat the latest one (same weights, same loggers), e.g. validate after fit;
         global rank zero decides (its loggers, its weights or its shard of them) for every rank."""
-        here = self._destination or ""
+        here = self._images.destination or ""
         same = trainer.is_global_zero and self._last.repeated_by(weights_fingerprint(pl_module), here)
         if not share(trainer, same):
             return False
@@ -429,27 +437,16 @@ class CAMCallback(Callback):
             return
         started = time.perf_counter()
         scalars: dict[str, float] | None = None
-        try:
-            with torch.inference_mode(False):  # what is kept must not be an inference tensor
-                scalars = self._explain_and_log(trainer, pl_module, hook)
-        except Exception as err:
-            if self._settings.on_error == "raise":
-                raise
-            self._report_failure(trainer, err)
+        with self._failures.guard(trainer.global_step), torch.inference_mode(False):  # kept tensors: not inference
+            scalars = self._explain_and_log(trainer, pl_module, hook)
         if fitting:
             self._budget.record(time.perf_counter() - started)
             self._last.step = trainer.global_step  # on every rank, so every rank takes the same decisions
             if scalars is not None:  # the run happened (on every rank: failures are shared)
                 scalars["cam_cost/overhead"] = float(share(trainer, self._budget.share()))
-        writer = self._writer if trainer.is_global_zero else None
-        publish(trainer, pl_module, writer, scalars or {}, log_step(trainer, hook), hook, self._tag_name)
-
-    def _report_failure(self, trainer: Trainer, err: Exception) -> None:
-        if f"{type(err).__name__}: {err}" not in self._reported:
-            self._reported.add(f"{type(err).__name__}: {err}")
-            rank_zero_warn(f"CAMCallback: the CAM run at global step {trainer.global_step} failed and was skipped "
-                           "(training goes on; pass on_error='raise' to stop instead). Further identical failures are "
-                           f"skipped silently.\n{traceback.format_exc()}", category=RuntimeWarning)  # fmt: skip
+        publish(trainer, pl_module, self._images.writer, scalars or {}, log_step(trainer, hook), hook, self._tag_name)
+        with self._failures.guard(trainer.global_step):
+            together(trainer, self._images.check)  # an earlier run's images failed in the background: all ranks know
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
         """Explain the fixed batch (every rank its share), log the images on global rank zero, warn about
@@ -459,34 +456,32 @@ class CAMCallback(Callback):
         engine = self._get_engine(pl_module)
         result = explain_run(trainer, pl_module, engine, self._settings, self._batch, self._measures, self._history)
         self._layer_names = result.layers or None
-        together(trainer, lambda: self._log_images(trainer, result, step, hook) if trainer.is_global_zero else None)
+        self._log_images(trainer, result, step, hook)  # drawn and written in the background: no rank waits for it
         if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
             title = run_title(trainer, hook, step).split("\n")[0]
             when = f"{title} (global step {trainer.global_step})"
             for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
                 rank_zero_warn(message, category=ShortcutWarning)
         self._history.remember(result.maps, result.preds)
-        self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._destination)
+        self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._images.destination)
         return dict(result.scalars)
 
     def _log_images(self, trainer: Trainer, result: RunResult, step: int, hook: str) -> None:
-        """One run's images (global rank zero): the input and configuration once per destination, the overlays,
-        the timeline."""
+        """One run's images (global rank zero; nothing elsewhere): the input and configuration once per destination,
+        the overlays, the timeline."""
         assert self._batch is not None
-        if self._writer is None:
-            self._writer = CamLogWriter.open(trainer, self._tag_name)
+        if self._images.writer is None:  # not global rank zero
+            return
         config_text = None
-        if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
+        if self._input_logged_to != self._images.destination:  # once per destination: validate after fit adds none
             layout = getattr(self._engine, "layout", None)
             settings = config(self._settings, self._batch, self._layer_names, layout, self._tag_name, self._mean,
                               self._std, self._measures)  # fmt: skip
             config_text = config_markdown(settings)
-            self._input_logged_to = self._destination
-        log_run_images(
-            self._writer, self._batch, result.maps, result.preds, result.fixed, step, mean=self._mean, std=self._std,
-            display=self._settings.display, timeline=self._timeline, title=run_title(trainer, hook, step),
-            config_text=config_text,
-        )  # fmt: skip
+            self._input_logged_to = self._images.destination
+        self._images.submit(self._batch, result.maps, result.preds, result.fixed, step, mean=self._mean,
+                            std=self._std, display=self._settings.display, timeline=self._timeline,
+                            title=run_title(trainer, hook, step), config_text=config_text)  # fmt: skip
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:  # restored names keep a resumed layer

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,11 +59,15 @@ class CamMaps(dict):
         classes: (B,) long, the class explained for each image (``None`` for callable targets).
         scores: (B,) float32, the target score of the un-augmented input (``None`` if no method needed it).
         logits: (B, K) float32 model output for the un-augmented input (``None`` if not a 2-D tensor).
+        seconds: wall time of the call's parts: ``"shared"`` (the forward, the target and the shared backward),
+            then each method's (its weighing and the inputs it was the first to need, e.g. Score-CAM's masked
+            forwards), for a user who wants to see what to switch off.
     """
 
     classes: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    seconds: dict[str, float] | None = None
 
 
 class CamEngine:
@@ -177,9 +182,9 @@ class CamEngine:
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
             eigen_smooth: replace the channel sum by the first principal component of the weighted
                 activations.
-            batch_size: rows per forward for Score-CAM (default 8 masked images on the CPU, 64 on
-                accelerators) and Ablation-CAM
-                (default: every channel of an image in one forward, up to 256 MiB of ablated activations).
+            batch_size: rows per forward for Score-CAM (default on the CPU: 8 masked images of 3×224², more of
+                smaller ones, up to 256; 64 on accelerators) and Ablation-CAM (default: every channel of an image
+                in one forward, up to 256 MiB of ablated activations).
             eigen_sign: sign rule of principal components, ``"max"`` (default: largest-magnitude value
                 positive) or ``"none"`` (whatever sign ``torch.linalg.svd`` returns; numpy's SVD, which
                 pytorch-grad-cam uses, picks the opposite sign for some images, so ``"none"`` does not
@@ -220,7 +225,7 @@ class CamEngine:
             if aug_smooth:
                 x = augment(x)
                 targets = repeat_targets(targets, batch)
-            maps, info = self._run(
+            maps, info, seconds = self._run(
                 x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed, progress
             )
             if aug_smooth:
@@ -231,6 +236,7 @@ class CamEngine:
         result.classes, result.scores, result.logits = (
             None if info[k] is None else info[k].to(out_device) for k in ("classes", "scores", "logits")
         )
+        result.seconds = seconds
         return result
 
     def _run(
@@ -244,7 +250,8 @@ class CamEngine:
         block: int,
         seed: int = 0,
         progress: Progress | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None]]:
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None], dict[str, float]]:
+        started = time.perf_counter()
         layer_list = self._layers if any(s.needs_layers for s in specs) else []
         assert layer_list is not None
         modules = [m for _, m in layer_list]
@@ -310,14 +317,17 @@ class CamEngine:
 
         size = tuple(x.shape[2:])
         maps = {}
+        seconds = {"shared": time.perf_counter() - started}
         for spec in specs:
+            started = time.perf_counter()
             layers = range(len(layer_list)) if spec.per_layer else range(1)
             per_layer = [_layer_map(spec, state, i, size, eigen_smooth, sign) for i in layers]
             maps[spec.name] = aggregate_layers(per_layer, spec.aggregate)
+            seconds[spec.name] = time.perf_counter() - started
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
-        return maps, {"classes": classes, "scores": scores, "logits": logits}
+        return maps, {"classes": classes, "scores": scores, "logits": logits}, seconds
 
     def _explainer(self, layers: Sequence[tuple[str, nn.Module]], **options: Any) -> Explain:
         """:data:`cams.passes.Explain` for a call: other images explained with this call's model, ``layers``,

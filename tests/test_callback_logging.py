@@ -117,7 +117,8 @@ def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tm
         rows = list(csv.DictReader(handle))
     assert {r["tag"] for r in rows} == {"cam_drift/gradcam/vs_previous", "cam_drift/gradcam/vs_first",
                                         "cam_drift/pred_changed", "cam_drift/gradcam/noise_floor",
-                                        "cam_cost/overhead"}
+                                        "cam_cost/overhead", "cam_cost/explain/shared", "cam_cost/explain/gradcam",
+                                        "cam_cost/measure/noise_floor", "cam_cost/logging"}
     assert (out / "gradcam" / "step_0000007.png").exists()
 
 

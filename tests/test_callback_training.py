@@ -103,6 +103,7 @@ class LeakProbe(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.hooks.append(_hook_count(pl_module))
         if trainer.global_step in SAMPLED_STEPS:  # a full gc scan takes a second: sample it
+            self.cam._images.wait()  # what a queued image job holds is freed when it has run
             self.tensors.append(_live_tensors() - len(pl_module.losses))  # TinyNet keeps every loss
             self.rss.append(_rss_bytes())
 

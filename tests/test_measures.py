@@ -99,9 +99,38 @@ def test_the_noise_floor_explains_the_perturbed_images_with_the_same_classes() -
     values = NoiseFloor(sigma=0.5).per_image(part)
     sigma = 0.5 * float(batch.images.std())
     noise = torch.randn(batch.images.shape, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(seen["images"], batch.images + sigma * noise) and seen["targets"] is classes
+    assert torch.allclose(seen["images"], batch.images + sigma * noise) and torch.equal(seen["targets"], classes)
     expected = 1 - metrics.cosine_similarity(seen["images"][:, 0], batch.images[:, 0])
     assert torch.allclose(values["cam_drift/gradcam/noise_floor"], expected)
+
+
+def test_the_noise_floor_is_estimated_on_the_same_seeded_subsample_in_every_process() -> None:
+    from cam_callback._distributed import rows_for
+    from cam_callback.measures.noise_floor import subsample
+
+    batch = FixedBatch(torch.rand(10, 1, 8, 8))
+    chosen = subsample(10, 4)
+    assert torch.equal(chosen, subsample(10, 4)) and len(chosen) == 4
+    calls: list[int] = []
+
+    def explain(images: torch.Tensor, targets: object) -> dict[str, torch.Tensor]:
+        calls.append(len(images))
+        return {"gradcam": images[:, 0]}
+
+    whole = NoiseFloor(0.5).per_image(_slice(batch, {"gradcam": batch.images[:, 0]}, explain=explain))
+    assert calls == [4] and torch.isfinite(whole["cam_drift/gradcam/noise_floor"]).nonzero()[:, 0].equal(chosen)
+    calls.clear()
+    parts = []
+    for rank in range(3):  # the same values from three processes' slices, each explaining as many rows
+        rows = rows_for(10, 3, rank)
+        part = FixedBatch(batch.images[rows])
+        maps = {"gradcam": part.images[:, 0]}
+        values = NoiseFloor(0.5).per_image(_slice(part, maps, rows=rows, images=batch.images, explain=explain,
+                                                  world_size=3))  # fmt: skip
+        parts.append(values["cam_drift/gradcam/noise_floor"][: min(4, 10 - 4 * rank)])
+    assert len(set(calls)) == 1  # every process the same number of rows (a sharded forward is a collective)
+    gathered = torch.cat(parts)
+    assert torch.allclose(gathered, whole["cam_drift/gradcam/noise_floor"], equal_nan=True)
 
 
 def test_axioms_are_checked_against_the_methods_and_layers_at_construction() -> None:

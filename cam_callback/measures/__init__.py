@@ -24,7 +24,7 @@ its class in :data:`MEASURES`.
 
 Example:
     >>> resolve_measures(["faithfulness", NoiseFloor(0.02)])
-    (Faithfulness(), NoiseFloor(sigma=0.02))
+    (Faithfulness(), NoiseFloor(sigma=0.02, images=4))
     >>> resolve_measures(["faithfullness"])
     Traceback (most recent call last):
     ...
@@ -144,7 +144,7 @@ def measure_names(measures: Sequence[Measure]) -> list[str]:
 
     Example:
         >>> measure_names(resolve_measures(["localisation", NoiseFloor(0.02)]))
-        ['localisation', 'NoiseFloor(sigma=0.02)']
+        ['localisation', 'NoiseFloor(sigma=0.02, images=4)']
     """
     out: list[str] = []
     for measure in measures:

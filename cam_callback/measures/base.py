@@ -71,6 +71,9 @@ class Slice:
         reshape_transform: the user's ``reshape_transform`` (``None``: layouts found by the engine).
         forward_context: the Trainer's precision context, entered around every forward a measure runs.
         convert_input: the Trainer's precision conversion of model inputs.
+        world_size: how many processes share the fixed batch (each explains ``rows_for(N, world_size, rank)``); a
+            measure that works on part of a slice makes every process do the same number of forwards (a sharded
+            model's forward is a collective).
     """
 
     model: nn.Module
@@ -88,6 +91,7 @@ class Slice:
     reshape_transform: Callable[[Tensor], Tensor] | None = None
     forward_context: Callable[[], AbstractContextManager[Any]] = torch.no_grad
     convert_input: Callable[[Tensor], Tensor] = lambda x: x
+    world_size: int = 1
 
     def scored(self, baselines: bool) -> dict[str, Tensor]:
         """The maps a measure scores: the methods', and the baselines' when it ``scores_baselines``."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from cams.ops import gaussian_blur
 from cams.passes import Input, Pass
-from cams.targets import Target, logits_of
+from cams.targets import SourceRows, Target, logits_of
 
 __all__ = [
     "FINER_GRADS",
@@ -86,18 +86,6 @@ def sliding_windows(height: int, width: int, step: int, window: int) -> list[tup
         [(0, 0), (8, 0), (0, 8), (8, 8)]
     """
     return [(x, y) for y in window_starts(height, step, window) for x in window_starts(width, step, window)]
-
-
-class _PatchTarget(Target):
-    """The target of each patch's source image: row ``r`` of a patch batch comes from ``source[r]``."""
-
-    def __init__(self, target: Target, source: torch.Tensor) -> None:
-        self.target, self.source = target, source
-        classes = target.classes
-        self.classes = None if classes is None else classes.to(source.device)[source]
-
-    def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
-        return self.target(output, self.source.to(images.device)[images])
 
 
 def _scales(window: int, scales: Any, num_scales: int, ratio: float) -> list[int]:
@@ -188,7 +176,7 @@ def sess_maps(
     maps, scores = [], []
     for start in range(0, len(stacked), chunk):
         rows = slice(start, start + chunk)
-        target = _PatchTarget(p.target, source[rows])
+        target = SourceRows(p.target, source[rows])
         result = p.explain(stacked[rows], base, target)
         maps.append(result[base.name])
         scores.append(_patch_scores(result, target, use_softmax_scores))

@@ -23,6 +23,7 @@ from cams.targets import Target
 
 __all__ = [
     "ABLATION_SCORES",
+    "CPU_CHUNK_VALUES",
     "MASK_SCORES",
     "ablated_scores",
     "ablation_cam",
@@ -106,6 +107,10 @@ def is_cam(acts: torch.Tensor, mean_score_gains: torch.Tensor) -> torch.Tensor:
     return weights.view(*weights.shape, *(1,) * (acts.dim() - 2)) * acts
 
 
+CPU_CHUNK_VALUES = 8 * 3 * 224 * 224
+"""Input values per Score-CAM forward on the CPU when ``batch_size`` is not given (8 images of 3×224²)."""
+
+
 def masked_input_scores(
     model: nn.Module,
     x: torch.Tensor,
@@ -116,16 +121,18 @@ def masked_input_scores(
 ) -> torch.Tensor:
     """Score-CAM: target score of ``x`` masked by each upsampled, min-max scaled channel → (B, C).
 
-    Masks are built chunk by chunk, so memory stays at ``batch_size`` images (default: 8 on the CPU,
-    where small batches stay in cache, 64 elsewhere); on the CPU the masked images go in channels-last
-    layout, which oneDNN convolves faster. A channel that is constant over the map gives an
+    Masks are built chunk by chunk, so memory stays at ``batch_size`` images (default on the CPU: as many
+    images as hold :data:`CPU_CHUNK_VALUES` values, 8 at 3×224² — small chunks stay in cache — up to 256 small
+    images, whose forwards would otherwise be mostly per-call overhead (a 64×64 one-channel batch of 32 images
+    at 64 channels: 2.5–4× faster than 8 per chunk); 64 elsewhere); on the CPU the masked images go in
+    channels-last layout, which oneDNN convolves faster. A channel that is constant over the map gives an
     all-zero mask, hence the same all-zero input for every image: it is scored once, not once per
     channel (ReLU layers of trained networks have many such channels). ``progress(done, total)`` is
     called after each chunk, counting masked images.
     """
     on_cpu = x.device.type == "cpu"
     if batch_size is None:
-        batch_size = 8 if on_cpu else 64
+        batch_size = max(8, min(256, CPU_CHUNK_VALUES // max(x[0].numel(), 1))) if on_cpu else 64
     # oneDNN convolutions run faster in NHWC
     layout = torch.channels_last if on_cpu and x.dim() == 4 else torch.contiguous_format
     mode = "bilinear" if x.dim() == 4 else "trilinear"

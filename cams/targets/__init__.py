@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cams.targets.base import FunctionTarget, PerImageTargets, Target, Targets, select_rows
+from cams.targets.base import FunctionTarget, PerImageTargets, SourceRows, Target, Targets, select_rows
 from cams.targets.classification import ClassTarget, check_classes
 from cams.targets.detection import DetectionTarget, fpn_reshape
 from cams.targets.embedding import EmbeddingTarget
@@ -52,6 +52,7 @@ __all__ = [
     "MultiLabelTarget",
     "PerImageTargets",
     "SegmentationTarget",
+    "SourceRows",
     "Target",
     "Targets",
     "classes_above",

@@ -21,7 +21,7 @@ import torch
 
 from cams.targets.logits import logits_of
 
-__all__ = ["FunctionTarget", "PerImageTargets", "Target", "Targets", "select_rows"]
+__all__ = ["FunctionTarget", "PerImageTargets", "SourceRows", "Target", "Targets", "select_rows"]
 
 Targets = Union[
     None, int, Sequence[int], torch.Tensor, np.ndarray, "Target", Callable[[Any], torch.Tensor], Sequence[Callable]
@@ -64,6 +64,30 @@ class Target:
         input). Targets that choose nothing return themselves.
         """
         return self
+
+
+class SourceRows(Target):
+    """``target`` for a batch whose row ``r`` is (a copy of) its source image ``source[r]``: patches of the images
+    (SESS), a subsample of them (the callback's noise floor).
+
+    Args:
+        target: the target of the source images.
+        source: ``(M,)`` long, the source image of each of the new batch's ``M`` images.
+
+    Example:
+        >>> from cams.targets.classification import ClassTarget
+        >>> target = SourceRows(ClassTarget(torch.tensor([1, 0, 2])), torch.tensor([2, 2, 0]))
+        >>> target.classes.tolist()
+        [2, 2, 1]
+    """
+
+    def __init__(self, target: Target, source: torch.Tensor) -> None:
+        self.target, self.source = target, source
+        classes = target.classes
+        self.classes = None if classes is None else classes.to(source.device)[source]
+
+    def __call__(self, output: Any, images: torch.Tensor) -> torch.Tensor:
+        return self.target(output, self.source.to(images.device)[images])
 
 
 class FunctionTarget(Target):
