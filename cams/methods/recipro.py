@@ -125,7 +125,7 @@ def _position_scores(p: Pass, i: int, gaussian: bool, tokens: bool) -> torch.Ten
     masks = position_masks(layout.grid, gaussian, raw.device)
     positions = len(masks)
     chunk = p.batch_size or max(1, min(positions, (256 << 20) // max(1, raw[0].numel() * raw.element_size())))
-    scores = torch.empty(raw.shape[0], positions, device=p.x.device)
+    scores: torch.Tensor | None = None  # in the scores' own precision, at least float32 (float64 models keep it)
     report = p.reporter(method, i)
     shared = True
     with torch.no_grad():
@@ -134,9 +134,14 @@ def _position_scores(p: Pass, i: int, gaussian: bool, tokens: bool) -> torch.Ten
                 copies = mosaic(raw[b], layout, masks[start : start + chunk])
                 output, shared = replaced_forward(p.model, module, p.x[b : b + 1], copies, shared)
                 rows = torch.full((len(copies),), b, device=p.x.device, dtype=torch.long)
-                scores[b, start : start + len(copies)] = p.target(output, rows).float()
+                score = p.target(output, rows)
+                if scores is None:
+                    dtype = torch.promote_types(score.dtype, torch.float32)
+                    scores = torch.empty(raw.shape[0], positions, device=p.x.device, dtype=dtype)
+                scores[b, start : start + len(copies)] = score
                 if report is not None:
                     report(b * positions + start + len(copies), raw.shape[0] * positions)
+    assert scores is not None
     flat_rows = (scores.amax(dim=1) == scores.amin(dim=1)).nonzero()[:, 0].tolist()
     if flat_rows:
         warnings.warn(
