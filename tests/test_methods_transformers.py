@@ -363,7 +363,9 @@ def test_vitreciprocam_keeps_the_class_token_and_one_patch_and_runs_the_blocks_a
 
 
 # ----------------------------------------------------------------------------- promises
-@pytest.mark.parametrize(("name", "prefix"), [("deit_tiny_distilled_patch16_224", 2), ("vit_small_patch14_reg4_dinov2", 5)])
+@pytest.mark.parametrize(
+    ("name", "prefix"), [("deit_tiny_distilled_patch16_224", 2), ("vit_small_patch14_reg4_dinov2", 5)]
+)
 def test_rollout_reads_the_class_row_without_the_distillation_or_register_tokens(name, prefix):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=3, img_size=4, patch_size=1, embed_dim=DIM, depth=DEPTH,
@@ -448,24 +450,24 @@ def test_an_attention_method_on_a_cnn_names_the_methods_that_fit(method):
 
 def test_the_recipro_methods_refuse_the_other_layout_and_say_which_to_use():
     vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=32).eval()
-    with pytest.raises(ValueError, match="reciprocam masks positions of a feature map.*use 'vitreciprocam'"):
+    with pytest.raises(ValueError, match=r"reciprocam masks positions of a feature map.*use 'vitreciprocam'"):
         CamEngine(vit)(torch.randn(1, 3, 32, 32), methods="reciprocam")
     cnn = torchvision.models.resnet18(num_classes=3).eval()
-    with pytest.raises(ValueError, match="vitreciprocam masks the tokens.*use 'reciprocam'"):
+    with pytest.raises(ValueError, match=r"vitreciprocam masks the tokens.*use 'reciprocam'"):
         CamEngine(cnn)(torch.randn(1, 3, 32, 32), methods="vitreciprocam")
 
 
 def test_rollout_on_windowed_attention_says_why_it_cannot_multiply_the_matrices():
     swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3, img_size=56, embed_dim=24,
                              depths=(1, 1), num_heads=(1, 2), window_size=7).eval()  # fmt: skip
-    with pytest.raises(ValueError, match="rollout multiplies attention matrices of one size.*windowed or pooled"):
+    with pytest.raises(ValueError, match=r"rollout multiplies attention matrices of one size.*windowed or pooled"):
         CamEngine(swin)(torch.randn(1, 3, 56, 56), methods="rollout")
 
 
 def test_attnlrp_refuses_an_attention_whose_projections_are_not_modules():
     beit = timm.create_model("beit_base_patch16_224", num_classes=3, img_size=32, embed_dim=16, depth=1,
                              num_heads=2).eval()  # fmt: skip
-    with pytest.raises(ValueError, match="attnlrp: the attention 'blocks.0.attn' computes its projections without"):
+    with pytest.raises(ValueError, match=r"attnlrp: the attention 'blocks.0.attn' computes its projections without"):
         CamEngine(beit)(torch.randn(1, 3, 32, 32), methods="attnlrp")
 
 
