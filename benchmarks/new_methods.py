@@ -10,13 +10,13 @@ calls after one warm-up call of each):
   * ``reciprocam / scorecam``: resnet50 ``layer4``, this library's Score-CAM (floor: Score-CAM ≥ 20× slower);
     at ``--scorecam-batch`` (default 1) and ``--scorecam-size`` (default 112²), because Score-CAM's 8 × 2048 full
     resnet50 forwards at batch 8 and 224² take hours on 2 CPU cores; both sides run at that setting;
-  * ``rollout / one forward``: torchvision ``vit_b_16``, batch 4, 224²: one plain forward under ``no_grad``
-    (floor ≤ 1.5);
+  * ``rollout / one forward``: torchvision ``vit_b_16``, batch 4 (``--vit-batch``), 224²: one plain forward
+    under ``no_grad`` (floor ≤ 1.5);
   * ``gradrollout / forward + backward``: the same, one forward with autograd and one ``autograd.grad`` of the
     class score to the input (floor ≤ 1.5);
-  * ``attnlrp / lxt``: Hugging Face ``ViTForImageClassification`` (ViT-B/16 configuration, random weights), batch
-    2, 224²: lxt 2.1's AttnLRP (its LayerNorm, GELU and attention patches, one forward and one backward,
-    Gradient × Input) (floor ≤ 1.5).
+  * ``attnlrp / lxt``: Hugging Face ``ViTForImageClassification`` (ViT-B/16 configuration, random weights),
+    batch 2 (``--lrp-batch``), 224²: lxt 2.1's AttnLRP (its LayerNorm, GELU and attention patches, one forward and
+    one backward, Gradient × Input) (floor ≤ 1.5).
 The heads of the random ViTs are redrawn (torchvision's starts at zero, which gives no gradient). Peak memory is
 the peak resident set a fresh child process adds while running the case once (``/proc/self/clear_refs``); with
 ``--device cuda`` every timing waits for the GPU and the peak is ``torch.cuda.max_memory_allocated``.
@@ -98,13 +98,13 @@ def _redraw_head(head: nn.Linear) -> None:
         head.weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(0))
 
 
-def build(case: str, device: str, scorecam_batch: int, scorecam_size: int) -> tuple[str, Callable[[], object], Callable[[], object]]:  # noqa: E501
+def build(case: str, device: str, args: argparse.Namespace) -> tuple[str, Callable[[], object], Callable[[], object]]:
     """``(setting, ours, compared)`` for ``case``: two callables doing one call each."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     if case.startswith("reciprocam"):
         model = torchvision.models.resnet50(num_classes=1000).eval().to(device)
-        batch, size = (8, 224) if case.endswith("gradcam") else (scorecam_batch, scorecam_size)
+        batch, size = (args.batch, 224) if case.endswith("gradcam") else (args.scorecam_batch, args.scorecam_size)
         x = torch.randn(batch, 3, size, size, generator=generator).to(device)
         engine = CamEngine(model, "layer4")
         other = "gradcam" if case.endswith("gradcam") else "scorecam"
@@ -113,30 +113,31 @@ def build(case: str, device: str, scorecam_batch: int, scorecam_size: int) -> tu
     if "rollout" in case:
         model = torchvision.models.vit_b_16().eval().to(device)
         _redraw_head(model.heads.head)
-        x = torch.randn(4, 3, 224, 224, generator=generator).to(device)
+        x = torch.randn(args.vit_batch, 3, 224, 224, generator=generator).to(device)
         engine = CamEngine(model)
+        setting = f"torchvision vit_b_16, {args.vit_batch} × 224²"
         if case.startswith("rollout"):
 
             def forward() -> object:
                 with torch.no_grad():
                     return model(x)
 
-            return "torchvision vit_b_16, 4 × 224²", lambda: engine(x, methods="rollout"), forward
+            return setting, lambda: engine(x, methods="rollout"), forward
 
         def forward_backward() -> object:
             leaf = x.clone().requires_grad_()
             logits = model(leaf)
             return torch.autograd.grad(logits.max(dim=1).values.sum(), leaf)
 
-        return "torchvision vit_b_16, 4 × 224²", lambda: engine(x, methods="gradrollout"), forward_backward
+        return setting, lambda: engine(x, methods="gradrollout"), forward_backward
     from transformers import ViTConfig, ViTForImageClassification
 
     model = ViTForImageClassification(ViTConfig(num_labels=1000)).eval().to(device)
-    x = torch.randn(2, 3, 224, 224, generator=generator).to(device)
+    x = torch.randn(args.lrp_batch, 3, 224, 224, generator=generator).to(device)
     with torch.no_grad():
         classes = model(x).logits.argmax(1)
     engine = CamEngine(model)
-    return ("Hugging Face ViT-B/16, 2 × 224²", lambda: engine(x, methods="attnlrp", targets=classes),
+    return (f"Hugging Face ViT-B/16, {args.lrp_batch} × 224²", lambda: engine(x, methods="attnlrp", targets=classes),
             lxt_attnlrp(model, x, classes))  # fmt: skip
 
 
@@ -148,9 +149,9 @@ def _status_kib(name: str) -> int:
     raise RuntimeError(f"{name} not in /proc/self/status")
 
 
-def child(case: str, side: int, device: str, scorecam_batch: int, scorecam_size: int) -> None:
+def child(case: str, side: int, device: str, args: argparse.Namespace) -> None:
     """Run one side of a case once in this fresh process; print the peak memory it adds, in MiB."""
-    _, ours, compared = build(case, device, scorecam_batch, scorecam_size)
+    _, ours, compared = build(case, device, args)
     run = (ours, compared)[side]
     gc.collect()
     if device != "cpu":
@@ -169,8 +170,9 @@ def child(case: str, side: int, device: str, scorecam_batch: int, scorecam_size:
 
 
 def peak_mib(case: str, side: int, args: argparse.Namespace) -> float:
-    cmd = [sys.executable, __file__, "--child", case, str(side), "--device", args.device,
-           "--scorecam-batch", str(args.scorecam_batch), "--scorecam-size", str(args.scorecam_size)]  # fmt: skip
+    cmd = [sys.executable, __file__, "--child", case, str(side), "--device", args.device]
+    for option in ("batch", "scorecam_batch", "scorecam_size", "vit_batch", "lrp_batch"):
+        cmd += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return float(json.loads(out)["peak_mib"])
 
@@ -189,6 +191,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8, help="batch of the reciprocam / gradcam case")
+    parser.add_argument("--vit-batch", type=int, default=4, help="batch of the rollout cases")
+    parser.add_argument("--lrp-batch", type=int, default=2, help="batch of the attnlrp case")
     parser.add_argument("--scorecam-batch", type=int, default=1)
     parser.add_argument("--scorecam-size", type=int, default=112)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
@@ -199,7 +204,7 @@ def main() -> None:
     if args.device != "cpu" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device here")
     if args.child:
-        child(args.child[0], int(args.child[1]), args.device, args.scorecam_batch, args.scorecam_size)
+        child(args.child[0], int(args.child[1]), args.device, args)
         return
     if args.repeats < 5:
         parser.error(f"--repeats {args.repeats}: the house takes the median of at least 5 timed calls")
@@ -209,7 +214,7 @@ def main() -> None:
           "peak MiB compared |")  # fmt: skip
     print("|---|---|---:|---:|---:|---|---:|---:|")
     for case in args.cases:
-        setting, ours, compared = build(case, args.device, args.scorecam_batch, args.scorecam_size)
+        setting, ours, compared = build(case, args.device, args)
         ours(), compared()  # warm-up
         t_ours, t_other = [], []
         for _ in range(args.repeats):

@@ -220,7 +220,8 @@ def lrp_rules(model: nn.Module) -> Iterator[list[str]]:
 
 
 def attnlrp_relevance(model: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
-    """AttnLRP's relevance of each input pixel, summed over channels → (B, H, W) float32, signed.
+    """AttnLRP's relevance of each input pixel, summed over channels → (B, H, W), signed (float32, or float64 for a
+    float64 model).
 
     One forward with :func:`lrp_rules` and autograd from the input, one ``autograd.grad`` of the target scores to
     the input: ``R = Σ_c x ⊙ ∂̃y/∂x``. Parameter ``.grad`` is never written.
@@ -241,7 +242,8 @@ def attnlrp_relevance(model: nn.Module, x: torch.Tensor, target: Target) -> torc
             "(BEiT, EVA and other attentions with F.linear or rotary embeddings), so its AttnLRP rule cannot be "
             "applied; use gradrollout or legrad for it"
         )
-    relevance = (leaf.detach() * grad).sum(dim=1).float()
+    relevance = (leaf.detach() * grad).sum(dim=1)
+    relevance = relevance.to(torch.promote_types(relevance.dtype, torch.float32))
     warn_if_zero(relevance.flatten(1), "attnlrp", "the relevance of every pixel")
     return relevance
 
