@@ -77,13 +77,14 @@ class _IdentityRule(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(y / (x + _IDENTITY_EPS))
+        working = torch.promote_types(x.dtype, torch.float32)  # half precision would lose the 1e-10
+        ctx.save_for_backward(y.to(working) / (x.to(working) + _IDENTITY_EPS))
         return y.view_as(y)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (ratio,) = ctx.saved_tensors
-        return grad * ratio, None
+        return (grad * ratio).to(grad.dtype), None
 
 
 class _NormRule(torch.autograd.Function):
@@ -95,10 +96,11 @@ class _NormRule(torch.autograd.Function):
         ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, dims: int, centre: bool
     ) -> torch.Tensor:
         axes = tuple(range(-dims, 0))
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
         if centre:
-            scale = (x.var(dim=axes, unbiased=False, keepdim=True) + eps).sqrt()
+            scale = (wide.var(dim=axes, unbiased=False, keepdim=True) + eps).sqrt()
         else:
-            scale = (x.pow(2).mean(dim=axes, keepdim=True) + eps).sqrt()
+            scale = (wide.pow(2).mean(dim=axes, keepdim=True) + eps).sqrt()
         ctx.save_for_backward(scale, weight)
         ctx.axes, ctx.centre = axes, centre
         return y.view_as(y)
@@ -106,10 +108,10 @@ class _NormRule(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         scale, weight = ctx.saved_tensors
-        g = grad if weight is None else grad * weight
+        g = (grad if weight is None else grad * weight).to(scale.dtype)
         if ctx.centre:
             g = g - g.mean(dim=ctx.axes, keepdim=True)
-        return g / scale, None, None, None, None, None
+        return (g / scale).to(grad.dtype), None, None, None, None, None
 
 
 def _without_graph(module: nn.Module, args: Any) -> None:
