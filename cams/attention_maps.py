@@ -28,7 +28,17 @@ from torch import nn
 from cams.passes import Input, Pass
 from cams.targets import Target
 
-__all__ = ["LEGRAD", "AttentionTap", "attention_tap", "default_projection", "legrad_relevance", "patch_grid"]
+__all__ = [
+    "LEGRAD",
+    "AttentionTap",
+    "ask_for_weights",
+    "attention_tap",
+    "check_mha",
+    "default_projection",
+    "legrad_relevance",
+    "patch_grid",
+    "replay_with_weights",
+]
 
 
 class AttentionTap:
@@ -72,10 +82,11 @@ def attention_tap(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> 
     try:
         for i, attention in enumerate(attentions):
             if isinstance(attention, nn.MultiheadAttention):
-                _check_mha(attention, layers[i][0])
+                check_mha(attention, layers[i][0])
                 asked: dict[str, tuple[bool, bool]] = {}
-                handles.append(attention.register_forward_pre_hook(_ask_for_weights(asked), with_kwargs=True))
-                handles.append(attention.register_forward_hook(_replay(tap, i, asked), with_kwargs=True))
+                handles.append(attention.register_forward_pre_hook(ask_for_weights(asked), with_kwargs=True))
+                replay = replay_with_weights(_record_at(tap, i), asked)  # prepended: runs before an outer tap's
+                handles.append(attention.register_forward_hook(replay, with_kwargs=True, prepend=True))
             else:
                 flags.append((attention, attention.fused_attn))
                 attention.fused_attn = False
@@ -88,11 +99,13 @@ def attention_tap(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> 
             attention.fused_attn = flag
 
 
-def _check_mha(attention: nn.MultiheadAttention, name: str) -> None:
+def check_mha(attention: nn.MultiheadAttention, name: str, method: str = "legrad") -> None:
+    """Raise a ``ValueError`` naming ``method`` unless ``attention`` is batch-first with one Q/K/V projection and
+    adds no key/value tokens (what :func:`replay_with_weights` recomputes)."""
     if not attention.batch_first or not attention._qkv_same_embed_dim or attention.in_proj_weight is None:
-        raise ValueError(f"legrad: the attention of {name!r} must be batch-first with one Q/K/V projection")
+        raise ValueError(f"{method}: the attention of {name!r} must be batch-first with one Q/K/V projection")
     if attention.bias_k is not None or attention.bias_v is not None or attention.add_zero_attn:
-        raise ValueError(f"legrad: the attention of {name!r} adds key/value tokens, which LeGrad does not support")
+        raise ValueError(f"{method}: the attention of {name!r} adds key/value tokens, which {method} does not support")
 
 
 def _record(tap: AttentionTap, i: int) -> Callable[..., None]:
@@ -102,7 +115,14 @@ def _record(tap: AttentionTap, i: int) -> Callable[..., None]:
     return hook
 
 
-def _ask_for_weights(asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
+def _record_at(tap: AttentionTap, i: int) -> Callable[[torch.Tensor], None]:
+    def record(probs: torch.Tensor) -> None:
+        tap.probs[i] = probs
+
+    return record
+
+
+def ask_for_weights(asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
     """Make ``nn.MultiheadAttention`` return per-head probabilities (``need_weights=True``, not averaged);
     remember in ``asked`` what the caller wanted back."""
 
@@ -124,14 +144,18 @@ def _ask_for_weights(asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
     return hook
 
 
-def _replay(tap: AttentionTap, i: int, asked: dict[str, tuple[bool, bool]]) -> Callable[..., Any]:
-    """Recompute the attention output from the returned probabilities, so that the output depends on them."""
+def replay_with_weights(
+    record: Callable[[torch.Tensor], None], asked: dict[str, tuple[bool, bool]]
+) -> Callable[..., Any]:
+    """A forward hook for an ``nn.MultiheadAttention`` whose pre-hook is :func:`ask_for_weights`: the output is
+    recomputed from the returned per-head probabilities ``(B, heads, Q, K)``, so that it depends on them, and
+    ``record(probs)`` is told them; the caller gets back what it asked for."""
 
     def hook(module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
         requested, averaged = asked.pop("returns", (True, True))
         query, value = args[0], args[2] if len(args) > 2 else kwargs["value"]
         if query is not value and not torch.equal(query, value):
-            raise ValueError("legrad: only self-attention blocks are supported (query, key and value must match)")
+            raise ValueError("only self-attention is supported (query, key and value must be the same tokens)")
         probs = output[1]
         batch, source, embed = value.shape
         heads = module.num_heads
@@ -139,7 +163,7 @@ def _replay(tap: AttentionTap, i: int, asked: dict[str, tuple[bool, bool]]) -> C
                      None if module.in_proj_bias is None else module.in_proj_bias[2 * embed :])  # fmt: skip
         v = v.reshape(batch, source, heads, embed // heads).transpose(1, 2)
         mixed = (probs @ v).transpose(1, 2).reshape(batch, probs.shape[-2], embed)
-        tap.probs[i] = probs
+        record(probs)
         weights = (probs.mean(dim=1) if averaged else probs) if requested else None
         return module.out_proj(mixed), weights
 

@@ -263,7 +263,7 @@ class CamEngine:
         rows = torch.arange(x.shape[0], device=x.device)
 
         records, taps, output = Records(0), {}, None
-        if needs_target or layer_list:  # the Sobel map alone needs no forward
+        if needs_target or layer_list or any(i.tap for i in inputs.values()):  # the Sobel map alone needs none
             with contextlib.ExitStack() as stack:
                 names = [name for name, _ in layer_list]
                 records = stack.enter_context(capture(modules, names, grad=needs_grads or keep_graph))

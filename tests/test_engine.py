@@ -14,8 +14,9 @@ import cams.engine
 from cams import METHODS, CamEngine, get_method, guided_backprop, guided_gradcam
 from cams.ops import first_principal_component
 
-# every method that runs on one convolutional target layer (legrad needs transformer blocks, refinecam two layers)
-ALL = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and "legrad" not in m.inputs)
+# every method that runs on one convolutional target layer (transformer methods need attention or tokens, refinecam
+# two layers)
+ALL = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and not m.transformer)
 GRADIENT = ["gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam"]
 
 

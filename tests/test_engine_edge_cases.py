@@ -36,8 +36,9 @@ def layouts(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[nn.Module, tor
     }
 
 
-# every method that runs on one convolutional target layer (legrad needs transformer blocks, refinecam two layers)
-ONE_CNN_LAYER = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and "legrad" not in m.inputs)
+# every method that runs on one convolutional target layer (transformer methods need attention or tokens, refinecam
+# two layers)
+ONE_CNN_LAYER = sorted(n for n, m in METHODS.items() if m.min_layers == 1 and not m.transformer)
 
 
 @pytest.mark.parametrize("batch", [1, 2])

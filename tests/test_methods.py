@@ -332,8 +332,10 @@ def test_methods_that_work_per_channel_work_on_volumes():
     model = Net(dims=3).eval()
     x = torch.randn(2, 3, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     names = ["cam", "fem", "kpcacam", "fullgrad", "shapleycam", "finercam", "segeigencam", "randomcam", "iscam",
-             "smoothgradcampp", "sscam"]  # fmt: skip
-    assert {n for n, m in METHODS.items() if not m.volumes} == {"sobel", "sess", "legrad"}
+             "smoothgradcampp", "sscam", "reciprocam"]  # fmt: skip
+    assert {n for n, m in METHODS.items() if not m.volumes} == {
+        "sobel", "sess", "legrad", "rollout", "gradrollout", "attnlrp", "vitreciprocam"
+    }
     maps = CamEngine(model, "features")(x, methods=[method(n) for n in names])
     for name in names:
         assert maps[name].shape == (2, 8, 8, 8) and bool(torch.isfinite(maps[name]).all()), name

@@ -3,7 +3,10 @@
 Every method of pytorch-grad-cam 1.5.7 and torchcam 0.5.0 is here, under its own name and under the peers'
 class names (``GradCAMPlusPlus``, ``SmoothGradCAMpp``, ``KPCA_CAM``, ...). Three wrappers take any other
 method as their base, written ``wrapper(base)``: ``finercam(layercam)``, ``refinecam(layercam)``,
-``sess(gradcam++)`` (the bare wrapper name uses the peers' default base).
+``sess(gradcam++)`` (the bare wrapper name uses the peers' default base). Five methods neither peer has explain
+vision transformers and watch training cheaply: attention rollout (``rollout``), gradient-weighted rollout
+(``gradrollout``), AttnLRP (``attnlrp``) and the gradient-free Recipro-CAM (``reciprocam``) and ViT-ReciproCAM
+(``vitreciprocam``).
 
 A method's options (SS-CAM's number of samples, KPCA-CAM's kernel, ...) have defaults in
 :attr:`CamMethod.options`; :meth:`CamMethod.with_options` gives a copy with other values, which the engine
@@ -11,7 +14,7 @@ accepts wherever it accepts a name.
 
 Example:
     >>> sorted(METHODS)[:3]
-    ['ablationcam', 'cam', 'eigencam']
+    ['ablationcam', 'attnlrp', 'cam']
     >>> get_method("Grad-CAM++").name, get_method("SmoothGradCAMpp").name, get_method("KPCA_CAM").name
     ('gradcam++', 'smoothgradcampp', 'kpcacam')
     >>> get_method("sscam").options
@@ -47,6 +50,9 @@ from cams.methods.gradient import (
 )
 from cams.methods.meta import SESS_OPTIONS, sess_map
 from cams.methods.perturbation import ablation_cam, is_cam, score_cam, ss_cam
+from cams.methods.recipro import recipro_cam, vit_recipro_cam
+from cams.methods.relevance import attn_lrp
+from cams.methods.rollout import grad_rollout, rollout
 from cams.names import close_matches
 
 __all__ = ["METHODS", "CamMethod", "get_method"]
@@ -54,6 +60,8 @@ __all__ = ["METHODS", "CamMethod", "get_method"]
 _GRADIENT = ("acts", "grads")
 _SHARED = "1 forward + 1 partial backward (shared)"
 _PGC = "https://github.com/jacobgil/pytorch-grad-cam"
+
+_TOKEN_GRID = ("patch_tokens", "query_tokens")
 
 _BASE_METHODS: tuple[CamMethod, ...] = (
     CamMethod("gradcam", grad_cam, _GRADIENT, "gradient", _SHARED, "https://arxiv.org/abs/1610.02391",
@@ -105,8 +113,28 @@ _BASE_METHODS: tuple[CamMethod, ...] = (
               "Deep_Convolutional_Network_via_Gradient-free_Localization_WACV_2020_paper.pdf", title="Ablation-CAM"),
     CamMethod("legrad", legrad, ("legrad",), "attention",
               "1 forward (shared) + 1 partial backward per block", "https://arxiv.org/abs/2404.03214",
-              title="LeGrad", returns_map=True, per_layer=False, volumes=False,
+              title="LeGrad", returns_map=True, per_layer=False, volumes=False, transformer=True,
               options={"score_projection": None, "prefix_tokens": None}),
+    CamMethod("rollout", rollout, ("attentions", *_TOKEN_GRID), "attention",
+              "1 forward (shared), every block's attention caught; no backward", "https://arxiv.org/abs/2005.00928",
+              title="Attention Rollout", returns_map=True, per_layer=False, volumes=False, transformer=True,
+              options={"head_fusion": "mean", "discard_ratio": 0.0}),
+    CamMethod("gradrollout", grad_rollout, ("attention_gradients", *_TOKEN_GRID), "attention",
+              "1 forward (shared, graph from the first attention) + 1 backward to every block's attention",
+              "https://arxiv.org/abs/2103.15679", title="Gradient-weighted Attention Rollout", returns_map=True,
+              per_layer=False, volumes=False, transformer=True),
+    CamMethod("attnlrp", attn_lrp, ("attnlrp",), "relevance",
+              "1 forward (shared) + 1 forward and 1 backward to the input with the AttnLRP rules",
+              "https://arxiv.org/abs/2402.05602", title="AttnLRP", returns_map=True, per_layer=False,
+              volumes=False, transformer=True),
+    CamMethod("reciprocam", recipro_cam, ("recipro_scores",), "perturbation",
+              "1 forward (shared) + h·w forwards of only the layers after the target per image, batched; "
+              "no backward", "https://arxiv.org/abs/2209.14074", title="Recipro-CAM", returns_map=True, relu=False,
+              options={"gaussian": False}),
+    CamMethod("vitreciprocam", vit_recipro_cam, ("vit_recipro_scores",), "perturbation",
+              "1 forward (shared) + h·w forwards of only the blocks after the target per image, batched; "
+              "no backward", "https://arxiv.org/abs/2310.02588", title="ViT-ReciproCAM", returns_map=True,
+              relu=False, volumes=False, transformer=True, options={"gaussian": False}),
     CamMethod("randomcam", random_cam, ("acts", "random_weights"), "baseline", "1 forward (shared)", _PGC,
               title="RandomCAM"),
     CamMethod("sobel", sobel, ("image",), "baseline", "no forward (the input's Sobel edges)", _PGC,
@@ -208,6 +236,8 @@ _ALIASES.update({_key(m.title): n for n, m in METHODS.items()})
 _ALIASES.update({
     "gradcampp": "gradcam++", "gradcamplus": "gradcam++", "scorecampp": "scorecam", "sobelcam": "sobel",
     "kernelpcacam": "kpcacam", "isscam": "iscam",
+    "attentionrollout": "rollout", "gradientrollout": "gradrollout", "gradientweightedrollout": "gradrollout",
+    "lrp": "attnlrp", "vitrecipro": "vitreciprocam",
 })  # fmt: skip
 _WRAPPED = re.compile(r"^\s*([\w\- ]+?)\s*\((.+)\)\s*$")
 

@@ -20,7 +20,7 @@ from cams.passes import Input, accepted_options
 
 __all__ = ["Aggregate", "CamMethod", "Family"]
 
-Family = Literal["gradient", "perturbation", "eigen", "activation", "attention", "baseline", "meta"]
+Family = Literal["gradient", "perturbation", "eigen", "activation", "attention", "relevance", "baseline", "meta"]
 Aggregate = Literal["mean", "product"]
 
 
@@ -37,7 +37,7 @@ class CamMethod:
             :mod:`cams.passes`): ``"acts"``, ``"grads"``, ``"scores"``, ``"mask_scores"``, ``"ablation_scores"``,
             ``"smooth_grads"``, ...
         family: ``"gradient"``, ``"perturbation"``, ``"eigen"``, ``"activation"``, ``"attention"``,
-            ``"baseline"`` or ``"meta"``.
+            ``"relevance"``, ``"baseline"`` or ``"meta"``.
         cost: forwards/backwards per call, for the README table.
         paper: link to the paper.
         project: always take the first principal component (Eigen-CAM family).
@@ -54,6 +54,8 @@ class CamMethod:
         eigen_sign: a sign rule the method fixes for its principal component (Seg-Eigen-CAM: ``"max"``);
             ``None`` follows the call's ``eigen_sign``.
         volumes: works on volumes ``(B, C, D, H, W)`` as on images (not the Sobel map, SESS's windows, LeGrad).
+        transformer: needs a vision transformer's attention or tokens (LeGrad, rollout, AttnLRP, ViT-ReciproCAM);
+            on other models it is an error naming the methods that fit.
     """
 
     name: str
@@ -72,6 +74,7 @@ class CamMethod:
     min_layers: int = 1
     eigen_sign: EigenSign | None = None
     volumes: bool = True
+    transformer: bool = False
 
     @property
     def declared_inputs(self) -> tuple[Input, ...]:

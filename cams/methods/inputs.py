@@ -5,7 +5,7 @@ them, so that :class:`cams.CamMethod` and the engine look every name up in one p
 
 Example:
     >>> sorted(INPUTS)[:4]
-    ['ablation_scores', 'acts', 'fc_weights', 'finer_grads']
+    ['ablation_scores', 'acts', 'attention_gradients', 'attentions']
     >>> declared("hvp").second_order, declared("image").reads_layers
     (True, False)
 """
@@ -19,6 +19,9 @@ from cams.methods.baseline import RANDOM_WEIGHTS
 from cams.methods.gradient import HVP
 from cams.methods.meta import FINER_GRADS, SESS
 from cams.methods.perturbation import ABLATION_SCORES, MASK_SCORES
+from cams.methods.recipro import RECIPRO_SCORES, VIT_RECIPRO_SCORES
+from cams.methods.relevance import ATTNLRP
+from cams.methods.rollout import ATTENTION_GRADIENTS, ATTENTIONS, PATCH_TOKENS, QUERY_TOKENS
 from cams.names import close_matches
 from cams.noise import INTEGRATED_MASK_SCORES, SMOOTH_GRADS, SMOOTHED_MASK_SCORES
 from cams.passes import CORE_INPUTS, Input
@@ -42,6 +45,13 @@ INPUTS: dict[str, Input] = {
             FULLGRAD,
             LEGRAD,
             SESS,
+            ATTENTIONS,
+            ATTENTION_GRADIENTS,
+            PATCH_TOKENS,
+            QUERY_TOKENS,
+            ATTNLRP,
+            RECIPRO_SCORES,
+            VIT_RECIPRO_SCORES,
         )
     },
 }

@@ -29,6 +29,7 @@ __all__ = [
     "ablation_cam",
     "is_cam",
     "masked_input_scores",
+    "replaced_forward",
     "score_cam",
     "ss_cam",
 ]
@@ -204,23 +205,41 @@ def ablated_scores(
                 ablated = source.expand(len(index), *source.shape).clone()
                 ablated.movedim(channel_dim % raw.dim(), 1)[torch.arange(len(index), device=x.device), index] = value
                 rows = torch.full((len(index),), b, device=x.device, dtype=torch.long)
-                output = None
-                if share_prefix:
-                    try:
-                        with replacing_output(module, ablated):
-                            output = model(x[b : b + 1])
-                    except RuntimeError:
-                        output = None
-                    if output is None or _output_rows(output) != len(index):
-                        share_prefix, output = False, None
-                if output is None:
-                    repeated = x[b : b + 1].expand(len(index), *x.shape[1:])
-                    with replacing_output(module, ablated):
-                        output = model(repeated)
+                output, share_prefix = replaced_forward(model, module, x[b : b + 1], ablated, share_prefix)
                 scores[b, index] = target(output, rows).float()
                 if progress is not None:
                     progress(b * channels + int(index[-1]) + 1, batch * channels)
     return scores
+
+
+def replaced_forward(
+    model: nn.Module, module: nn.Module, image: torch.Tensor, replacement: torch.Tensor, share_prefix: bool = True
+) -> tuple[Any, bool]:
+    """The model output with ``module``'s output replaced by ``replacement`` (``n`` rows), and whether the
+    layers before ``module`` could run once, on ``image`` (one row).
+
+    With ``share_prefix`` the model runs on ``image`` alone and broadcasting carries any skip connection
+    around the layer to the ``n`` rows; where that fails (the forward raises or returns another number of
+    rows) it runs again on ``image`` repeated ``n`` times, and ``False`` is returned so that the caller's
+    next chunks go that way at once. Ablation-CAM's and Recipro-CAM's partial forwards.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+        >>> output, shared = replaced_forward(net, net[0], torch.zeros(1, 2), torch.ones(4, 3))
+        >>> output.shape, shared
+        (torch.Size([4, 1]), True)
+    """
+    n = len(replacement)
+    if share_prefix:
+        try:
+            with replacing_output(module, replacement):
+                output = model(image)
+        except RuntimeError:
+            output = None
+        if output is not None and _output_rows(output) == n:
+            return output, True
+    with replacing_output(module, replacement):
+        return model(image.expand(n, *image.shape[1:])), False
 
 
 def _output_rows(output: Any) -> int | None:
