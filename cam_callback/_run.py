@@ -172,6 +172,7 @@ def _explain_rows(
         reshape_transform=settings.reshape_transform,
         forward_context=plugin.forward_context,
         convert_input=plugin.convert_input,
+        labels=batch.labels,
     )
     for i, measure in enumerate(measures):
         out.update({f"metric/{i}/{tag}": value for tag, value in measure.per_image(inputs).items()})

@@ -71,6 +71,8 @@ class Slice:
         reshape_transform: the user's ``reshape_transform`` (``None``: layouts found by the engine).
         forward_context: the Trainer's precision context, entered around every forward a measure runs.
         convert_input: the Trainer's precision conversion of model inputs.
+        labels: the whole fixed batch's ``(N,)`` labels on the CPU, or ``None`` (Focus builds its mosaics from
+            images of the whole batch, as ``images``).
     """
 
     model: nn.Module
@@ -88,6 +90,7 @@ class Slice:
     reshape_transform: Callable[[Tensor], Tensor] | None = None
     forward_context: Callable[[], AbstractContextManager[Any]] = torch.no_grad
     convert_input: Callable[[Tensor], Tensor] = lambda x: x
+    labels: Tensor | None = None
 
     def scored(self, baselines: bool) -> dict[str, Tensor]:
         """The maps a measure scores: the methods', and the baselines' when it ``scores_baselines``."""
