@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cams import metrics
+from cams.metrics.ranking import sorted_rows
 
 quantus = pytest.importorskip("quantus")
 from quantus.functions.mosaic_func import mosaic_creation  # noqa: E402
@@ -171,6 +172,13 @@ def test_top_k_outside_the_maps_pixels_and_nan_maps_are_errors() -> None:
         metrics.top_k_intersection(torch.rand(1, 8, 8), masks=torch.ones(1, 8, 8, dtype=torch.bool), k=65)
     with pytest.raises(ValueError, match="nan"):
         metrics.roc_auc(torch.full((1, 4, 4), math.nan), masks=torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+def test_rows_sort_as_int32_keys_in_the_order_of_the_floats_signed_zeros_subnormals_and_infinities_too() -> None:
+    x = torch.tensor([[3.0, -0.0, 0.0, -1e-40, 1e-40, -math.inf, math.inf, -2.5, 1.0, -2.5]])
+    values, indices = sorted_rows(x)
+    assert torch.equal(values, torch.sort(x, dim=1).values) and torch.equal(x.gather(1, indices), values)
+    assert torch.equal(sorted_rows(x.double())[0], torch.sort(x.double(), dim=1).values)  # float64: torch's sort
 
 
 # ---------------------------------------------------------------------------------------------- Focus

@@ -22,19 +22,25 @@ import math
 import torch
 from torch import Tensor
 
+from cams.metrics.ranking import sorted_rows
+
 __all__ = ["complexity", "effective_complexity", "sparseness"]
 
 
 def _magnitudes(maps: Tensor) -> Tensor:
-    """``|maps|`` as ``(B, n)`` float64, each row divided by its largest value (all-zero rows kept as they are)."""
+    """``|maps|`` as ``(B, n)`` in the maps' floating dtype."""
     if not isinstance(maps, Tensor) or maps.dim() < 2:
         shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
         raise ValueError(f"maps must be a batch (B, H, W) (or (B, D, H, W)), got {shape}; for one map use maps[None]")
-    flat = maps.flatten(1).double().abs()
-    if bool(torch.isnan(flat).any()):
+    flat = maps.flatten(1).abs()
+    return flat if flat.is_floating_point() else flat.float()
+
+
+def _checked(values: Tensor) -> Tensor:
+    """``values`` (a reduction of each map), refused where a map held ``nan`` (it propagates into them)."""
+    if bool(torch.isnan(values).any()):
         raise ValueError("maps contain nan; fix the maps (torch.nan_to_num) first")
-    peak = flat.amax(dim=1, keepdim=True)
-    return flat / torch.where(peak > 0, peak, 1.0)
+    return values
 
 
 def sparseness(maps: Tensor, *, epsilon: float = 0.0) -> Tensor:
@@ -66,7 +72,9 @@ def sparseness(maps: Tensor, *, epsilon: float = 0.0) -> Tensor:
     """
     if not epsilon >= 0:
         raise ValueError(f"epsilon must be >= 0 (Quantus adds 1e-7), got {epsilon!r}")
-    values = torch.sort(_magnitudes(maps) + epsilon, dim=1).values
+    ordered = sorted_rows(_magnitudes(maps))[0].double()  # nan sorts last
+    peak = _checked(ordered[:, -1:])
+    values = ordered / torch.where(peak > 0, peak, 1.0) + epsilon
     n = values.shape[1]
     weights = 2 * torch.arange(1, n + 1, device=values.device, dtype=values.dtype) - n - 1
     total = values.sum(dim=1)
@@ -100,11 +108,12 @@ def complexity(maps: Tensor) -> Tensor:
         tensor([0.6931, 1.3863])
     """
     magnitudes = _magnitudes(maps)
-    n = magnitudes.shape[1]
-    total = magnitudes.sum(dim=1, keepdim=True)
-    share = magnitudes / torch.where(total > 0, total, 1.0)
-    entropy = -torch.where(share > 0, share * torch.log(share), 0.0).sum(dim=1)
-    return torch.where(total[:, 0] > 0, entropy, math.log(n)).float()
+    total = _checked(magnitudes.sum(dim=1, dtype=torch.float64))
+    # H = ln T - sum(a ln a) / T for p = a / T: one pass, a ln a in the maps' dtype, sums in float64
+    spread = torch.special.xlogy(magnitudes, magnitudes).sum(dim=1, dtype=torch.float64)
+    most = math.log(magnitudes.shape[1])
+    entropy = (torch.log(total) - spread / torch.where(total > 0, total, 1.0)).clamp(0.0, most)  # rounding
+    return torch.where(total > 0, entropy, most).float()
 
 
 def effective_complexity(maps: Tensor, eps: float = 1e-5) -> Tensor:
@@ -132,4 +141,6 @@ def effective_complexity(maps: Tensor, eps: float = 1e-5) -> Tensor:
     """
     if not 0 <= eps < 1:
         raise ValueError(f"eps must be a fraction of the map's peak in [0, 1), got {eps!r}; Quantus uses 1e-5")
-    return (_magnitudes(maps) > eps).sum(dim=1).float()
+    magnitudes = _magnitudes(maps)
+    peak = _checked(magnitudes.amax(dim=1, keepdim=True))
+    return (magnitudes / torch.where(peak > 0, peak, 1.0) > eps).sum(dim=1).float()

@@ -190,12 +190,12 @@ def focus(maps: Tensor, positions: Tensor) -> Tensor:
             f"positions must be ({maps.shape[0]}, 4), one flag per tile of each map, got {tuple(positions.shape)}"
         )
     height, width = maps.shape[-2:]
-    rows = torch.arange(height, device=maps.device)[:, None] >= height // 2
-    columns = torch.arange(width, device=maps.device)[None, :] >= width // 2
-    quadrant = (2 * rows + columns).flatten()  # 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right
-    on_target = positions[:, quadrant]  # (M, H W)
-    mass = maps.flatten(1).double().clamp_min(0)
-    total = mass.sum(dim=1)
-    inside = (mass * on_target).sum(dim=1)
-    chance = on_target.double().mean(dim=1)
-    return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), chance).float()
+    top, left = height // 2, width // 2
+    mass = maps.clamp_min(0)
+    quadrants = [mass[:, :top, :left], mass[:, :top, left:], mass[:, top:, :left], mass[:, top:, left:]]
+    sums = torch.stack([q.sum(dim=(1, 2), dtype=torch.float64) for q in quadrants], dim=1)  # (M, 4)
+    areas = torch.tensor([q.shape[1] * q.shape[2] for q in quadrants], dtype=torch.float64, device=maps.device)
+    total = sums.sum(dim=1)
+    inside = (sums * positions).sum(dim=1)
+    chance = (areas * positions).sum(dim=1) / (height * width)
+    return torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), chance).float()

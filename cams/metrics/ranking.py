@@ -35,6 +35,20 @@ def _flat(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) -> tuple[Ten
     return flat, objects.flatten(1)
 
 
+def sorted_rows(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row of ``flat`` ``(B, N)`` sorted increasingly: ``(values, indices)`` as :func:`torch.sort` gives them.
+
+    On the CPU a float32 row is sorted as the int32 keys that order as the floats do (the bits of a negative
+    float with its 31 lower bits flipped, of a non-negative float as they are): the same order, in about half
+    the time of sorting the floats (equal floats, ``-0.0`` and ``0.0`` too, stay neighbours).
+    """
+    if flat.device.type != "cpu" or flat.dtype != torch.float32:
+        return torch.sort(flat, dim=1)
+    bits = flat.view(torch.int32)
+    keys, indices = torch.sort(bits ^ ((bits >> 31) & 0x7FFFFFFF), dim=1)
+    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(torch.float32), indices
+
+
 def _hits_in_top(flat: Tensor, objects: Tensor, k: Tensor, cut: Tensor) -> Tensor:
     """Expected number of object pixels among each row's ``k`` highest values, ``(B,)`` float64.
 
@@ -176,20 +190,23 @@ def roc_auc(
     """
     flat, objects = _flat(maps, boxes, masks)
     batch, pixels = flat.shape
-    values, order = torch.sort(flat, dim=1)
+    values, order = sorted_rows(flat)
     positive = objects.gather(1, order)
-    negatives_so_far = torch.cumsum(~positive, dim=1)
-    index = torch.arange(pixels, device=flat.device).expand(batch, pixels)
-    starts = torch.ones_like(positive)
-    starts[:, 1:] = values[:, 1:] != values[:, :-1]
-    ends = torch.ones_like(positive)
-    ends[:, :-1] = starts[:, 1:]
-    first = torch.cummax(torch.where(starts, index, 0), dim=1).values  # where each pixel's tie group starts
-    last = torch.cummin(torch.where(ends, index, pixels - 1).flip(1), dim=1).values.flip(1)  # and ends
-    below = torch.where(first > 0, negatives_so_far.gather(1, (first - 1).clamp_min(0)), 0)
-    tied = negatives_so_far.gather(1, last) - below
-    wins = ((below.double() + 0.5 * tied.double()) * positive).sum(dim=1)
+    # ranks and their half-integer means are exact in float32 below 2**24 pixels; int32 scans are the fast ones
+    rank = torch.arange(pixels, device=flat.device, dtype=torch.float32).expand(batch, pixels)
+    same = values[:, 1:] == values[:, :-1]
+    if bool(same.any()):  # a tie group's pixels share its mean rank
+        index = torch.arange(pixels, device=flat.device, dtype=torch.int32).expand(batch, pixels)
+        starts = torch.ones_like(positive)
+        starts[:, 1:] = ~same
+        ends = torch.ones_like(positive)
+        ends[:, :-1] = ~same
+        first = torch.cummax(torch.where(starts, index, 0), dim=1).values
+        last = torch.cummin(torch.where(ends, index, pixels - 1).flip(1), dim=1).values.flip(1)
+        rank = (first + last).float() / 2
     n_pos = positive.sum(dim=1)
     n_neg = pixels - n_pos
+    # Mann-Whitney: the positives' (0-based, tie-averaged) ranks less the ranks they would hold below every negative
+    wins = rank.masked_fill(~positive, 0.0).sum(dim=1, dtype=torch.float64) - n_pos.double() * (n_pos.double() - 1) / 2
     auc = wins / (n_pos * n_neg).clamp_min(1).double()
     return torch.where((n_pos > 0) & (n_neg > 0), auc, torch.nan).float()
