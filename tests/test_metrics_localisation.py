@@ -179,6 +179,9 @@ def test_rows_sort_as_int32_keys_in_the_order_of_the_floats_signed_zeros_subnorm
     values, indices = sorted_rows(x)
     assert torch.equal(values, torch.sort(x, dim=1).values) and torch.equal(x.gather(1, indices), values)
     assert torch.equal(sorted_rows(x.double())[0], torch.sort(x.double(), dim=1).values)  # float64: torch's sort
+    non_negative = torch.tensor([[3.0, 0.0, -0.0, 1e-40, math.inf, 1.0, 0.0]])  # the keys as they are
+    values, indices = sorted_rows(non_negative)
+    assert torch.equal(values, torch.sort(non_negative, dim=1).values) and indices[0, 0] == 2  # -0.0 first
 
 
 # ---------------------------------------------------------------------------------------------- Focus
