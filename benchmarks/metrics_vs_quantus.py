@@ -4,6 +4,7 @@ the same run, on the same inputs.
     python benchmarks/metrics_vs_quantus.py                       # every case, 64 maps of 224² and of 56², CPU
     python benchmarks/metrics_vs_quantus.py --sizes 56 --cases auc focus --repeats 5
     python benchmarks/metrics_vs_quantus.py --device cuda         # ours on the GPU (the peers stay on NumPy)
+    python benchmarks/metrics_vs_quantus.py --run-cost            # each callback measure's cost in one run
 
 Each case is ``(name, ours, peer, inputs[, peer_core])``: ``inputs(batch, size, device)`` builds the shared
 inputs once per size (a dict), ``ours(inputs)`` and ``peer(inputs)`` compute the same measure from them, and the
@@ -19,8 +20,14 @@ time is what the load disturbs least, and with ``--threads 1`` it is the work it
 over the images (``nan`` where both are ``nan`` counts as equal). Peak memory is measured in a fresh child
 process that builds the inputs, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs the case
 once and reports the peak resident set above what it held before the call (on CUDA:
-``torch.cuda.max_memory_allocated`` above what it held). Another engineer's cases (robustness,
-randomisation, faithfulness) go at the end of :data:`CASES`, under their own heading.
+``torch.cuda.max_memory_allocated`` above what it held).
+
+``--run-cost`` measures something else: what each of the callback's measures adds to one run, in CPU seconds
+and as a multiple of the run's own engine call (Grad-CAM of 8 images of 224² on a randomly initialised
+resnet18, ``layer4``), with the measure given the same :class:`~cam_callback.measures.Slice` a run hands it.
+
+Another engineer's cases (robustness, randomisation, faithfulness) go at the end of :data:`CASES`, under their
+own heading.
 """
 
 from __future__ import annotations
@@ -285,6 +292,47 @@ def peak_mib(name: str, side: str, batch: int, size: int, device: str) -> float:
     return json.loads(out)["peak_mib"]
 
 
+RUN_COST_MEASURES = ("localisation", "top_k_intersection", "relevance_rank_accuracy", "attribution_localisation",
+                     "auc", "focus", "sparseness", "complexity", "effective_complexity", "adcc", "arcc",
+                     "faithfulness")  # fmt: skip
+
+
+def run_cost(device: str) -> None:
+    """Print each callback measure's CPU seconds in one run, and as a multiple of the run's engine call."""
+    import torchvision
+
+    from cam_callback._batch import FixedBatch
+    from cam_callback.measures import Slice, baseline_maps, resolve_measures
+    from cams import CamEngine
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(num_classes=10).eval().to(device)
+    x = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    engine = CamEngine(model, "layer4")
+
+    def explain(images: torch.Tensor, targets: Any) -> Any:
+        return engine(images, methods=["gradcam"], targets=targets)
+
+    def cpu_seconds(function: Callable[[], Any]) -> float:
+        return timed(function, device)[1]
+
+    result = explain(x.to(device), None)  # also the warm-up: each measure is then timed once
+    engine_s = cpu_seconds(lambda: explain(x.to(device), None))
+    batch = FixedBatch(x, labels=labels, boxes=torch.tensor([[40.0, 40.0, 160.0, 180.0]] * 8))
+    part = Slice(model=model, x=x.to(device), batch=batch, rows=torch.arange(8), images=x,
+                 maps={"gradcam": result["gradcam"]}, classes=result.classes, engine_classes=result.classes,
+                 targets=None, explain=explain, layers=["layer4"], labels=labels,
+                 baselines=baseline_maps((8, 224, 224), torch.device(device)))  # fmt: skip
+    print(f"one run's engine call (Grad-CAM, resnet18 layer4, 8 images 224², {device}): {engine_s:.3f} s CPU\n")
+    print("| measure | CPU s per run | × the engine call |")
+    print("|---|---:|---:|")
+    for measure in resolve_measures(list(RUN_COST_MEASURES)):
+        seconds = cpu_seconds(lambda m=measure: m.per_image(part))
+        print(f"| `{measure.name}` | {seconds:.3f} | {seconds / engine_s:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
@@ -294,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="where ours runs: 'cpu' or 'cuda'")
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--run-cost", action="store_true", help="each callback measure's cost in one run")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -303,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         child(args.child[0], args.child[1], args.batch, args.sizes[0], args.device)
+        return
+    if args.run_cost:
+        run_cost(args.device)
         return
 
     import pytorch_grad_cam
