@@ -228,6 +228,7 @@ def _explain_rows(
         forward_context=plugin.forward_context,
         convert_input=plugin.convert_input,
         world_size=trainer.world_size if splits(settings.target) else 1,
+        labels=batch.labels,
     )
     for i, measure in enumerate(measures):
         started = time.perf_counter()

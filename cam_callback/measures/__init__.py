@@ -13,6 +13,15 @@ name                   logs (per method; ``baseline_*`` too where marked ✓)   
 ``"sanity"``           ``cam_sanity/<m>/spearman``                                   a model it can deep-copy
 =====================  ===========================================================  ======================
 
+Quantus' localisation and complexity families and two composites, one name per measure, tagged
+``cam_<family>/<m>/<name>``:
+
+- ``cam_localisation``, against object boxes or masks, baselines ✓: ``"top_k_intersection"``,
+  ``"relevance_rank_accuracy"``, ``"attribution_localisation"``, ``"auc"``; and ``"focus"``, on 2 x 2 mosaics
+  of the fixed images (labels of at least two classes; one more engine call);
+- ``cam_complexity``, from the maps alone: ``"sparseness"``, ``"complexity"``, ``"effective_complexity"``;
+- ``cam_composite``, 2-D images, one more engine call per method: ``"arcc"``, ``"adcc"``.
+
 ``CAMCallback(measures=None)`` (the default) takes :data:`DEFAULT_MEASURES`, each where the fixed batch allows
 it (localisation with boxes or masks, the shortcut watch with spurious regions). A list given explicitly is
 what you get: a measure in it that the fixed batch cannot serve stops the fit before training, with the reason.
@@ -39,7 +48,16 @@ from cam_callback._batch import FixedBatch
 from cam_callback.measures.axioms import Axioms
 from cam_callback.measures.base import Measure, Setting, Slice, Whole
 from cam_callback.measures.baselines import BASELINES, Baselines, baseline_maps
+from cam_callback.measures.complexity import Complexity, EffectiveComplexity, Sparseness
+from cam_callback.measures.composite import Adcc, Arcc
 from cam_callback.measures.faithfulness import Faithfulness, Road
+from cam_callback.measures.focus import Focus
+from cam_callback.measures.ground_truth import (
+    AttributionLocalisation,
+    LocalisationAUC,
+    RelevanceRankAccuracy,
+    TopKIntersection,
+)
 from cam_callback.measures.localisation import Localisation
 from cam_callback.measures.noise_floor import NoiseFloor
 from cam_callback.measures.sanity import Sanity
@@ -50,12 +68,20 @@ __all__ = [
     "BASELINES",
     "DEFAULT_MEASURES",
     "MEASURES",
+    "Adcc",
+    "Arcc",
+    "AttributionLocalisation",
     "Axioms",
     "Baselines",
+    "Complexity",
+    "EffectiveComplexity",
     "Faithfulness",
+    "Focus",
     "Localisation",
+    "LocalisationAUC",
     "Measure",
     "NoiseFloor",
+    "RelevanceRankAccuracy",
     "Road",
     "Sanity",
     "Setting",
@@ -63,6 +89,8 @@ __all__ = [
     "ShortcutWarning",
     "ShortcutWatch",
     "Slice",
+    "Sparseness",
+    "TopKIntersection",
     "Whole",
     "active_measures",
     "baseline_maps",
@@ -73,6 +101,11 @@ __all__ = [
 MEASURES: dict[str, type[Measure]] = {
     cls.name: cls for cls in (Localisation, Shortcut, NoiseFloor, Baselines, Faithfulness, Road, Axioms, Sanity)
 }
+_QUANTUS_FAMILIES = (  # Quantus' localisation and complexity families, and the composites ARCC and ADCC
+    TopKIntersection, RelevanceRankAccuracy, AttributionLocalisation, LocalisationAUC, Focus,
+    Sparseness, Complexity, EffectiveComplexity, Arcc, Adcc,
+)  # fmt: skip
+MEASURES.update({cls.name: cls for cls in _QUANTUS_FAMILIES})
 """Measure name -> class."""
 
 DEFAULT_MEASURES = ("localisation", "shortcut", "noise_floor", "baselines")

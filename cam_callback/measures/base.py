@@ -74,6 +74,8 @@ class Slice:
         world_size: how many processes share the fixed batch (each explains ``rows_for(N, world_size, rank)``); a
             measure that works on part of a slice makes every process do the same number of forwards (a sharded
             model's forward is a collective).
+        labels: the whole fixed batch's ``(N,)`` labels on the CPU, or ``None`` (Focus builds its mosaics from
+            images of the whole batch, as ``images``).
     """
 
     model: nn.Module
@@ -92,6 +94,7 @@ class Slice:
     forward_context: Callable[[], AbstractContextManager[Any]] = torch.no_grad
     convert_input: Callable[[Tensor], Tensor] = lambda x: x
     world_size: int = 1
+    labels: Tensor | None = None
 
     def scored(self, baselines: bool) -> dict[str, Tensor]:
         """The maps a measure scores: the methods', and the baselines' when it ``scores_baselines``."""

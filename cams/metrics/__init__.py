@@ -6,7 +6,14 @@ float in ``[0, 1]`` as returned by :class:`cams.CamEngine`.
 
 - Similarity and drift: :func:`cosine_similarity`, :func:`spearman`, :func:`drift`.
 - Localisation: :func:`pointing_game` (Zhang et al., 2016), :func:`energy_pointing_game`
-  (Wang et al., 2020, Score-CAM).
+  (Wang et al., 2020, Score-CAM), :func:`attribution_localisation` (Kohlbrenner et al., 2020); by rank
+  (:mod:`cams.metrics.ranking`): :func:`top_k_intersection` (Theiner et al., 2021),
+  :func:`relevance_rank_accuracy` (Arras et al., 2022), :func:`roc_auc` (Fawcett, 2006); on 2 x 2 mosaics
+  (:mod:`cams.metrics.focus`): :func:`focus` with :func:`focus_mosaics` (Arias-Duart et al., 2022).
+- Complexity (:mod:`cams.metrics.complexity`): :func:`sparseness` (Chalasani et al., 2020, Gini index),
+  :func:`complexity` (Bhatt et al., 2020, entropy), :func:`effective_complexity` (Nguyen et al., 2020).
+- Composite (:mod:`cams.metrics.composite`): :func:`adcc` (Poppi et al., 2021), :func:`arcc`
+  (pytorch-grad-cam 1.5.7), with their terms :func:`coherency` and :func:`l1_complexity`.
 - Faithfulness: :func:`average_drop`, :func:`increase_in_confidence` (Chattopadhay et al., 2018,
   Grad-CAM++), :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al., 2018, RISE) and
   :func:`faithfulness`, which computes all four from one shared, batched set of forwards.
@@ -19,12 +26,15 @@ Functions that run the model do so under :func:`torch.inference_mode` inside
 :func:`cams.state.frozen_model`: the model is left as found (modes, BatchNorm buffers, ``.grad``,
 global RNG).
 
-To add a measure, open the module of its subject (``similarity``, ``localisation``, ``faithfulness``,
-``road``, ``axioms``, ``sanity``, ``baselines``) and add it to ``__all__`` there and here.
+To add a measure, open the module of its subject (``similarity``, ``localisation``, ``ranking``, ``focus``,
+``complexity``, ``composite``, ``faithfulness``, ``road``, ``axioms``, ``sanity``, ``baselines``) and add it
+to ``__all__`` there and here.
 """
 
 from cams.metrics.axioms import axioms, conservation, sensitivity
 from cams.metrics.baselines import centre_map, random_map
+from cams.metrics.complexity import complexity, effective_complexity, sparseness
+from cams.metrics.composite import adcc, arcc, coherency, l1_complexity
 from cams.metrics.faithfulness import (
     average_drop,
     deletion_auc,
@@ -32,31 +42,47 @@ from cams.metrics.faithfulness import (
     increase_in_confidence,
     insertion_auc,
 )
-from cams.metrics.localisation import energy_pointing_game, pointing_game
+from cams.metrics.focus import Mosaics, focus, focus_mosaics
+from cams.metrics.localisation import attribution_localisation, energy_pointing_game, pointing_game
+from cams.metrics.ranking import relevance_rank_accuracy, roc_auc, top_k_intersection
 from cams.metrics.road import noisy_linear_imputation, road
 from cams.metrics.sanity import randomized_copy, sanity_check
 from cams.metrics.similarity import cosine_similarity, drift, spearman
 from cams.ops import gaussian_blur
 
 __all__ = [
+    "Mosaics",
+    "adcc",
+    "arcc",
+    "attribution_localisation",
     "average_drop",
     "axioms",
     "centre_map",
+    "coherency",
+    "complexity",
     "conservation",
     "cosine_similarity",
     "deletion_auc",
     "drift",
+    "effective_complexity",
     "energy_pointing_game",
     "faithfulness",
+    "focus",
+    "focus_mosaics",
     "gaussian_blur",
     "increase_in_confidence",
     "insertion_auc",
+    "l1_complexity",
     "noisy_linear_imputation",
     "pointing_game",
     "random_map",
     "randomized_copy",
+    "relevance_rank_accuracy",
     "road",
+    "roc_auc",
     "sanity_check",
     "sensitivity",
+    "sparseness",
     "spearman",
+    "top_k_intersection",
 ]

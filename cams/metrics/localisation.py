@@ -1,6 +1,6 @@
-"""Localisation: does a map point at the object? Pointing game and energy-based pointing game.
+"""Localisation: does a map point at the object? Pointing game, energy-based pointing game, attribution localisation.
 
-Both take maps ``(B, H, W)`` with boxes ``(B, 4)`` or masks ``(B, H, W)``, or volumes ``(B, D, H, W)`` with
+All take maps ``(B, H, W)`` with boxes ``(B, 4)`` or masks ``(B, H, W)``, or volumes ``(B, D, H, W)`` with
 boxes ``(B, 6)`` (``x0, y0, z0, x1, y1, z1`` in voxels: ``x`` along ``W``, ``y`` along ``H``, ``z`` along
 ``D``) or masks ``(B, D, H, W)``; distances are Euclidean in pixels (voxels).
 """
@@ -13,13 +13,17 @@ from torch import Tensor
 from cams.metrics._inputs import as_maps
 from cams.ops import peak
 
-__all__ = ["energy_pointing_game", "pointing_game"]
+__all__ = ["attribution_localisation", "energy_pointing_game", "maps_and_objects", "pointing_game"]
 
 
-def _maps_and_objects(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) -> tuple[Tensor, Tensor]:
+def maps_and_objects(maps: Tensor, boxes: Tensor | None, masks: Tensor | None) -> tuple[Tensor, Tensor]:
     """Maps ``(B, H, W)`` or volumes ``(B, D, H, W)``, and each one's object as a bool mask of that shape.
 
-    Volumes are recognised by their objects: boxes ``(B, 6)`` or masks ``(B, D, H, W)``.
+    Volumes are recognised by their objects: boxes ``(B, 6)`` or masks ``(B, D, H, W)``. Every measure that
+    scores maps against objects (here and in :mod:`cams.metrics.ranking`) reads its objects through this.
+
+    Raises:
+        ValueError: neither or both of ``boxes`` and ``masks``, or either of the wrong shape.
     """
     if (boxes is None) == (masks is None):
         raise ValueError(
@@ -121,7 +125,7 @@ def pointing_game(
     """
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance!r}; the paper uses 15")
-    maps, objects = _maps_and_objects(maps, boxes, masks)
+    maps, objects = maps_and_objects(maps, boxes, masks)
     spatial = maps.shape[1:]
     at = peak(maps).float()
     distance2 = torch.zeros(maps.shape, device=maps.device)
@@ -172,7 +176,7 @@ def energy_pointing_game(
         >>> energy_pointing_game(maps, boxes=torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2]]))
         tensor([1.0000, 0.2500])
     """
-    maps, objects = _maps_and_objects(maps, boxes, masks)
+    maps, objects = maps_and_objects(maps, boxes, masks)
     mass = maps.clamp_min(0).flatten(1).float()
     flat_objects = objects.flatten(1)
     total = mass.sum(dim=1)
@@ -181,3 +185,54 @@ def energy_pointing_game(
     share = torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float32).tiny), area_fraction)
     share = share.clamp(0.0, 1.0)
     return torch.where(flat_objects.any(dim=1), share, torch.nan)
+
+
+def attribution_localisation(
+    maps: Tensor,
+    boxes: Tensor | None = None,
+    masks: Tensor | None = None,
+) -> Tensor:
+    r"""Attribution localisation: the share of the map's absolute relevance that lies on the object.
+
+    Kohlbrenner et al., *Towards Best Practice in Explaining Neural Network Decisions with LRP*, IJCNN 2020,
+    https://arxiv.org/abs/1910.09840, the inside-total relevance ratio:
+
+    .. math:: \mu_i = \frac{\sum_{p \in O_i} |M_i(p)|}{\sum_{p} |M_i(p)|}
+
+    On non-negative maps (every CAM) it equals :func:`energy_pointing_game`, which clamps negative values to
+    ``0`` where this takes their magnitude. The default equals Quantus 0.6.0's ``AttributionLocalisation()``
+    defaults (``abs=True``, ``normalise=True``, which cannot change a ratio, ``weighted=False``,
+    ``positive_attributions=False``), computed in float64 without its ``1e-9`` in the denominator. Quantus'
+    ``weighted=True`` variant is left out: it scales by a box size it computes from ``x_batch[2:].size`` (the
+    batch from its third image on, not one image), so its values change with the batch size.
+
+    Rules for the cases the definition leaves open, as in :func:`energy_pointing_game`:
+
+    - An **all-zero map** (``0 / 0``) is treated as a constant map: the object's area fraction
+      ``|O| / (H W)``, what a map without information scores (Quantus returns ``0``).
+    - **Empty object**: ``NaN``.
+
+    Args:
+        maps: ``(B, H, W)``, or volumes ``(B, D, H, W)``; any sign.
+        boxes: ``(B, 4)`` ``x0, y0, x1, y1`` pixels, ``x1, y1`` exclusive (volumes: ``(B, 6)``).
+        masks: ``(B, H, W)`` (volumes: ``(B, D, H, W)``) bool (or 0/1). Pass exactly one of ``boxes``, ``masks``.
+
+    Returns:
+        ``(B,)`` float32 in ``[0, 1]`` (``nan`` where there is no object); higher is better.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.zeros(2, 4, 4)
+        >>> maps[0, 0, 0], maps[0, 3, 3] = 3.0, -1.0   # |3| inside the box, |-1| outside
+        >>> maps[1] = 1.0                               # constant: the box's area fraction
+        >>> attribution_localisation(maps, boxes=torch.tensor([[0, 0, 2, 2], [0, 0, 2, 2]]))
+        tensor([0.7500, 0.2500])
+    """
+    maps, objects = maps_and_objects(maps, boxes, masks)
+    mass = maps.abs().flatten(1).double()
+    flat_objects = objects.flatten(1)
+    total = mass.sum(dim=1)
+    inside = (mass * flat_objects).sum(dim=1)
+    share = torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny),
+                        flat_objects.double().mean(dim=1))  # fmt: skip
+    return torch.where(flat_objects.any(dim=1), share, torch.nan).float()
