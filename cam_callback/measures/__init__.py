@@ -13,6 +13,22 @@ name                   logs (per method; ``baseline_*`` too where marked ✓)   
 ``"sanity"``           ``cam_sanity/<m>/spearman``                                   a model it can deep-copy
 =====================  ===========================================================  ======================
 
+Quantus' randomisation, robustness and faithfulness families (Quantus 0.6.0's definitions, tested against it):
+
+============================  ================================================  ==================================
+name                          logs (per method; ✓ the baselines too)            cost per run
+============================  ================================================  ==================================
+``"mprt"``                    ``cam_randomisation/<m>/mprt``                     1 + blocks engine calls
+``"smooth_mprt"``             ``cam_randomisation/<m>/smooth_mprt``              (1 + blocks) x ``nr_samples``
+``"efficient_mprt"``          ``cam_randomisation/<m>/efficient_mprt``           2 engine calls per method
+``"random_logit"``            ``cam_randomisation/<m>/random_logit``             2 engine calls per method
+``"max_sensitivity"``         ``cam_robustness/<m>/max_sensitivity``             ``nr_samples`` x N explained rows
+``"avg_sensitivity"``         ``cam_robustness/<m>/avg_sensitivity``             ``nr_samples`` x N explained rows
+``"local_lipschitz"``         ``cam_robustness/<m>/local_lipschitz``             ``nr_samples`` x N explained rows
+``"pixel_flipping"``, ...     ``cam_faithfulness/<m>/pixel_flipping``, ... ✓     forwards: see
+                                                                                 :mod:`~cam_callback.measures.faithfulness_quantus`
+============================  ================================================  ==================================
+
 ``CAMCallback(measures=None)`` (the default) takes :data:`DEFAULT_MEASURES`, each where the fixed batch allows
 it (localisation with boxes or masks, the shortcut watch with spurious regions). A list given explicitly is
 what you get: a measure in it that the fixed batch cannot serve stops the fit before training, with the reason.
@@ -28,7 +44,7 @@ Example:
     >>> resolve_measures(["faithfullness"])
     Traceback (most recent call last):
     ...
-    ValueError: CAMCallback(measures=[..., 'faithfullness', ...]): not a measure (did you mean 'faithfulness'?); ...
+    ValueError: CAMCallback(measures=[..., 'faithfullness', ...]): not a measure (did you mean 'faithfulness' ...
 """
 
 from __future__ import annotations
@@ -40,8 +56,19 @@ from cam_callback.measures.axioms import Axioms
 from cam_callback.measures.base import Measure, Setting, Slice, Whole
 from cam_callback.measures.baselines import BASELINES, Baselines, baseline_maps
 from cam_callback.measures.faithfulness import Faithfulness, Road
+from cam_callback.measures.faithfulness_quantus import (
+    IROF,
+    FaithfulnessCorrelation,
+    MonotonicityCorrelation,
+    PixelFlipping,
+    RegionPerturbation,
+    Selectivity,
+    SensitivityN,
+)
 from cam_callback.measures.localisation import Localisation
 from cam_callback.measures.noise_floor import NoiseFloor
+from cam_callback.measures.randomisation import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
+from cam_callback.measures.robustness import AvgSensitivity, LocalLipschitz, MaxSensitivity
 from cam_callback.measures.sanity import Sanity
 from cam_callback.measures.shortcut import Shortcut, ShortcutWarning, ShortcutWatch
 from cams.names import close_matches
@@ -49,20 +76,34 @@ from cams.names import close_matches
 __all__ = [
     "BASELINES",
     "DEFAULT_MEASURES",
+    "IROF",
     "MEASURES",
+    "MPRT",
+    "AvgSensitivity",
     "Axioms",
     "Baselines",
+    "EfficientMPRT",
     "Faithfulness",
+    "FaithfulnessCorrelation",
+    "LocalLipschitz",
     "Localisation",
+    "MaxSensitivity",
     "Measure",
+    "MonotonicityCorrelation",
     "NoiseFloor",
+    "PixelFlipping",
+    "RandomLogit",
+    "RegionPerturbation",
     "Road",
     "Sanity",
+    "Selectivity",
+    "SensitivityN",
     "Setting",
     "Shortcut",
     "ShortcutWarning",
     "ShortcutWatch",
     "Slice",
+    "SmoothMPRT",
     "Whole",
     "active_measures",
     "baseline_maps",
@@ -73,6 +114,14 @@ __all__ = [
 MEASURES: dict[str, type[Measure]] = {
     cls.name: cls for cls in (Localisation, Shortcut, NoiseFloor, Baselines, Faithfulness, Road, Axioms, Sanity)
 }
+MEASURES.update({
+    cls.name: cls
+    for cls in (
+        MPRT, SmoothMPRT, EfficientMPRT, RandomLogit, MaxSensitivity, AvgSensitivity, LocalLipschitz,
+        FaithfulnessCorrelation, MonotonicityCorrelation, PixelFlipping, RegionPerturbation, IROF, Selectivity,
+        SensitivityN,
+    )
+})  # fmt: skip
 """Measure name -> class."""
 
 DEFAULT_MEASURES = ("localisation", "shortcut", "noise_floor", "baselines")

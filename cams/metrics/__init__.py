@@ -49,7 +49,8 @@ from cams.metrics.faithfulness_correlations import (
 )
 from cams.metrics.faithfulness_curves import irof, pixel_flipping, region_perturbation, selectivity
 from cams.metrics.localisation import energy_pointing_game, pointing_game
-from cams.metrics.randomisation import efficient_mprt, mprt, random_logit, smooth_mprt, ssim
+from cams.metrics.map_statistics import discrete_entropy, ssim
+from cams.metrics.randomisation import efficient_mprt, mprt, random_logit, smooth_mprt
 from cams.metrics.road import noisy_linear_imputation, road
 from cams.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
 from cams.metrics.sanity import randomized_copy, sanity_check
@@ -65,6 +66,7 @@ __all__ = [
     "conservation",
     "cosine_similarity",
     "deletion_auc",
+    "discrete_entropy",
     "drift",
     "efficient_mprt",
     "energy_pointing_game",

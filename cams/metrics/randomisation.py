@@ -7,7 +7,7 @@
 - :func:`efficient_mprt` (Hedström et al., 2023): the relative rise of the maps' discrete entropy from the
   model to its fully re-initialised copy;
 - :func:`random_logit` (Sixt et al., 2020): SSIM between the map of the explained class and of a random other
-  class (:func:`ssim`).
+  class (:func:`cams.metrics.ssim`).
 
 Layers are re-initialised as Quantus 0.6.0 does (``get_random_layer_generator``): every module with
 ``reset_parameters``, in ``model.named_modules()`` order (reversed for ``"top_down"``), each drawn as after
@@ -22,12 +22,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cams.engine import CamEngine
 from cams.layer_choice import find_layer
 from cams.methods import get_method
+from cams.metrics.map_statistics import discrete_entropy, ssim
 from cams.metrics.sanity import reset_seeded
 from cams.metrics.similarity import spearman
 from cams.names import close_matches
@@ -35,29 +35,51 @@ from cams.state import frozen_model, model_device
 from cams.targets import Target, Targets
 
 __all__ = [
-    "discrete_entropy",
+    "ORDERS",
+    "blocks",
     "efficient_mprt",
     "mprt",
     "mprt_scores",
     "random_logit",
     "randomised_models",
     "smooth_mprt",
-    "ssim",
 ]
 
 ORDERS = ("top_down", "bottom_up", "independent")
 
 
+def blocks(model: nn.Module) -> list[str]:
+    """The model's blocks: the children holding parameters of the first module with more than one such child.
+
+    Wrappers with a single parameterised child (a LightningModule around a network) are looked through; a
+    ResNet gives ``conv1, bn1, layer1 .. layer4, fc``. Coarse steps for :func:`randomised_models`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)))
+        >>> blocks(net)
+        ['0.0', '0.2']
+    """
+    prefix, module = "", model
+    while True:
+        held = [(n, m) for n, m in module.named_children() if any(True for _ in m.parameters())]
+        if len(held) != 1:
+            break
+        name, module = held[0]
+        prefix = f"{prefix}{name}."
+    return [f"{prefix}{n}" for n, _ in held] or ([prefix[:-1]] if prefix else [])
+
+
 def randomised_models(
-    model: nn.Module, order: str = "top_down", seed: int = 42, modules: Sequence[str] | None = None
+    model: nn.Module, order: str = "top_down", seed: int = 42, modules: Sequence[str] | str | None = None
 ) -> Iterator[tuple[str, nn.Module]]:
     """One deep copy of ``model``, re-initialised step by step: ``(name, copy)`` after each step.
 
     Quantus' ``get_random_layer_generator``: the steps are the modules with ``reset_parameters`` in
     ``named_modules()`` order (``"bottom_up"``), reversed (``"top_down"``, Adebayo et al.'s cascading
     randomisation), or the same order with the copy restored to ``model``'s weights before each step
-    (``"independent"``). With ``modules`` (dotted names), each step re-initialises every module with
-    ``reset_parameters`` inside one of them (fewer, coarser steps: ``["fc", "layer4", ...]``). Every module is
+    (``"independent"``). With ``modules`` (dotted names, or ``"blocks"`` for :func:`blocks`), each step
+    re-initialises every module with ``reset_parameters`` inside one of them (fewer, coarser steps:
+    ``["fc", "layer4", ...]``). Every module is
     drawn as after ``torch.manual_seed(seed + 1)`` without touching the global RNG. The same copy is yielded
     each time, changed in place.
 
@@ -73,7 +95,7 @@ def randomised_models(
     if modules is None:
         steps = [(name, [module]) for name, module in resettable]
     else:
-        names = [modules] if isinstance(modules, str) else list(modules)
+        names = blocks(duplicate) if modules == "blocks" else [modules] if isinstance(modules, str) else list(modules)
         position = {name: i for i, (name, _) in enumerate(duplicate.named_modules())}
         for name in names:
             find_layer(duplicate, name)
@@ -179,7 +201,7 @@ def mprt_scores(
     *,
     order: str = "top_down",
     seed: int = 42,
-    modules: Sequence[str] | None = None,
+    modules: Sequence[str] | str | None = None,
     nr_samples: int = 1,
     noise_magnitude: float = 0.1,
     noise: Tensor | None = None,
@@ -223,7 +245,7 @@ def mprt(
     *,
     order: str = "top_down",
     seed: int = 42,
-    modules: Sequence[str] | None = None,
+    modules: Sequence[str] | str | None = None,
     reshape_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     r"""Model parameter randomisation test: Spearman's rho of each map with the map after each randomisation step.
@@ -251,8 +273,8 @@ def mprt(
         order: ``"top_down"`` (cascading from the output, default, as Quantus' MPRT), ``"bottom_up"`` or
             ``"independent"``.
         seed: the re-initialisation's seed (Quantus' ``seed``).
-        modules: coarser steps, one per named module (see :func:`randomised_models`); ``None``: one per
-            module with ``reset_parameters``.
+        modules: coarser steps, one per named module or ``"blocks"`` (see :func:`randomised_models`); ``None``:
+            one per module with ``reset_parameters`` (Quantus).
         reshape_transform: as in :class:`cams.CamEngine`.
 
     Returns:
@@ -278,7 +300,7 @@ def smooth_mprt(
     *,
     order: str = "bottom_up",
     seed: int = 42,
-    modules: Sequence[str] | None = None,
+    modules: Sequence[str] | str | None = None,
     nr_samples: int = 50,
     noise_magnitude: float = 0.1,
     noise: Tensor | None = None,
@@ -317,32 +339,6 @@ def smooth_mprt(
                        batch_size=batch_size, reshape_transform=reshape_transform)[get_method(method).name]  # fmt: skip
 
 
-def discrete_entropy(maps: Tensor, n_bins: int = 100) -> Tensor:
-    r"""Entropy of each map's histogram of ``n_bins`` equal bins between its minimum and maximum.
-
-    .. math:: H = -\sum_k p_k \log p_k, \qquad p_k = \frac{\#\{i : M_i \in \text{bin}_k\}}{HW}
-
-    Bins as ``numpy.histogram(map, bins=n_bins)`` (edges in the map's dtype, the last bin closed; a constant map
-    gets the range ``value ± 0.5``) and the entropy as ``scipy.stats.entropy`` (Quantus' ``discrete_entropy``).
-
-    Example:
-        >>> discrete_entropy(torch.tensor([[[0.0, 1.0], [0.0, 1.0]]]), n_bins=2)  # two equal bins: log 2
-        tensor([0.6931], dtype=torch.float64)
-    """
-    flat = maps.flatten(1)
-    low, high = flat.min(dim=1).values, flat.max(dim=1).values
-    same = low == high
-    low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
-    steps = torch.arange(n_bins + 1, device=flat.device, dtype=flat.dtype)
-    edges = low[:, None] + steps * ((high - low) / n_bins)[:, None]
-    edges[:, -1] = high
-    index = torch.searchsorted(edges.contiguous(), flat.contiguous(), right=True) - 1
-    counts = torch.zeros(flat.shape[0], n_bins, dtype=torch.float64, device=flat.device)
-    counts.scatter_add_(1, index.clamp(0, n_bins - 1), torch.ones_like(flat, dtype=torch.float64))
-    p = counts / counts.sum(dim=1, keepdim=True)
-    return -(torch.where(p > 0, p * p.clamp_min(1e-300).log(), 0.0)).sum(dim=1)
-
-
 def efficient_mprt(
     model: nn.Module,
     x: Tensor,
@@ -351,15 +347,15 @@ def efficient_mprt(
     targets: Targets = None,
     *,
     seed: int = 42,
-    modules: Sequence[str] | None = None,
+    modules: Sequence[str] | str | None = None,
     n_bins: int = 100,
     reshape_transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     r"""Efficient MPRT: the relative rise in the maps' complexity from the model to its fully randomised copy.
 
     Hedström et al., 2023 (see :func:`smooth_mprt`), https://arxiv.org/abs/2401.06465. With :math:`H` the
-    :func:`discrete_entropy` of a map, :math:`M` the model's and :math:`\tilde M` the copy's with every layer
-    re-initialised (:func:`randomised_models`, all steps):
+    :func:`cams.metrics.discrete_entropy` of a map, :math:`M` the model's and :math:`\tilde M` the copy's with
+    every layer re-initialised (:func:`randomised_models`, all steps):
 
     .. math:: \text{eMPRT} = \frac{H(\tilde M) - H(M)}{H(M)}
 
@@ -369,7 +365,7 @@ def efficient_mprt(
 
     Args:
         model, x, target_layers, method, targets, seed, modules, reshape_transform: as in :func:`mprt`.
-        n_bins: histogram bins of :func:`discrete_entropy`.
+        n_bins: histogram bins of :func:`cams.metrics.discrete_entropy`.
 
     Returns:
         ``(B,)`` float32; ``inf``/``nan`` where the model's map has zero entropy (a constant map).
@@ -382,43 +378,6 @@ def efficient_mprt(
         other = CamEngine(randomised, layers, reshape_transform)(x, methods=name, targets=classes)[name]
     before, after = discrete_entropy(original[name], n_bins), discrete_entropy(other.float(), n_bins)
     return ((after - before) / before).float()
-
-
-def ssim(a: Tensor, b: Tensor, window: int = 7, flat: bool = False) -> Tensor:
-    r"""Mean structural similarity of each pair of maps (Wang et al., 2004), uniform windows, as scikit-image.
-
-    .. math:: \text{SSIM} = \frac{(2\mu_a\mu_b + C_1)(2\sigma_{ab} + C_2)}{(\mu_a^2 + \mu_b^2 + C_1)(\sigma_a^2
-              + \sigma_b^2 + C_2)}, \quad C_1 = (0.01 L)^2, \; C_2 = (0.03 L)^2
-
-    averaged over every ``window`` x ``window`` window inside the map (sample covariances), with :math:`L`
-    the range of the two maps together: ``skimage.metrics.structural_similarity(a, b, data_range=L)``.
-    ``flat=True`` slides a 1-D window over the flattened map instead (what Quantus' ``ssim`` does with its
-    batched, flattened maps). Two equal constant maps give 1 (skimage: ``nan``).
-
-    Args:
-        a, b: maps ``(B, H, W)``.
-        window: odd side of the windows.
-        flat: compare the flattened maps with 1-D windows.
-
-    Returns:
-        ``(B,)`` float64 in ``[-1, 1]``.
-    """
-    a, b = (m.double().flatten(1)[:, None] if flat else m.double()[:, None] for m in (a, b))
-    if min(a.shape[2:]) < window:
-        raise ValueError(f"ssim: the maps ({tuple(a.shape[2:])}) are smaller than the {window}-pixel window")
-    pool = F.avg_pool1d if flat else F.avg_pool2d
-    both = torch.cat([a.flatten(1), b.flatten(1)], dim=1)
-    data_range = (both.max(dim=1).values - both.min(dim=1).values).view(-1, *[1] * (a.dim() - 1))
-    points = window ** (1 if flat else 2)
-    norm = points / (points - 1)
-    ux, uy = pool(a, window, 1), pool(b, window, 1)
-    vx = norm * (pool(a * a, window, 1) - ux * ux)
-    vy = norm * (pool(b * b, window, 1) - uy * uy)
-    vxy = norm * (pool(a * b, window, 1) - ux * uy)
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
-    same = (data_range.flatten() == 0) & (a.flatten(1) == b.flatten(1)).all(dim=1)
-    return torch.where(same, 1.0, s.flatten(1).mean(dim=1))
 
 
 def random_logit(
@@ -442,9 +401,9 @@ def random_logit(
     .. math:: s_i = \text{SSIM}\big(M_i^{(c)}, M_i^{(c')}\big)
 
     A class-sensitive map changes with the class: lower is better. The paper compares the 2-D maps
-    (:func:`ssim`, 7 x 7 windows); Quantus' ``RandomLogit`` hands its SSIM flattened maps, so its windows are
-    7 pixels of the flattened map, across rows: ``flat=True`` gives Quantus' number (tested), the default the
-    paper's. Its draw (``np.random.seed(seed)`` then ``randint(0, K - 1)``, the other classes in order) is
+    (:func:`cams.metrics.ssim`, 7 x 7 windows); Quantus' ``RandomLogit`` hands its SSIM flattened maps, so its
+    windows are 7 pixels of the flattened map, across rows: ``flat=True`` gives Quantus' number (tested), the
+    default the paper's. Its draw (``np.random.seed(seed)`` then ``randint(0, K - 1)``, the other classes in order) is
     :math:`c' = r + [r \ge c]` for a draw :math:`r`; pass its classes as ``off_classes``.
 
     Args:

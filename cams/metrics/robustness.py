@@ -177,9 +177,14 @@ def _bounds(lower_bound: float, upper_bound: float | None) -> tuple[float, float
 
 
 def _reduce(ratios: Tensor, how: str) -> Tensor:
-    if bool(ratios.isnan().all(dim=0).any()):
-        warnings.warn("robustness: every perturbed copy of some image changed its prediction (nan there)",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+    empty = ratios.isnan().all(dim=0)
+    if bool(empty.any()):
+        warnings.warn(
+            f"robustness: no defined value for image(s) {torch.nonzero(empty).flatten().tolist()} (nan there): an "
+            "all-zero map with relative=True, or every perturbed copy changed its prediction",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     reduced = torch.nanmean(ratios, dim=0) if how == "mean" else ratios.nan_to_num(-torch.inf).amax(dim=0)
     return torch.where(ratios.isnan().all(dim=0), torch.nan, reduced).float()
 
@@ -234,7 +239,8 @@ def max_sensitivity(
     Example:
         >>> import torchvision
         >>> net = torchvision.models.resnet18(num_classes=3)
-        >>> max_sensitivity(net, torch.randn(2, 3, 32, 32), "layer4", nr_samples=4).shape
+        >>> x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        >>> max_sensitivity(net, x, "layer3", nr_samples=4).shape
         torch.Size([2])
     """
     low, high = _bounds(lower_bound, upper_bound)
