@@ -82,7 +82,7 @@ def explanation_changes(
         targets: what every copy explains: ``(B,)`` classes (repeated for the stacked copies), or a target that
             scores any rows (a task target then sees one copy per call).
         logits: the originals' ``(B, K)`` output, for ``nan_when_prediction_changes``: a copy whose predicted
-            class differs gets ``nan`` (Quantus' ``return_nan_when_prediction_changes``).
+            class differs gets ``nan``.
         batch_size: most rows per ``explain`` call (``None``: all copies at once).
     """
     batch = x.shape[0]
@@ -176,17 +176,18 @@ def _bounds(lower_bound: float, upper_bound: float | None) -> tuple[float, float
     return lower_bound, upper_bound
 
 
-def _reduce(ratios: Tensor, how: str) -> Tensor:
-    empty = ratios.isnan().all(dim=0)
+def _reduce(ratios: Tensor, how: str, strict: bool) -> Tensor:
+    """Max or mean over the samples; ``strict``: a ``nan`` sample makes the image ``nan`` (Quantus' np.max)."""
+    empty = ratios.isnan().any(dim=0) if strict else ratios.isnan().all(dim=0)
     if bool(empty.any()):
         warnings.warn(
             f"robustness: no defined value for image(s) {torch.nonzero(empty).flatten().tolist()} (nan there): an "
-            "all-zero map with relative=True, or every perturbed copy changed its prediction",
+            "all-zero map with relative=True, or a perturbed copy that changed its prediction",
             RuntimeWarning,
             stacklevel=3,
         )
     reduced = torch.nanmean(ratios, dim=0) if how == "mean" else ratios.nan_to_num(-torch.inf).amax(dim=0)
-    return torch.where(ratios.isnan().all(dim=0), torch.nan, reduced).float()
+    return torch.where(empty, torch.nan, reduced).float()
 
 
 def max_sensitivity(
@@ -228,7 +229,8 @@ def max_sensitivity(
         nr_samples: perturbed copies per image :math:`N`.
         lower_bound, upper_bound: the uniform noise's bounds (Quantus' ``lower_bound``/``upper_bound``).
         relative: divide by the map's norm (Quantus) or not (the paper).
-        nan_when_prediction_changes: leave out the copies whose predicted class changed.
+        nan_when_prediction_changes: ``nan`` for an image when a perturbed copy changes its predicted class
+            (Quantus' ``return_nan_when_prediction_changes``; without it those copies count like the others).
         noise: ``(N, B, C, H, W)`` perturbations to use instead of random ones.
         generator: where the noise is drawn from (default: seeded with 0; never the global RNG).
         batch_size: most rows per engine call (``None``: all ``N B`` copies in one).
@@ -249,7 +251,7 @@ def max_sensitivity(
         noise=noise, generator=generator, lipschitz=False, relative=relative, nan_when=nan_when_prediction_changes,
         batch_size=batch_size, reshape_transform=reshape_transform,
     )  # fmt: skip
-    return _reduce(ratios, "max").to(x.device)
+    return _reduce(ratios, "max", nan_when_prediction_changes).to(x.device)
 
 
 def avg_sensitivity(
@@ -291,7 +293,7 @@ def avg_sensitivity(
         noise=noise, generator=generator, lipschitz=False, relative=relative, nan_when=nan_when_prediction_changes,
         batch_size=batch_size, reshape_transform=reshape_transform,
     )  # fmt: skip
-    return _reduce(ratios, "mean").to(x.device)
+    return _reduce(ratios, "mean", nan_when_prediction_changes).to(x.device)
 
 
 def local_lipschitz(
@@ -335,4 +337,4 @@ def local_lipschitz(
         nr_samples=nr_samples, noise=noise, generator=generator, lipschitz=True, relative=False,
         nan_when=nan_when_prediction_changes, batch_size=batch_size, reshape_transform=reshape_transform,
     )  # fmt: skip
-    return _reduce(ratios, "max").to(x.device)
+    return _reduce(ratios, "max", nan_when_prediction_changes).to(x.device)
