@@ -116,19 +116,20 @@ def pixel_ranks(maps: Tensor, descending: bool) -> Tensor:
 def original_scores(
     model: nn.Module, x: Tensor, targets: Targets, softmax: bool, batch_size: int
 ) -> tuple[Target, Tensor]:
-    """The target every row is scored with and the originals' scores ``(B,)``; ``targets=None``: the predicted class.
+    """The target every row is scored with and the originals' scores ``(B,)`` float64; ``targets=None``: the
+    predicted class.
 
     Run inside the caller's ``frozen_model``/``inference_mode``.
     """
     batch = x.shape[0]
     target, predicted = metric_target(targets, batch, softmax, x.device)
-    scores = torch.empty(batch, device=x.device)
+    scores = torch.empty(batch, dtype=torch.float64, device=x.device)
     for start in range(0, batch, batch_size):
         rows = torch.arange(start, min(start + batch_size, batch), device=x.device)
         output = model(x[rows])
         if predicted is not None:
             predicted[rows] = logits_of(output, "targets").argmax(dim=1).to(predicted.device)
-        scores[rows] = target(output, rows).float()
+        scores[rows] = target(output, rows).double()
     return target, scores
 
 
@@ -139,12 +140,12 @@ def score_rows(
     build: Callable[[slice], Tensor],
     batch_size: int,
 ) -> Tensor:
-    """Scores ``(R,)`` of the perturbed rows, built by ``build(rows)`` ``batch_size`` at a time."""
-    scores = torch.empty(len(rows_image), device=rows_image.device)
+    """Scores ``(R,)`` float64 of the perturbed rows, built by ``build(rows)`` ``batch_size`` at a time."""
+    scores = torch.empty(len(rows_image), dtype=torch.float64, device=rows_image.device)
     for start in range(0, len(rows_image), batch_size):
         rows = slice(start, min(start + batch_size, len(rows_image)))
         output = model(build(rows))
-        scores[rows] = target(output, rows_image[rows]).float()
+        scores[rows] = target(output, rows_image[rows]).double()
     return scores
 
 

@@ -273,7 +273,8 @@ def sensitivity_n(
     This follows the paper. Quantus' ``SensitivityN`` computes something else: it removes pixels
     cumulatively in decreasing relevance (one deterministic subset per :math:`n`, the top :math:`k s`),
     correlates across the *images* of the batch instead of across subsets, pairs the cumulative score drop
-    with the relevance of the last step's pixels only, and reads only the first ``batch_size`` images. Its
+    with the relevance of the last step's pixels only, keeps ``int(0.8 HW // features_in_step)`` steps (pixels
+    over a step counted in elements) and reads only the first ``batch_size`` images. Its
     drops are ours for those subsets (pass them in ``subsets``, one per size); its number is the Pearson r
     over images of ``deltas[:, k, 0]`` with the differences of consecutive ``sums`` (tested).
 

@@ -64,7 +64,7 @@ def _removal_scores(
         return torch.where(removed[:, None], fill[image].view(-1, 1, 1, 1), x[image])
 
     scores = score_rows(model, target, rows_image, build, batch_size)
-    curve = torch.full((batch, int(steps.max())), torch.nan, device=x.device)
+    curve = torch.full((batch, int(steps.max())), torch.nan, dtype=torch.float64, device=x.device)
     curve[rows_image, rows_step - 1] = scores
     return curve
 
@@ -132,7 +132,7 @@ def pixel_flipping(
         target, _ = original_scores(model, x, targets, softmax, batch_size)
         curve = _removal_scores(model, x, target, groups, steps, fill, batch_size)
     curve = curve.clone()
-    return {"curve": curve.to(out), "auc": trapezoid(curve).to(out)}
+    return {"curve": curve.float().to(out), "auc": trapezoid(curve).float().to(out)}
 
 
 def _patch_ranks(maps: Tensor, patch_size: int, order: str, generator: torch.Generator | None) -> tuple[Tensor, int]:
@@ -233,7 +233,7 @@ def region_perturbation(
         baseline=baseline, generator=generator, softmax=softmax, batch_size=batch_size,
     )  # fmt: skip
     drop = original[:, None] - curve
-    return {"curve": drop.to(out), "aopc": (drop.sum(dim=1) / (drop.shape[1] + 1)).to(out)}
+    return {"curve": drop.float().to(out), "aopc": (drop.sum(dim=1) / (drop.shape[1] + 1)).float().to(out)}
 
 
 def selectivity(
@@ -269,7 +269,7 @@ def selectivity(
         model, x, maps, targets, patch_size=patch_size, order="morf", regions=None, baseline=baseline,
         generator=None, softmax=softmax, batch_size=batch_size,
     )  # fmt: skip
-    return {"curve": curve.to(out), "auc": trapezoid(curve).to(out)}
+    return {"curve": curve.float().to(out), "auc": trapezoid(curve).float().to(out)}
 
 
 def _contiguous(segments: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,4 +359,4 @@ def irof(
     steps = torch.arange(ratio.shape[1] - 1, device=x.device)
     inside = steps[None, :] < counts[:, None]
     areas = torch.where(inside, (ratio[:, 1:] + ratio[:, :-1]) / 2, 0.0).sum(dim=1)
-    return {"curve": ratio.to(out), "irof": (1 - areas / counts).to(out)}
+    return {"curve": ratio.float().to(out), "irof": (1 - areas / counts).float().to(out)}
