@@ -201,6 +201,9 @@ def test_random_logit_with_flattened_ssim_equals_quantus(case: dict) -> None:
     off = _off_classes(case["y"], 5)
     ours = metrics.random_logit(case["model"], case["x"], LAYER, targets=case["y"], off_classes=off, flat=True)
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
+    given = metrics.random_logit(case["model"], case["x"], LAYER, targets=case["y"], off_classes=off, flat=True,
+                                 maps=torch.from_numpy(case["quantus"]["a_batch"][:, 0]))  # Quantus' a_batch
+    torch.testing.assert_close(given, ours)
 
 
 def test_random_logit_follows_the_paper_with_the_ssim_of_the_2d_maps(case: dict) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from cams.metrics._inputs import check_images_and_maps, metric_target
+from cams.metrics._inputs import as_maps, check_images_and_maps, metric_target
 from cams.metrics.similarity import spearman
 from cams.names import close_matches
 from cams.state import model_device
@@ -56,8 +56,15 @@ def chunk_size(batch_size: int | None, device: torch.device) -> int:
 
 
 def prepare(model: nn.Module, x: Tensor, maps: Tensor) -> tuple[Tensor, Tensor, torch.device]:
-    """``x`` and ``maps`` ``(B, H, W)`` (at ``x``'s size) on the model's device, and the device results go back to."""
-    maps = check_images_and_maps(x, maps)
+    """``x`` and ``maps`` ``(B, H, W)`` (at ``x``'s size) on the model's device, and the device results go back to.
+
+    Maps at ``x``'s size keep their dtype: float64 maps are ranked in float64 (cast to float32 images' dtype, near
+    ties would reorder).
+    """
+    given = as_maps(maps)
+    maps = check_images_and_maps(x, given)
+    if given.shape[-2:] == x.shape[-2:]:
+        maps = given.to(maps.device)
     device = model_device(model) if any(True for _ in (*model.parameters(), *model.buffers())) else x.device
     return x.detach().to(device), maps.to(device), x.device
 

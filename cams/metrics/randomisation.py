@@ -32,7 +32,7 @@ from cams.metrics.sanity import reset_seeded
 from cams.metrics.similarity import spearman
 from cams.names import close_matches
 from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets
+from cams.targets import Target, Targets, logits_of
 
 __all__ = [
     "ORDERS",
@@ -387,6 +387,7 @@ def random_logit(
     method: str = "gradcam",
     targets: Targets = None,
     *,
+    maps: Tensor | None = None,
     off_classes: Tensor | None = None,
     generator: torch.Generator | None = None,
     flat: bool = False,
@@ -409,23 +410,31 @@ def random_logit(
     Args:
         model, x, target_layers, method, targets, reshape_transform: as in :func:`mprt`; ``targets`` must
             give one class per image (``None``: the predicted class).
+        maps: the maps of ``targets`` ``(B, H, W)`` if already computed (Quantus' ``a_batch``); with ``targets``
+            given as classes, one engine call is then saved.
         off_classes: ``(B,)`` the other classes to explain, instead of random ones.
         generator: where the other classes are drawn from (default: seeded with 0; never the global RNG).
         flat: Quantus' flattened SSIM.
 
     Returns:
-        ``(B,)`` float32 in ``[-1, 1]``; two engine calls.
+        ``(B,)`` float32 in ``[-1, 1]``; two engine calls (one with ``maps`` and class ``targets``).
     """
     name = get_method(method, argument="method").name
     with frozen_model(model), torch.no_grad():
         x = x.detach().to(model_device(model))
         engine = CamEngine(model, target_layers, reshape_transform)
-        first = engine(x, methods=name, targets=targets)
-        if first.classes is None or first.logits is None:
-            raise ValueError("random_logit explains another class: targets must be classes (None, an int or one per "
-                             "image) of a model whose output is class scores (B, K)")  # fmt: skip
-        classes, count = first.classes.to(x.device), first.logits.shape[1]
-        if count < 2:
+        given = maps is not None and isinstance(targets, (Tensor, list, tuple, int))
+        if given:
+            count = None if off_classes is not None else logits_of(model(x), "targets").shape[1]
+            classes = torch.as_tensor(targets, device=x.device).long().expand(len(x))
+            first = {name: torch.as_tensor(maps, device=x.device)}
+        else:
+            result = engine(x, methods=name, targets=targets)
+            if result.classes is None or result.logits is None:
+                raise ValueError("random_logit explains another class: targets must be classes (None, an int or one "
+                                 "per image) of a model whose output is class scores (B, K)")  # fmt: skip
+            first, classes, count = result, result.classes.to(x.device), result.logits.shape[1]
+        if count is not None and count < 2:
             raise ValueError(f"random_logit needs at least 2 classes to draw another one; the model has {count}")
         if off_classes is None:
             generator = generator if generator is not None else torch.Generator(device=x.device).manual_seed(0)

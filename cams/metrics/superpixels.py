@@ -63,32 +63,30 @@ def slic(x: Tensor, n_segments: int = 100, compactness: float = 0.5, iterations:
     centre_y = (torch.arange(rows, device=x.device) + 0.5) * height / rows
     centre_x = (torch.arange(cols, device=x.device) + 0.5) * width / cols
     seed_pixels = (centre_y.long()[:, None] * width + centre_x.long()[None, :]).flatten()
-    centres = features[:, :, seed_pixels]  # (B, C + 2, K)
+    features = features.transpose(0, 1).contiguous()  # (C + 2, B, HW): one contiguous plane per feature
+    planes = features.shape[0]
+    centres = features[:, :, seed_pixels]  # (C + 2, B, K)
+    # each pixel's 3 x 3 candidate centres, as indices into the grid of centres padded by one cell far away
     offsets = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
-    candidates = []
-    for dr, dc in offsets:
-        r, c = cell_row + dr, cell_col + dc
-        valid = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-        candidates.append(torch.where(valid, r * cols + c, 0))  # outside the grid: a far centre, never chosen
-    candidates = torch.stack(candidates)[:, None].expand(-1, batch, -1).contiguous()  # (9, B, HW)
+    padded = [(cell_row + 1 + dr) * (cols + 2) + (cell_col + 1 + dc) for dr, dc in offsets]
+    inside = [(cell_row + dr).clamp(0, rows - 1) * cols + (cell_col + dc).clamp(0, cols - 1) for dr, dc in offsets]
     count = rows * cols
-    channels_f = features.shape[1]
+    labels = torch.zeros(batch, height * width, dtype=torch.long, device=x.device)
     for _ in range(iterations):
-        # the centres on their grid, padded by one cell far away; a shifted window read at each pixel's cell
-        # (nearest-neighbour upsampling: pixel row y reads cell floor(y rows / H)) is the candidate centre
-        grid = F.pad(centres.view(batch, channels_f, rows, cols), (1, 1, 1, 1), value=_FAR)
-        distances = torch.zeros(len(offsets), batch, height * width, device=x.device)
-        for i, (dr, dc) in enumerate(offsets):
-            window = grid[:, :, 1 + dr : 1 + dr + rows, 1 + dc : 1 + dc + cols]
-            near = F.interpolate(window, size=(height, width), mode="nearest").flatten(2)
-            for channel in range(channels_f):
-                distances[i] += (features[:, channel] - near[:, channel]) ** 2
-        labels = candidates.gather(0, distances.argmin(dim=0)[None])[0]  # (B, HW): the nearest candidate
-        sums = torch.zeros(batch, channels_f, count, device=x.device)
-        sums.scatter_add_(2, labels[:, None].expand_as(features), features)
-        ones = torch.ones_like(labels, dtype=torch.float32)
-        sizes = torch.zeros(batch, count, device=x.device).scatter_add_(1, labels, ones)
-        centres = torch.where(sizes[:, None] > 0, sums / sizes[:, None].clamp_min(1), centres)
+        grid = F.pad(centres.view(planes * batch, rows, cols), (1, 1, 1, 1), value=_FAR).view(planes, batch, -1)
+        best = torch.full((batch, height * width), torch.inf, device=x.device)
+        for index, label in zip(padded, inside, strict=True):
+            near = grid.index_select(2, index)  # (C + 2, B, HW)
+            distance = (features[0] - near[0]) ** 2
+            for plane in range(1, planes):
+                distance += (features[plane] - near[plane]) ** 2
+            closer = distance < best
+            best = torch.minimum(best, distance)
+            labels = torch.where(closer, label, labels)
+        sums = torch.zeros(planes, batch, count, device=x.device)
+        sums.scatter_add_(2, labels[None].expand_as(features), features)
+        sizes = torch.zeros(batch, count, device=x.device).scatter_add_(1, labels, torch.ones_like(best))
+        centres = torch.where(sizes > 0, sums / sizes.clamp_min(1), centres)
     present = torch.zeros(batch, count, dtype=torch.long, device=x.device).scatter_(1, labels, 1)
     renumbered = torch.cumsum(present, dim=1) - 1
     return renumbered.gather(1, labels).view(batch, height, width)
