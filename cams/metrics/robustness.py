@@ -86,7 +86,7 @@ def explanation_changes(
         batch_size: most rows per ``explain`` call (``None``: all copies at once).
     """
     batch = x.shape[0]
-    per_call = len(x) * 10**9 if batch_size is None else max(1, batch_size // batch)
+    per_call = None if batch_size is None else max(1, batch_size // batch)  # copies per explain call
     classes = torch.as_tensor(targets, device=x.device) if isinstance(targets, (Tensor, list, tuple)) else None
     if classes is None and targets is not None and not callable(targets):
         classes = torch.full((batch,), int(targets), device=x.device)
@@ -133,7 +133,7 @@ def explanation_changes(
 
     for delta in noise():
         pending.append(delta.to(x.device))
-        if len(pending) == per_call:
+        if per_call is not None and len(pending) == per_call:
             flush()
     if pending:
         flush()
