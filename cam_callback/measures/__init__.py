@@ -22,6 +22,22 @@ Quantus' localisation and complexity families and two composites, one name per m
 - ``cam_complexity``, from the maps alone: ``"sparseness"``, ``"complexity"``, ``"effective_complexity"``;
 - ``cam_composite``, 2-D images, one more engine call per method: ``"arcc"``, ``"adcc"``.
 
+Quantus' randomisation, robustness and faithfulness families (Quantus 0.6.0's definitions, tested against it):
+
+============================  ================================================  ==================================
+name                          logs (per method; ✓ the baselines too)            cost per run
+============================  ================================================  ==================================
+``"mprt"``                    ``cam_randomisation/<m>/mprt``                     1 + blocks engine calls
+``"smooth_mprt"``             ``cam_randomisation/<m>/smooth_mprt``              (1 + blocks) x ``nr_samples``
+``"efficient_mprt"``          ``cam_randomisation/<m>/efficient_mprt``           2 engine calls per method
+``"random_logit"``            ``cam_randomisation/<m>/random_logit``             2 engine calls per method
+``"max_sensitivity"``         ``cam_robustness/<m>/max_sensitivity``             ``nr_samples`` x N explained rows
+``"avg_sensitivity"``         ``cam_robustness/<m>/avg_sensitivity``             ``nr_samples`` x N explained rows
+``"local_lipschitz"``         ``cam_robustness/<m>/local_lipschitz``             ``nr_samples`` x N explained rows
+``"pixel_flipping"``, ...     ``cam_faithfulness/<m>/pixel_flipping``, ... ✓     forwards: see
+                                                                                 :mod:`~cam_callback.measures.faithfulness_quantus`
+============================  ================================================  ==================================
+
 ``CAMCallback(measures=None)`` (the default) takes :data:`DEFAULT_MEASURES`, each where the fixed batch allows
 it (localisation with boxes or masks, the shortcut watch with spurious regions). A list given explicitly is
 what you get: a measure in it that the fixed batch cannot serve stops the fit before training, with the reason.
@@ -37,7 +53,7 @@ Example:
     >>> resolve_measures(["faithfullness"])
     Traceback (most recent call last):
     ...
-    ValueError: CAMCallback(measures=[..., 'faithfullness', ...]): not a measure (did you mean 'faithfulness'?); ...
+    ValueError: CAMCallback(measures=[..., 'faithfullness', ...]): not a measure (did you mean 'faithfulness' ...
 """
 
 from __future__ import annotations
@@ -51,6 +67,15 @@ from cam_callback.measures.baselines import BASELINES, Baselines, baseline_maps
 from cam_callback.measures.complexity import Complexity, EffectiveComplexity, Sparseness
 from cam_callback.measures.composite import Adcc, Arcc
 from cam_callback.measures.faithfulness import Faithfulness, Road
+from cam_callback.measures.faithfulness_quantus import (
+    IROF,
+    FaithfulnessCorrelation,
+    MonotonicityCorrelation,
+    PixelFlipping,
+    RegionPerturbation,
+    Selectivity,
+    SensitivityN,
+)
 from cam_callback.measures.focus import Focus
 from cam_callback.measures.ground_truth import (
     AttributionLocalisation,
@@ -60,6 +85,8 @@ from cam_callback.measures.ground_truth import (
 )
 from cam_callback.measures.localisation import Localisation
 from cam_callback.measures.noise_floor import NoiseFloor
+from cam_callback.measures.randomisation import MPRT, EfficientMPRT, RandomLogit, SmoothMPRT
+from cam_callback.measures.robustness import AvgSensitivity, LocalLipschitz, MaxSensitivity
 from cam_callback.measures.sanity import Sanity
 from cam_callback.measures.shortcut import Shortcut, ShortcutWarning, ShortcutWatch
 from cams.names import close_matches
@@ -67,28 +94,42 @@ from cams.names import close_matches
 __all__ = [
     "BASELINES",
     "DEFAULT_MEASURES",
+    "IROF",
     "MEASURES",
+    "MPRT",
     "Adcc",
     "Arcc",
     "AttributionLocalisation",
+    "AvgSensitivity",
     "Axioms",
     "Baselines",
     "Complexity",
     "EffectiveComplexity",
+    "EfficientMPRT",
     "Faithfulness",
+    "FaithfulnessCorrelation",
     "Focus",
+    "LocalLipschitz",
     "Localisation",
     "LocalisationAUC",
+    "MaxSensitivity",
     "Measure",
+    "MonotonicityCorrelation",
     "NoiseFloor",
+    "PixelFlipping",
+    "RandomLogit",
+    "RegionPerturbation",
     "RelevanceRankAccuracy",
     "Road",
     "Sanity",
+    "Selectivity",
+    "SensitivityN",
     "Setting",
     "Shortcut",
     "ShortcutWarning",
     "ShortcutWatch",
     "Slice",
+    "SmoothMPRT",
     "Sparseness",
     "TopKIntersection",
     "Whole",
@@ -106,6 +147,14 @@ _QUANTUS_FAMILIES = (  # Quantus' localisation and complexity families, and the 
     Sparseness, Complexity, EffectiveComplexity, Arcc, Adcc,
 )  # fmt: skip
 MEASURES.update({cls.name: cls for cls in _QUANTUS_FAMILIES})
+MEASURES.update({
+    cls.name: cls
+    for cls in (
+        MPRT, SmoothMPRT, EfficientMPRT, RandomLogit, MaxSensitivity, AvgSensitivity, LocalLipschitz,
+        FaithfulnessCorrelation, MonotonicityCorrelation, PixelFlipping, RegionPerturbation, IROF, Selectivity,
+        SensitivityN,
+    )
+})  # fmt: skip
 """Measure name -> class."""
 
 DEFAULT_MEASURES = ("localisation", "shortcut", "noise_floor", "baselines")

@@ -18,6 +18,15 @@ float in ``[0, 1]`` as returned by :class:`cams.CamEngine`.
   Grad-CAM++), :func:`deletion_auc`, :func:`insertion_auc` (Petsiuk et al., 2018, RISE) and
   :func:`faithfulness`, which computes all four from one shared, batched set of forwards.
 - Sanity: :func:`sanity_check` (Adebayo et al., 2018, cascading model-parameter randomisation).
+- Randomisation (Quantus' family, :mod:`cams.metrics.randomisation`): :func:`mprt` (Adebayo et al., 2018),
+  :func:`smooth_mprt`, :func:`efficient_mprt` (Hedström et al., 2023), :func:`random_logit` (Sixt et al., 2020).
+- Robustness (:mod:`cams.metrics.robustness`): :func:`max_sensitivity`, :func:`avg_sensitivity` (Yeh et al.,
+  2019), :func:`local_lipschitz` (Alvarez-Melis & Jaakkola, 2018).
+- Faithfulness curves and correlations (:mod:`cams.metrics.faithfulness_curves`,
+  :mod:`cams.metrics.faithfulness_correlations`): :func:`pixel_flipping` (Bach et al., 2015),
+  :func:`region_perturbation` (Samek et al., 2016), :func:`selectivity` (Montavon et al., 2018), :func:`irof`
+  (Rieger & Hansen, 2020), :func:`faithfulness_correlation` (Bhatt et al., 2020), :func:`monotonicity_correlation`
+  (Nguyen & Martínez, 2020), :func:`sensitivity_n` (Ancona et al., 2018).
 - ROAD: :func:`road` (Rong et al., 2022, remove and debias) and its :func:`noisy_linear_imputation`.
 - Axioms: :func:`conservation`, :func:`sensitivity` and :func:`axioms` (Fu et al., 2020, XGrad-CAM).
 - Baselines to score beside a method: :func:`centre_map`, :func:`random_map` (seeded).
@@ -27,8 +36,9 @@ Functions that run the model do so under :func:`torch.inference_mode` inside
 global RNG).
 
 To add a measure, open the module of its subject (``similarity``, ``localisation``, ``ranking``, ``focus``,
-``complexity``, ``composite``, ``faithfulness``, ``road``, ``axioms``, ``sanity``, ``baselines``) and add it
-to ``__all__`` there and here.
+``complexity``, ``composite``, ``faithfulness``, ``faithfulness_curves``, ``faithfulness_correlations``,
+``road``, ``axioms``, ``sanity``, ``randomisation``, ``robustness``, ``baselines``) and add it to ``__all__``
+there and here.
 """
 
 from cams.metrics.axioms import axioms, conservation, sensitivity
@@ -42,12 +52,22 @@ from cams.metrics.faithfulness import (
     increase_in_confidence,
     insertion_auc,
 )
+from cams.metrics.faithfulness_correlations import (
+    faithfulness_correlation,
+    monotonicity_correlation,
+    sensitivity_n,
+)
+from cams.metrics.faithfulness_curves import irof, pixel_flipping, region_perturbation, selectivity
 from cams.metrics.focus import Mosaics, focus, focus_mosaics
 from cams.metrics.localisation import attribution_localisation, energy_pointing_game, pointing_game
+from cams.metrics.map_statistics import discrete_entropy, ssim
+from cams.metrics.randomisation import efficient_mprt, mprt, random_logit, smooth_mprt
 from cams.metrics.ranking import relevance_rank_accuracy, roc_auc, top_k_intersection
 from cams.metrics.road import noisy_linear_imputation, road
+from cams.metrics.robustness import avg_sensitivity, local_lipschitz, max_sensitivity
 from cams.metrics.sanity import randomized_copy, sanity_check
 from cams.metrics.similarity import cosine_similarity, drift, spearman
+from cams.metrics.superpixels import slic
 from cams.ops import gaussian_blur
 
 __all__ = [
@@ -56,6 +76,7 @@ __all__ = [
     "arcc",
     "attribution_localisation",
     "average_drop",
+    "avg_sensitivity",
     "axioms",
     "centre_map",
     "coherency",
@@ -63,26 +84,42 @@ __all__ = [
     "conservation",
     "cosine_similarity",
     "deletion_auc",
+    "discrete_entropy",
     "drift",
     "effective_complexity",
+    "efficient_mprt",
     "energy_pointing_game",
     "faithfulness",
+    "faithfulness_correlation",
     "focus",
     "focus_mosaics",
     "gaussian_blur",
     "increase_in_confidence",
     "insertion_auc",
+    "irof",
     "l1_complexity",
+    "local_lipschitz",
+    "max_sensitivity",
+    "monotonicity_correlation",
+    "mprt",
     "noisy_linear_imputation",
+    "pixel_flipping",
     "pointing_game",
+    "random_logit",
     "random_map",
     "randomized_copy",
+    "region_perturbation",
     "relevance_rank_accuracy",
     "road",
     "roc_auc",
     "sanity_check",
+    "selectivity",
     "sensitivity",
+    "sensitivity_n",
+    "slic",
+    "smooth_mprt",
     "sparseness",
     "spearman",
+    "ssim",
     "top_k_intersection",
 ]

@@ -18,7 +18,7 @@ from cams.metrics.similarity import spearman
 from cams.state import frozen_model, rng_guard
 from cams.targets import Target, Targets
 
-__all__ = ["randomized_copy", "sanity_check"]
+__all__ = ["randomized_copy", "reset_seeded", "sanity_check"]
 
 _RANDOM_METHODS = frozenset(
     {
@@ -45,9 +45,10 @@ class _LocalRandom(TorchFunctionMode):
     and the training loop's random stream is not consumed.
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, salt: int = _SEED_SALT) -> None:
         super().__init__()
         self.seed = seed
+        self.salt = salt
         self.generators: dict[torch.device, torch.Generator] = {}
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -56,7 +57,7 @@ class _LocalRandom(TorchFunctionMode):
         if device not in self.generators:
             # salted, so that seed s does not replay the stream of torch.manual_seed(s), from which
             # the model itself may have been initialised
-            self.generators[device] = torch.Generator(device=device).manual_seed(self.seed + _SEED_SALT)
+            self.generators[device] = torch.Generator(device=device).manual_seed(self.seed + self.salt)
         return self.generators[device]
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -124,6 +125,29 @@ def _reinitialise(module: nn.Module) -> None:
         else:
             bound = 1 / math.sqrt(max(parameter.numel(), 1))
             nn.init.uniform_(parameter, -bound, bound)
+
+
+def reset_seeded(module: nn.Module, seed: int) -> None:
+    """``module.reset_parameters()`` drawing as after ``torch.manual_seed(seed)``, without touching the global RNG.
+
+    The re-initialisation of Quantus' ``get_random_layer_generator`` (``torch.manual_seed(seed); reset_parameters()``
+    per module), with every draw from local generators seeded with ``seed`` (the same numbers on the CPU and on
+    a CUDA device) and the global RNG state restored on exit.
+
+    Args:
+        module: a module with ``reset_parameters``; changed in place.
+        seed: the seed of the draws.
+
+    Example:
+        >>> layer, twin = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        >>> reset_seeded(layer, 7); reset_seeded(twin, 7)
+        >>> torch.equal(layer.weight, twin.weight)
+        True
+    """
+    device = next((t.device for t in (*module.parameters(), *module.buffers())), torch.device("cpu"))
+    with torch.no_grad(), rng_guard(device), _LocalRandom(seed, salt=0):
+        torch.default_generator.manual_seed(seed)  # forked by rng_guard: draws outside the mode
+        module.reset_parameters()
 
 
 def randomized_copy(
