@@ -147,11 +147,20 @@ class CamLogWriter:
 
     def resolve(self) -> None:
         """Create the loggers' lazy state (MLflow's run, Comet's experiment, TensorBoard's writer) on this thread,
-        so a background thread writing images never creates it a second time."""
+        so a background thread writing images never creates it a second time.
+
+        MLflow's client looks up a run's artifact store once and caches it; looked up from the background thread,
+        it reads every metric file of the run while the main thread may be creating one (MLflow's file store then
+        fails with "Metric ... is malformed. No data found."). Looking it up here fills that cache (MLflow 2.x and
+        3.x: ``TrackingServiceClient._get_artifact_repo``; tests/test_callback_loggers.py checks the worker never
+        reads the run).
+        """
         for logger in (*self.tensorboard, *self.mlflow, *self.comet):
             _ = logger.experiment
         for logger in self.mlflow:
-            _ = logger.run_id
+            tracking = getattr(logger.experiment, "_tracking_client", None)
+            if hasattr(tracking, "_get_artifact_repo"):
+                tracking._get_artifact_repo(logger.run_id)
 
     @classmethod
     def open(cls, trainer: Trainer, name: str | None = None) -> CamLogWriter:

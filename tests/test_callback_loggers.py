@@ -63,6 +63,33 @@ def test_mlflow_runs_get_images_metrics_and_config_on_their_own_run(make_trainer
     assert {r.info.run_id for r in client.search_runs([experiment.experiment_id])} == set(runs)
 
 
+def test_the_image_worker_never_reads_the_mlflow_run_the_main_thread_writes(make_trainer, tmp_path: Path,
+                                                                         monkeypatch) -> None:  # fmt: skip
+    """MLflow's file store reads every metric file of a run to find its artifact store; from the image worker that
+    read races the main thread creating a metric file ("Metric ... is malformed. No data found.")."""
+    pytest.importorskip("mlflow")
+    import threading
+
+    from mlflow import MlflowClient
+    from mlflow.store.tracking.file_store import FileStore
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    get_run = FileStore.get_run
+    off_main: list[str] = []
+
+    def guarded(self: Any, run_id: str) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            off_main.append(threading.current_thread().name)
+        return get_run(self, run_id)
+
+    monkeypatch.setattr(FileStore, "get_run", guarded)
+    logger = MLFlowLogger(experiment_name="cams", save_dir=str(tmp_path / "mlruns"))
+    _fit(make_trainer, logger, methods=["gradcam"])
+    artifacts = MlflowClient(f"file:{tmp_path / 'mlruns'}").list_artifacts(logger.run_id, "images")
+    assert artifacts, "no image reached MLflow"
+    assert off_main == []
+
+
 # ---------------------------------------------------------------------- Comet
 class CometExperiment:
     """Records what a ``comet_ml`` experiment is given (same signatures as comet_ml 3.58's ``Experiment``)."""
