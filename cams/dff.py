@@ -63,11 +63,14 @@ def nmf(
 
     scikit-learn's ``NMF(solver="cd")`` (Cichocki & Phan 2009): each iteration updates every column of ``W``,
     then every row of ``H``, by one exact coordinate step ``w ← max(0, w − ∇/∇²)``; it stops when the
-    summed projected gradient falls below ``tol`` times the first iteration's. The rows of a column are
-    updated together (they do not interact), so an iteration is two products ``x hᵀ``, ``xᵀ w`` (on torch's
-    thread pool) and ``2K`` small batched tensor operations (on one CPU thread, restored afterwards: at those
-    sizes a thread pool's wake-ups cost more than it saves). The
-    initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
+    summed projected gradient falls below ``tol`` times the first iteration's. The entries of a column do
+    not interact, so a column is one step on all of them at once. The factors are held as rows, ``Wᵀ`` (K, n)
+    and ``H`` (K, m), so that an iteration's two large products are ``H xᵀ`` and ``Wᵀ x`` (with MKL 1.3 to 6
+    times faster than ``x Hᵀ`` and ``xᵀ W`` at these shapes), followed per concept by one matrix-vector
+    product and one clamped step on a contiguous row; the projected gradient is summed once per sweep. On the
+    CPU the descent runs on one thread, restored afterwards: its products are a few million multiply-adds, for
+    which waking a thread pool costs more than it saves (on a loaded machine, far more).
+    The initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
     from ``generator``.
 
     Example:
@@ -82,27 +85,28 @@ def nmf(
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"nmf: n_components={n_components!r}; expected a positive int")
     if init is not None:
-        w, h = (t.to(x.dtype).clone() for t in init)
+        w, h = (t.to(x.dtype) for t in init)
     else:
         scale = (x.mean() / n_components).sqrt()
         h = scale * torch.randn(n_components, x.shape[1], generator=generator, dtype=x.dtype).abs()
         w = scale * torch.randn(x.shape[0], n_components, generator=generator, dtype=x.dtype).abs()
-        w, h = w.to(x.device), h.to(x.device)
-    ht = h.T.contiguous()
+    # the factors as rows, (K, n) and (K, m): copies, updated in place
+    wt, h = (t.to(x.device).clone(memory_format=torch.contiguous_format) for t in (w.T, h))
     iterations, first = 0, None
-    for iterations in range(1, max_iter + 1):  # noqa: B007
-        violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
-        if first is None:
-            first = violation
-        if first == 0 or violation / first <= tol:
-            break
-    return w, ht.T.contiguous(), iterations
+    with _one_thread(x.device):
+        for iterations in range(1, max_iter + 1):  # noqa: B007
+            violation = _sweep(wt, h @ h.T, h @ x.T)  # W's columns: x ≈ W H
+            violation = float(violation + _sweep(h, wt @ wt.T, wt @ x))  # H's rows: xᵀ ≈ Hᵀ Wᵀ
+            if first is None:
+                first = violation
+            if first == 0 or violation / first <= tol:
+                break
+    return wt.T.contiguous(), h, iterations
 
 
 @contextlib.contextmanager
 def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread, restored on exit: the descent is thousands of small products, for which waking a
-    thread pool costs more than the arithmetic (and, on a loaded machine, milliseconds per product)."""
+    """Run on one CPU thread, restored on exit (see :func:`nmf`)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield
@@ -114,19 +118,22 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _sweep(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
-    """One coordinate-descent pass over the columns of ``w`` (in place) for ``x ≈ w htᵀ``; its projected gradient."""
-    hht = ht.T @ ht
-    xht = x @ ht  # the sweep's one large product: on torch's thread pool
-    violation = w.new_zeros(())
-    with _one_thread(x.device):
-        for t, hess in enumerate(hht.diagonal().tolist()):
-            column = w[:, t]
-            grad = (w * hht[t]).sum(dim=1) - xht[:, t]  # (w hhtᵀ − x ht)[:, t], no BLAS call per column
-            violation += torch.where(column == 0, grad.clamp_max(0), grad).abs().sum()
-            if hess != 0:
-                column.sub_(grad.div_(hess)).clamp_min_(0)
-    return violation
+def _sweep(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    """One coordinate-descent pass over the rows of ``rows`` (K, n), in place; its summed projected gradient.
+
+    For ``x ≈ rowsᵀ other``: ``gram = other otherᵀ`` (K, K) and ``cross = other xᵀ`` (K, n), which becomes the
+    descent direction ``cross − gram rows`` (minus the gradient) row by row, each computed after the rows
+    before it were updated. The projected gradient is the whole gradient where an entry was positive and
+    only its descent part where it was 0: ``Σ relu(d) − Σ [r > 0] min(d, 0)``, two non-negative sums.
+    """
+    positive = rows.sign()  # 1 where the entry is positive, 0 where it is 0 (entries are never negative)
+    descent = cross
+    transposed = rows.T
+    for direction, row, couplings, hess in zip(descent, rows, gram, gram.diagonal().tolist(), strict=True):
+        direction.addmv_(transposed, couplings, alpha=-1)
+        if hess != 0:
+            row.add_(direction, alpha=1 / hess).clamp_min_(0)
+    return descent.clamp_min(0).sum() - torch.vdot(positive.view(-1), descent.clamp_max(0).view(-1))
 
 
 def deep_feature_factorization(
