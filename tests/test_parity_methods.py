@@ -254,6 +254,9 @@ def test_sobel_map_equals_pytorch_grad_cams_on_8_bit_grey_images():
         x = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
         theirs = torch.from_numpy(sobel_cam(rgb).astype(np.float32))
         assert_parity(sobel(x)[0] / 255, theirs / 255, f"sobel {shape}")
+        assert_parity(sobel(x[:, :1])[0] / 255, theirs / 255, f"sobel of the grey channel alone {shape}")
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        assert_parity(sobel(channels_last)[0] / 255, theirs / 255, f"sobel channels-last {shape}")
         assert_parity(CamEngine(nn.Identity())(x, methods="sobel")["sobel"][0], minmax(theirs[None])[0], "engine")
 
 
