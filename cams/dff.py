@@ -67,9 +67,10 @@ def nmf(
     not interact, so a column is one step on all of them at once. The factors are held as rows, ``Wᵀ`` (K, n)
     and ``H`` (K, m), so that an iteration's two large products are ``H xᵀ`` and ``Wᵀ x`` (with MKL 1.3 to 6
     times faster than ``x Hᵀ`` and ``xᵀ W`` at these shapes), followed per concept by one matrix-vector
-    product and one clamped step on a contiguous row; the projected gradient is summed once per sweep. On the
-    CPU the descent runs on one thread, restored afterwards: its products are a few million multiply-adds, for
-    which waking a thread pool costs more than it saves (on a loaded machine, far more).
+    product and one clamped step on a contiguous row, into buffers made once; the projected gradient is summed
+    once per sweep. On the CPU the descent runs on one thread, restored afterwards: its products are a few
+    million multiply-adds, for which waking a thread pool costs more than it saves (on a loaded machine, far
+    more).
     The initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
     from ``generator``.
 
@@ -92,11 +93,11 @@ def nmf(
         w = scale * torch.randn(x.shape[0], n_components, generator=generator, dtype=x.dtype).abs()
     # the factors as rows, (K, n) and (K, m): copies, updated in place
     wt, h = (t.to(x.device).clone(memory_format=torch.contiguous_format) for t in (w.T, h))
+    sweep_w, sweep_h = _Sweep(wt, x.T), _Sweep(h, x)  # W's columns (xᵀ ≈ Hᵀ Wᵀ), H's rows (x ≈ W H)
     iterations, first = 0, None
     with _one_thread(x.device):
         for iterations in range(1, max_iter + 1):  # noqa: B007
-            violation = _sweep(wt, h @ h.T, h @ x.T)  # W's columns: x ≈ W H
-            violation = float(violation + _sweep(h, wt @ wt.T, wt @ x))  # H's rows: xᵀ ≈ Hᵀ Wᵀ
+            violation = float(sweep_w(h) + sweep_h(wt))
             if first is None:
                 first = violation
             if first == 0 or violation / first <= tol:
@@ -118,22 +119,32 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _sweep(rows: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-    """One coordinate-descent pass over the rows of ``rows`` (K, n), in place; its summed projected gradient.
+class _Sweep:
+    """One coordinate-descent pass over the rows of one factor, in place, for ``x ≈ otherᵀ rows``.
 
-    For ``x ≈ rowsᵀ other``: ``gram = other otherᵀ`` (K, K) and ``cross = other xᵀ`` (K, n), which becomes the
-    descent direction ``cross − gram rows`` (minus the gradient) row by row, each computed after the rows
-    before it were updated. The projected gradient is the whole gradient where an entry was positive and
-    only its descent part where it was 0: ``Σ relu(d) − Σ [r > 0] min(d, 0)``, two non-negative sums.
+    ``rows`` (K, n) is the factor, ``x`` (m, n) the matrix. Calling the pass with ``other`` (K, m) computes
+    ``gram = other otherᵀ`` (K, K) and ``other x`` (K, n), which becomes the descent direction
+    ``d = other x − gram rows`` (minus the gradient) row by row, each row's computed after the rows before it
+    were updated, and returns the summed projected gradient: the whole gradient where an entry was positive,
+    only its descent part where it was 0, ``Σ max(d, −[r > 0]·d)``. The buffers and their row views are made
+    once: at these sizes making a tensor costs as much as the arithmetic on it.
     """
-    positive = rows.sign()  # 1 where the entry is positive, 0 where it is 0 (entries are never negative)
-    descent = cross
-    transposed = rows.T
-    for direction, row, couplings, hess in zip(descent, rows, gram, gram.diagonal().tolist(), strict=True):
-        direction.addmv_(transposed, couplings, alpha=-1)
-        if hess != 0:
-            row.add_(direction, alpha=1 / hess).clamp_min_(0)
-    return descent.clamp_min(0).sum() - torch.vdot(positive.view(-1), descent.clamp_max(0).view(-1))
+
+    def __init__(self, rows: torch.Tensor, x: torch.Tensor) -> None:
+        k, n = rows.shape
+        self.rows, self.x, self.transposed = rows, x, rows.T
+        self.gram, self.descent, self.blocked = rows.new_empty(k, k), rows.new_empty(k, n), rows.new_empty(k, n)
+        self.views = list(zip(self.descent.unbind(), rows.unbind(), self.gram.unbind(), strict=True))
+
+    def __call__(self, other: torch.Tensor) -> torch.Tensor:
+        torch.mm(other, other.T, out=self.gram)
+        torch.mm(other, self.x, out=self.descent)
+        torch.sign(self.rows, out=self.blocked).neg_()  # −1 where the entry is positive, 0 where it is 0
+        for (direction, row, couplings), hess in zip(self.views, self.gram.diagonal().tolist(), strict=True):
+            direction.addmv_(self.transposed, couplings, alpha=-1)
+            if hess != 0:
+                row.add_(direction, alpha=1 / hess).clamp_min_(0)
+        return torch.maximum(self.descent, self.blocked.mul_(self.descent)).sum()
 
 
 def deep_feature_factorization(
