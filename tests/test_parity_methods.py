@@ -260,6 +260,22 @@ def test_sobel_map_equals_pytorch_grad_cams_on_8_bit_grey_images():
         assert_parity(CamEngine(nn.Identity())(x, methods="sobel")["sobel"][0], minmax(theirs[None])[0], "engine")
 
 
+def test_sobel_and_nmf_give_back_the_torch_thread_count_they_found():
+    from cams.dff import nmf
+    from cams.methods.baseline import sobel
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        sobel(x)
+        assert torch.get_num_threads() == 2, "sobel"
+        nmf(x[0, 0], 2, generator=torch.Generator().manual_seed(0), max_iter=5)
+        assert torch.get_num_threads() == 2, "nmf"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sobel_map_of_colour_images_equals_opencvs_float_sobel():
     import cv2
 

@@ -7,6 +7,9 @@ here (:data:`RANDOM_WEIGHTS`).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -38,7 +41,9 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
     ``BORDER_REFLECT_101``). The reference works on 8-bit images and rounds and saturates at 255;
     this map is neither rounded nor saturated. Computed in float32 as the separable kernels are,
     ``G_x = [1, 2, 1]ᵀ ∗ [−1, 0, 1]`` and ``G_y = [−1, 0, 1]ᵀ ∗ [1, 2, 1]``: a handful of shifted sums on the
-    grey image (a 2-output convolution of a 3- or 1-channel image is several times slower on the CPU).
+    grey image (a 2-output convolution of a 3- or 1-channel image is several times slower on the CPU). On the
+    CPU they run on one thread, restored afterwards: each is a memory-bound pass over a few MB, for which
+    waking the intra-op thread pool costs more than it saves (on a loaded 2-core machine, 100 times more).
 
     Example:
         >>> x = torch.zeros(1, 1, 4, 4)
@@ -50,7 +55,12 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sobel: the Sobel map needs images (B, C, H, W); got shape {tuple(image.shape)}")
     if image.shape[-1] < 2 or image.shape[-2] < 2:
         raise ValueError(f"sobel: the image must be at least 2×2; got {tuple(image.shape[-2:])}")
-    image = image.float()
+    with _one_thread(image.device):
+        return _sobel(image.float())
+
+
+def _sobel(image: torch.Tensor) -> torch.Tensor:
+    """:func:`sobel`'s arithmetic on a float32 image (B, C, H, W) → (B, H, W)."""
     if image.shape[1] == 3:  # the ½ of both terms folded into the grey image
         red, green, blue = image.unbind(1)
         grey = torch.mul(red, 0.5 * _LUMA[0]).add_(green, alpha=0.5 * _LUMA[1]).add_(blue, alpha=0.5 * _LUMA[2])
@@ -62,6 +72,20 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
     grad_x = torch.add(across[:, :-2], across[:, 2:]).add_(across[:, 1:-1], alpha=2)
     grad_y = along[:, 2:] - along[:, :-2]
     return grad_x.abs_().add_(grad_y.abs_())
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU operations on one thread, the thread count restored on exit (see :func:`sobel`)."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _random_weights(p: Pass, i: int) -> torch.Tensor:
