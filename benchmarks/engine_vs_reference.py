@@ -12,13 +12,13 @@ Cases (measured on the CPU of the machine it runs on):
   * every method added from pytorch-grad-cam 1.5.7 or torchcam 0.5.0, against the library that has it
     (torchcam's cases say so in their name), at the peer's defaults except where the case says (SS-CAM and
     IS-CAM: 2 samples instead of 35 and 10, so that a CPU run takes minutes, not hours; the cost of both
-    sides is linear in it).
-Timings are medians of ``--repeats`` runs, ours and the peer interleaved. Peak memory is measured in a
-fresh child process that builds the model and the input, resets the kernel's peak-RSS counter
-(``/proc/self/clear_refs``), runs the case once and reports the peak resident set above what it held before
-the run: what the CAM computation itself adds. With ``--device cuda`` the model and the input live on the
-GPU, every timing waits for the GPU (``torch.cuda.synchronize``), every case runs with batch 32 (CNN cases on
-resnet50; ``--model``/``--batch`` choose others), and the peak memory is the GPU's
+    sides is linear in it; DFF with 5 concepts at batch 8 and 4 at batch 2).
+Timings are medians of ``--repeats`` runs after one warm-up run of each, ours and the peer interleaved.
+Peak memory is measured in a fresh child process that builds the model and the input, resets the kernel's
+peak-RSS counter (``/proc/self/clear_refs``), runs the case once and reports the peak resident set above
+what it held before the run: what the CAM computation itself adds. With ``--device cuda`` the model and the
+input live on the GPU, every timing waits for the GPU (``torch.cuda.synchronize``), every case runs with batch
+32 (CNN cases on resnet50; ``--model``/``--batch`` choose others), and the peak memory is the GPU's
 (``torch.cuda.max_memory_allocated`` above what the child held before the run).
 """
 
@@ -73,7 +73,8 @@ CASES: dict[str, Case] = {
     "sobel": Case("resnet50", ("layer4",), 8, ("sobel",)),
     "refinecam": Case("resnet50", ("layer3", "layer4"), 8, ("refinecam",)),
     "sess": Case("resnet18", ("layer4",), 1, ("sess",)),
-    "dff": Case("resnet50", ("layer4",), 8, ("dff",)),
+    "dff": Case("resnet50", ("layer4",), 8, ("dff",), options={"n_components": 5}),
+    "dff (batch 2, 4 concepts)": Case("resnet50", ("layer4",), 2, ("dff",), options={"n_components": 4}),
     # torchcam's methods
     "cam": Case("resnet50", ("layer4",), 8, ("cam",), TORCHCAM),
     "smoothgradcampp": Case("resnet50", ("layer4",), 8, ("smoothgradcampp",), TORCHCAM),
@@ -111,7 +112,8 @@ def ours(model: torch.nn.Module, spec: Case, x: torch.Tensor) -> Callable[[], ob
     from cams.dff import deep_feature_factorization
 
     if spec.methods == ("dff",):
-        return lambda: deep_feature_factorization(model, x, spec.layers[0], 5, head=model.fc)
+        k = spec.options["n_components"]
+        return lambda: deep_feature_factorization(model, x, spec.layers[0], k, head=model.fc)
     engine = CamEngine(model, list(spec.layers))
     methods = [get_method(m).with_options(**spec.options) for m in spec.methods]
     return lambda: engine(x, methods=methods)  # default chunk sizes
@@ -151,7 +153,7 @@ def _pytorch_grad_cam(model: torch.nn.Module, spec: Case, x: torch.Tensor) -> Ca
                 continue
             if m == "dff":
                 dff = pgc.DeepFeatureFactorization(model, layers[0], computation_on_concepts=model.fc)
-                dff(x, 5)
+                dff(x, spec.options["n_components"])
                 dff.activations_and_grads.release()
                 continue
             if m == "fullgrad":
@@ -243,7 +245,7 @@ def timed(fn: Callable[[], object], device: str = "cpu") -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="112² inputs and 1 repeat (smoke run)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
@@ -278,7 +280,8 @@ def main() -> None:
         run_ours, run_ref = ours(model, spec, x), reference(model, spec, x)
         t_ours, t_ref = [math.nan], [math.nan]
         if not args.no_timing:
-            run_ours()  # warm-up (also picks up any lazy initialisation)
+            run_ours()  # warm-up of both (also picks up any lazy initialisation)
+            run_ref()
             t_ours, t_ref = [], []
             for _ in range(args.repeats):
                 t_ours.append(timed(run_ours, args.device))

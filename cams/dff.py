@@ -63,11 +63,15 @@ def nmf(
 
     scikit-learn's ``NMF(solver="cd")`` (Cichocki & Phan 2009): each iteration updates every column of ``W``,
     then every row of ``H``, by one exact coordinate step ``w ← max(0, w − ∇/∇²)``; it stops when the
-    summed projected gradient falls below ``tol`` times the first iteration's. The rows of a column are
-    updated together (they do not interact), so an iteration is two products ``x hᵀ``, ``xᵀ w`` (on torch's
-    thread pool) and ``2K`` small batched tensor operations (on one CPU thread, restored afterwards: at those
-    sizes a thread pool's wake-ups cost more than it saves). The
-    initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
+    summed projected gradient falls below ``tol`` times the first iteration's. The entries of a column do
+    not interact, so a column is one step on all of them at once. The factors are held as rows, ``Wᵀ`` (K, n)
+    and ``H`` (K, m), so that an iteration's two large products are ``H xᵀ`` and ``Wᵀ x`` (with MKL 1.3 to 6
+    times faster than ``x Hᵀ`` and ``xᵀ W`` at these shapes), followed per concept by one matrix-vector
+    product and one clamped step on a contiguous row, into buffers made once; the projected gradient is summed
+    once per sweep. On the CPU the descent runs on one thread, restored afterwards: its products are a few
+    million multiply-adds, for which waking a thread pool costs more than it saves (on a loaded machine, far
+    more).
+    The initial factors are ``init``, or scikit-learn's ``init="random"``: ``√(mean(x)/K) · |N(0, 1)|`` drawn
     from ``generator``.
 
     Example:
@@ -82,27 +86,28 @@ def nmf(
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"nmf: n_components={n_components!r}; expected a positive int")
     if init is not None:
-        w, h = (t.to(x.dtype).clone() for t in init)
+        w, h = (t.to(x.dtype) for t in init)
     else:
         scale = (x.mean() / n_components).sqrt()
         h = scale * torch.randn(n_components, x.shape[1], generator=generator, dtype=x.dtype).abs()
         w = scale * torch.randn(x.shape[0], n_components, generator=generator, dtype=x.dtype).abs()
-        w, h = w.to(x.device), h.to(x.device)
-    ht = h.T.contiguous()
+    # the factors as rows, (K, n) and (K, m): copies, updated in place
+    wt, h = (t.to(x.device).clone(memory_format=torch.contiguous_format) for t in (w.T, h))
+    sweep_w, sweep_h = _Sweep(wt, x.T), _Sweep(h, x)  # W's columns (xᵀ ≈ Hᵀ Wᵀ), H's rows (x ≈ W H)
     iterations, first = 0, None
-    for iterations in range(1, max_iter + 1):  # noqa: B007
-        violation = float(_sweep(x, w, ht) + _sweep(x.T, ht, w))
-        if first is None:
-            first = violation
-        if first == 0 or violation / first <= tol:
-            break
-    return w, ht.T.contiguous(), iterations
+    with _one_thread(x.device):
+        for iterations in range(1, max_iter + 1):  # noqa: B007
+            violation = float(sweep_w(h) + sweep_h(wt))
+            if first is None:
+                first = violation
+            if first == 0 or violation / first <= tol:
+                break
+    return wt.T.contiguous(), h, iterations
 
 
 @contextlib.contextmanager
 def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread, restored on exit: the descent is thousands of small products, for which waking a
-    thread pool costs more than the arithmetic (and, on a loaded machine, milliseconds per product)."""
+    """Run on one CPU thread, restored on exit (see :func:`nmf`)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield
@@ -114,19 +119,32 @@ def _one_thread(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _sweep(x: torch.Tensor, w: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
-    """One coordinate-descent pass over the columns of ``w`` (in place) for ``x ≈ w htᵀ``; its projected gradient."""
-    hht = ht.T @ ht
-    xht = x @ ht  # the sweep's one large product: on torch's thread pool
-    violation = w.new_zeros(())
-    with _one_thread(x.device):
-        for t, hess in enumerate(hht.diagonal().tolist()):
-            column = w[:, t]
-            grad = (w * hht[t]).sum(dim=1) - xht[:, t]  # (w hhtᵀ − x ht)[:, t], no BLAS call per column
-            violation += torch.where(column == 0, grad.clamp_max(0), grad).abs().sum()
+class _Sweep:
+    """One coordinate-descent pass over the rows of one factor, in place, for ``x ≈ otherᵀ rows``.
+
+    ``rows`` (K, n) is the factor, ``x`` (m, n) the matrix. Calling the pass with ``other`` (K, m) computes
+    ``gram = other otherᵀ`` (K, K) and ``other x`` (K, n), which becomes the descent direction
+    ``d = other x − gram rows`` (minus the gradient) row by row, each row's computed after the rows before it
+    were updated, and returns the summed projected gradient: the whole gradient where an entry was positive,
+    only its descent part where it was 0, ``Σ max(d, −[r > 0]·d)``. The buffers and their row views are made
+    once: at these sizes making a tensor costs as much as the arithmetic on it.
+    """
+
+    def __init__(self, rows: torch.Tensor, x: torch.Tensor) -> None:
+        k, n = rows.shape
+        self.rows, self.x, self.transposed = rows, x, rows.T
+        self.gram, self.descent, self.blocked = rows.new_empty(k, k), rows.new_empty(k, n), rows.new_empty(k, n)
+        self.views = list(zip(self.descent.unbind(), rows.unbind(), self.gram.unbind(), strict=True))
+
+    def __call__(self, other: torch.Tensor) -> torch.Tensor:
+        torch.mm(other, other.T, out=self.gram)
+        torch.mm(other, self.x, out=self.descent)
+        torch.sign(self.rows, out=self.blocked).neg_()  # −1 where the entry is positive, 0 where it is 0
+        for (direction, row, couplings), hess in zip(self.views, self.gram.diagonal().tolist(), strict=True):
+            direction.addmv_(self.transposed, couplings, alpha=-1)
             if hess != 0:
-                column.sub_(grad.div_(hess)).clamp_min_(0)
-    return violation
+                row.add_(direction, alpha=1 / hess).clamp_min_(0)
+        return torch.maximum(self.descent, self.blocked.mul_(self.descent)).sum()
 
 
 def deep_feature_factorization(

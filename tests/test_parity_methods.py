@@ -195,10 +195,12 @@ def test_sess_matches_pytorch_grad_cam(pgc_zoo, net):
 def test_deep_feature_factorization_matches_pytorch_grad_cam_from_the_same_start(pgc_zoo, net):
     """NMF is not convex: each side converges to the optimum its start leads to. The reference starts from
     scikit-learn's ``init="random"`` with numpy's ``RandomState(0)``; handed that start, the torch
-    coordinate descent (the same algorithm) lands on the same factors. Its own default start is drawn from a
-    torch generator and leads to another factorisation, as good by reconstruction error (within 10 %)."""
+    coordinate descent (the same algorithm) lands on the same factors at the same iteration. Its own default
+    start is drawn from a torch generator and leads to another factorisation, as good by reconstruction error
+    (within 10 %)."""
     from pytorch_grad_cam import DeepFeatureFactorization
     from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff
+    from sklearn.decomposition import NMF
     from sklearn.decomposition._nmf import _initialize_nmf
 
     from cams.dff import deep_feature_factorization, nmf
@@ -219,7 +221,10 @@ def test_deep_feature_factorization_matches_pytorch_grad_cam_from_the_same_start
     shifted = flat - flat.min(axis=1)[:, None]
     w0, h0 = _initialize_nmf(shifted, k, init="random", random_state=0)
 
-    ours = deep_feature_factorization(m, x, layer, k, head=head, init=(torch.from_numpy(w0), torch.from_numpy(h0)))
+    start = (torch.from_numpy(w0.copy()), torch.from_numpy(h0.copy()))
+    ours = deep_feature_factorization(m, x, layer, k, head=head, init=start)
+    assert np.array_equal(start[0].numpy(), w0) and np.array_equal(start[1].numpy(), h0)  # the start is not updated
+    assert ours.iterations == NMF(n_components=k, init="random", random_state=0).fit(shifted).n_iter_
     concepts = torch.from_numpy(np.asarray(out[0]))
     assert_parity(ours.maps, torch.from_numpy(np.stack(out[1])), f"{net}/dff maps")
     scale = concepts.abs().max().item()
@@ -249,7 +254,26 @@ def test_sobel_map_equals_pytorch_grad_cams_on_8_bit_grey_images():
         x = torch.from_numpy(rgb.astype(np.float32)).permute(2, 0, 1)[None]
         theirs = torch.from_numpy(sobel_cam(rgb).astype(np.float32))
         assert_parity(sobel(x)[0] / 255, theirs / 255, f"sobel {shape}")
+        assert_parity(sobel(x[:, :1])[0] / 255, theirs / 255, f"sobel of the grey channel alone {shape}")
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        assert_parity(sobel(channels_last)[0] / 255, theirs / 255, f"sobel channels-last {shape}")
         assert_parity(CamEngine(nn.Identity())(x, methods="sobel")["sobel"][0], minmax(theirs[None])[0], "engine")
+
+
+def test_sobel_and_nmf_give_back_the_torch_thread_count_they_found():
+    from cams.dff import nmf
+    from cams.methods.baseline import sobel
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+        sobel(x)
+        assert torch.get_num_threads() == 2, "sobel"
+        nmf(x[0, 0], 2, generator=torch.Generator().manual_seed(0), max_iter=5)
+        assert torch.get_num_threads() == 2, "nmf"
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sobel_map_of_colour_images_equals_opencvs_float_sobel():
