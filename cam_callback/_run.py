@@ -9,15 +9,17 @@ nothing it is given. Step by step:
    values per image on that slice (:meth:`cam_callback.measures.Measure.per_image`);
 2. the maps, the predictions and the per-image values are gathered onto every process (``all_gather``), so
    every process holds the whole batch's, on the CPU;
-3. every process computes the same scalars from them: the drift against the history, each measure's
-   reduction of its per-image values, and what the measures read from the whole batch's maps
-   (:meth:`~cam_callback.measures.Measure.on_batch`).
+3. every process computes the same scalars from them: the drift against the history (maps that carry no
+   information left out), each measure's reduction of its per-image values, what the measures read from the
+   whole batch's maps (:meth:`~cam_callback.measures.Measure.on_batch`), and the share of blank maps
+   (:mod:`cam_callback._health`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,10 +29,12 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._checks import TargetSpec
 from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, splits, take_rows, together
+from cam_callback._health import cause_reasons, health_codes, health_scalars
 from cam_callback._history import MapHistory
 from cam_callback._settings import CAMSettings
 from cam_callback._volumes import fixed_target
 from cam_callback.measures import Baselines, Measure, Slice, Whole, baseline_maps
+from cams.health import DegenerateMapWarning
 
 __all__ = ["RunResult", "engine_targets", "explain_run", "predictions"]
 
@@ -43,8 +47,11 @@ class RunResult:
         maps: method -> the whole fixed batch's maps ``(N, H, W)`` (volumes ``(N, D, H, W)``) on the CPU.
         preds: each image's predicted class ``(N,)``, or ``None`` when the output has no class scores.
         fixed: the target with its choices made explicit (a task target's predicted mask, for the outlines).
-        scalars: tag -> value: drift and every measure.
+        scalars: tag -> value: drift, every measure and the share of blank maps.
         layers: the explained layers' dotted names.
+        health: method -> each image's cause code ``(N,)`` long, 0 where the map carries information
+            (:data:`cam_callback._health.CAUSE_CODES`).
+        reasons: method -> cause -> the engine's reason, from this process's images.
     """
 
     maps: dict[str, Tensor]
@@ -52,6 +59,13 @@ class RunResult:
     fixed: Any
     scalars: dict[str, float]
     layers: list[str]
+    health: dict[str, Tensor] = field(default_factory=dict)
+    reasons: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def blank(self) -> dict[str, Tensor]:
+        """method -> ``(N,)`` bool: the maps that carry no information."""
+        return {method: codes != 0 for method, codes in self.health.items()}
 
 
 def engine_targets(batch: FixedBatch, target: TargetSpec, device: torch.device) -> Any:
@@ -101,21 +115,25 @@ def explain_run(
     n = len(batch)
     split = splits(settings.target)
     rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
-    with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
-        part, fixed, layers = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings, batch,
-                                                                      measures, rows))  # fmt: skip
+    # the checkpointed model's BatchNorm statistics on every rank; blank maps are said once, by the callback
+    with rank_zero_buffers(trainer, pl_module), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateMapWarning)
+        part, fixed, layers, reasons = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings,
+                                                                               batch, measures, rows))  # fmt: skip
     whole = gather_rows(trainer, part, n, split)
     maps = {m: whole[f"map/{m}"] for m in settings.methods}
     preds = whole.get("pred")
+    health = {m: whole[f"health/{m}"] for m in settings.methods}
 
-    scalars = history.drift(maps, preds)
+    scalars = history.drift(maps, preds, {m: codes != 0 for m, codes in health.items()})
+    scalars.update(health_scalars(health))
     for i, measure in enumerate(measures):
         prefix = f"metric/{i}/"
         scalars.update(measure.reduce({k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}))
     base = _baselines(measures, (n, *next(iter(maps.values())).shape[1:]), torch.device("cpu"))
     for measure in measures:
         scalars.update(measure.on_batch(Whole(batch, maps, base if measure.scores_baselines else {})))
-    return RunResult(maps, preds, fixed, scalars, layers)
+    return RunResult(maps, preds, fixed, scalars, layers, health, reasons)
 
 
 def _baselines(measures: Sequence[Measure], shape: tuple[int, ...], device: torch.device) -> dict[str, Tensor]:
@@ -132,10 +150,11 @@ def _explain_rows(
     batch: FixedBatch,
     measures: Sequence[Measure],
     rows: Tensor,
-) -> tuple[dict[str, Tensor], Any, list[str]]:
-    """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
-    ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values of measure ``i``, on that device; the target with
-    its choices made explicit; the explained layers."""
+) -> tuple[dict[str, Tensor], Any, list[str], dict[str, dict[str, str]]]:
+    """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``,
+    ``health/<method>`` ``(k,)`` cause codes, ``pred`` ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values
+    of measure ``i``, on that device; the target with its choices made explicit; the explained layers; the
+    engine's reasons for the blank maps (method -> cause -> reason)."""
     part = take_rows(batch, rows)
     plugin = trainer.precision_plugin
     x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
@@ -151,6 +170,7 @@ def _explain_rows(
     layers = list(engine.layer_names)
     maps = {m: result[m].detach().float() for m in settings.methods}
     out = {f"map/{m}": cam for m, cam in maps.items()}
+    out.update(health_codes(result, settings.methods, x.device))
     preds = predictions(result, settings.target)
     if preds is not None:
         out["pred"] = preds
@@ -175,5 +195,5 @@ def _explain_rows(
     )
     for i, measure in enumerate(measures):
         out.update({f"metric/{i}/{tag}": value for tag, value in measure.per_image(inputs).items()})
-    return out, fixed, layers
+    return out, fixed, layers, cause_reasons(result)
 

@@ -163,13 +163,14 @@ def test_png_fallback_is_a_folder_of_each_runs_own(make_trainer, tmp_path: Path)
     for _ in range(2):  # no logger at all: a new version folder per run
         with pytest.warns(UserWarning, match="PNG"):
             _fit(make_trainer, False)
-    runs = sorted((tmp_path / "cams").iterdir())
-    assert [run.name for run in runs] == ["version_0", "version_1"]
-    for run in runs:
+    versions = sorted((tmp_path / "lightning_logs").iterdir())  # where Lightning's default logger puts a run
+    assert [run.name for run in versions] == ["version_0", "version_1"]
+    for run in (version / "cams" for version in versions):
         assert sorted(p.name for p in (run / "gradcam").iterdir()) == ["step_0000000.png", "step_0000001.png"]
         assert (run / "input" / "input.png").exists() and (run / "config.md").exists()
-        # header; the baseline's noise floor and cost; the epoch's three drift scalars, noise floor and cost
-        assert len((run / "scalars.csv").read_text().splitlines()) == 1 + 2 + 5
+        # header; the baseline's noise floor, blank share and cost; the epoch's three drift scalars, noise floor,
+        # blank share and cost
+        assert len((run / "scalars.csv").read_text().splitlines()) == 1 + 3 + 6
 
     with pytest.warns(UserWarning, match="PNG"):
         _fit(make_trainer, MetricsOnly(tmp_path / "store"))
