@@ -31,6 +31,7 @@ from cam_callback._batch import (
     FixedBatch,
     first_key,
 )
+from cams.targets.spec import FORMS as TARGET_FORMS
 
 __all__ = [
     "LayerSpec",
@@ -56,7 +57,9 @@ __all__ = [
 ]
 
 LayerSpec = str | nn.Module
-TargetSpec = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor]
+TargetSpec = Literal["pred", "label"] | int | cams.targets.Target | Callable[[Any], Tensor] | str
+"""What ``CAMCallback(target=...)`` takes; text other than ``"pred"``/``"label"`` is a form of
+:func:`cams.targets.parse_target` (``"seg:1"``, ``"multilabel:all"``: what a LightningCLI YAML file can say)."""
 
 
 # ---------------------------------------------------------------------- constructor arguments
@@ -101,12 +104,17 @@ def check_target(target: Any) -> TargetSpec:
         return target  # a task target (segmentation, multi-label, ...) or a callable output -> (N,) scores
     expected = (
         "expected 'pred' (the model's prediction), 'label' (the sample's label), a class index >= 0, a target "
-        "from cams.targets (SegmentationTarget(3), MultiLabelTarget(), ...) or a callable output -> (N,) scores"
+        "from cams.targets (SegmentationTarget(3), MultiLabelTarget(), ...) or its text form ("
+        f"{', '.join(TARGET_FORMS[1:])}), or a callable output -> (N,) scores"
     )
     if isinstance(target, str):
-        if target not in ("pred", "label"):
-            raise ValueError(f"CAMCallback(target={target!r}): {expected}")
-        return target  # type: ignore[return-value]
+        if target in ("pred", "label"):
+            return target  # type: ignore[return-value]
+        try:  # the one parser of explain, the command line and the engine
+            parsed = cams.targets.parse_target(target)
+        except ValueError as err:
+            raise ValueError(f"CAMCallback(target={target!r}): {expected} ({err})") from err
+        return "pred" if parsed is None else parsed
     if isinstance(target, bool) or not isinstance(target, int) or target < 0:
         raise ValueError(f"CAMCallback(target={target!r}): {expected}")
     return target

@@ -9,8 +9,10 @@
 - Scalars: every logger's ``log_metrics``.
 - No logger that can take images: PNGs (and, without any logger, a ``scalars.csv``) under
   ``<run directory>/cams/``: the first logger's own version folder (``log_dir``, else
-  ``save_dir/name/version``), or a new ``<default_root_dir>/cams/version_<n>/`` per run without
-  loggers; never a folder shared between runs.
+  ``save_dir/name/version``), or, without loggers, a new ``<default_root_dir>/lightning_logs/version_<n>/``
+  per run (where a default TensorBoard logger would have written it); never a folder shared between runs, and
+  never a folder named like the package at the root (run from this repository's root, that would be the
+  ``cams`` package's own source folder).
 
 Drawing and encoding a run's images is the largest part of a run on a small model, so global rank zero hands
 them to a :class:`BackgroundLog`: one worker thread, a bounded queue, jobs in the order given; the callback
@@ -92,16 +94,23 @@ def png_run_dir(trainer: Trainer) -> Path:
     """Where PNGs go when no logger takes images: ``<run folder>/cams``, a folder of this run only.
 
     The run folder is the first logger's own (see the module docstring); without loggers it is a new
-    ``<default_root_dir>/cams/version_<n>`` (the next free ``n``), so two runs never share files.
-    Call on global rank zero only.
+    ``<default_root_dir>/lightning_logs/version_<n>`` (the next free ``n``, as Lightning's default logger numbers
+    its runs), so two runs never share files. Call on global rank zero only.
+
+    Example:
+        >>> import tempfile
+        >>> from lightning.pytorch import Trainer
+        >>> root = tempfile.mkdtemp()
+        >>> png_run_dir(Trainer(logger=False, default_root_dir=root)).relative_to(root).as_posix()
+        'lightning_logs/version_0/cams'
     """
     for logger in trainer.loggers:
         folder = _run_folder(logger)
         if folder is not None:
             return folder / "cams"
-    root = Path(trainer.default_root_dir) / "cams"
+    root = Path(trainer.default_root_dir) / "lightning_logs"
     taken = {int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()} if root.is_dir() else set()
-    return root / f"version_{max(taken, default=-1) + 1}"
+    return root / f"version_{max(taken, default=-1) + 1}" / "cams"
 
 
 def destination(loggers: Sequence[Logger], png_dir: Path | None) -> str:

@@ -4,7 +4,8 @@ the attention timeline. This is an edge of the package: where maps become pixels
 - ``cam/config``: the callback's configuration as a markdown table; ``cam/input``: the de-normalised fixed
   images (volumes: their slices through the centre);
 - ``cam/<method>``: each method's maps over the de-normalised images, one grid (volumes: the three slices
-  through each map's peak; a segmentation target: the explained mask's outline beside each overlay);
+  through each map's peak; a segmentation target: the explained mask's outline beside each overlay); a map that
+  carries no information (:mod:`cam_callback._health`) is framed in red;
 - ``cam/<method>/timeline``: this run's row added to the timeline (:mod:`cam_callback._timeline`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import torch
 import torchvision
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -25,9 +27,33 @@ from cam_callback._timeline import Timeline, log_timeline
 from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
 
-__all__ = ["ImageLog", "grid", "log_config_and_input", "log_overlays", "log_run_images"]
+__all__ = ["MARK", "ImageLog", "framed", "grid", "log_config_and_input", "log_overlays", "log_run_images"]
 
 Normalisation = tuple[float, ...] | None
+
+MARK = (1.0, 0.0, 0.0)
+"""The colour of the frame around a map that carries no information."""
+
+
+def framed(tiles: Tensor, marked: Tensor | None) -> Tensor:
+    """``tiles`` ``(N, 3, H, W)`` with a red frame (1/16 of the shorter side, at least 1 px) around the marked ones.
+
+    Example:
+        >>> out = framed(torch.zeros(2, 3, 16, 16), torch.tensor([True, False]))
+        >>> out[0, 0, 0, 5].item(), out[0, 0, 8, 8].item(), out[1].abs().sum().item()
+        (1.0, 0.0, 0.0)
+    """
+    if marked is None or not bool(marked.any()):
+        return tiles
+    out = tiles.clone()
+    width = max(1, min(out.shape[-2:]) // 16)
+    ring = torch.ones(out.shape[-2:], dtype=torch.bool)
+    ring[width:-width, width:-width] = False
+    colour = torch.tensor(MARK, dtype=out.dtype).view(3, 1)
+    for i in marked.cpu().nonzero().flatten().tolist():
+        if i < out.shape[0]:
+            out[i][:, ring] = colour
+    return out
 
 
 def grid(images: Tensor) -> Tensor:
@@ -54,20 +80,24 @@ def log_overlays(
     std: Normalisation,
     display: CAMDisplay,
     target: Any = None,
+    marked: dict[str, Tensor] | None = None,
 ) -> None:
     """``cam/<method>``: each method's maps ``(N, H, W)`` over the de-normalised images, as a grid.
 
     Volumes ``(N, C, D, H, W)``: the three slices through each map's peak. A fixed segmentation ``target``
-    (:func:`cam_callback._volumes.fixed_target`) adds the outline of its mask beside each overlay.
+    (:func:`cam_callback._volumes.fixed_target`) adds the outline of its mask beside each overlay. ``marked``
+    (method -> ``(N,)`` bool): the maps that carry no information, framed in red (:func:`framed`).
     """
-    alpha, colormap = display.alpha, display.colormap
+    alpha, colormap, marked = display.alpha, display.colormap, marked or {}
     if images.dim() == 5:
         for name, cam in maps.items():
-            writer.image(f"cam/{name}", grid(volume_panels(images, cam, mean, std, alpha, colormap)), step)
+            panels = framed(volume_panels(images, cam, mean, std, alpha, colormap), marked.get(name))
+            writer.image(f"cam/{name}", grid(panels), step)
         return
     shown = denormalize(images, mean, std)
     for name, cam in maps.items():
-        writer.image(f"cam/{name}", grid(outline_panels(shown, overlay(shown, cam, alpha, colormap), target)), step)
+        tiles = framed(overlay(shown, cam, alpha, colormap), marked.get(name))
+        writer.image(f"cam/{name}", grid(outline_panels(shown, tiles, target)), step)
 
 
 def log_run_images(
@@ -84,6 +114,7 @@ def log_run_images(
     timeline: Timeline | None,
     title: str,
     config_text: str | None = None,
+    marked: dict[str, Tensor] | None = None,
 ) -> None:
     """Log one run's images (global rank zero): the configuration and input when ``config_text`` is given (once per
     destination), the overlays and, with a ``timeline``, its new row; then flush the writer.
@@ -100,12 +131,14 @@ def log_run_images(
         timeline: the callback's timeline, or ``None`` (``display.timeline_rows=None``).
         title: the timeline row's title (:func:`cam_callback._timeline.run_title`).
         config_text: the ``cam/config`` markdown, or ``None`` when this destination has it already.
+        marked: method -> ``(N,)`` bool, the maps that carry no information (framed in red in the grid and
+            the timeline).
     """
     if config_text is not None:
         log_config_and_input(writer, config_text, batch.images, mean, std, step)
-    log_overlays(writer, batch.images, maps, step, mean, std, display, fixed)
+    log_overlays(writer, batch.images, maps, step, mean, std, display, fixed, marked)
     if timeline is not None:
-        log_timeline(timeline, writer, batch, maps, preds, step, title, mean, std, display)
+        log_timeline(timeline, writer, batch, maps, preds, step, title, mean, std, display, marked)
     writer.flush()
 
 

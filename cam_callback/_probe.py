@@ -7,11 +7,16 @@ runs the engine itself, with the callback's methods and target, on the first ima
 (the engine leaves the model exactly as found: modes, BatchNorm statistics, ``.grad``, hooks and the
 global RNG), and turns any failure into a ``MisconfigurationException`` carrying the engine's own message
 and the callback's configuration. It checks nothing the engine does not: what the engine can explain
-passes. Later failures (a run that breaks after some training) are left to ``on_error``.
+passes, except a target layer whose feature map has a single position (``1×1``, ``1×1×1``) at the batch's
+size, which can only ever give constant maps (:mod:`cams.health`): that fails too, with the engine's reason
+naming the layer, its shape and the layer to explain instead. Blank maps that training can change (no positive
+evidence or a zero gradient at random initialisation) are left to the runs, which report them. Later failures
+(a run that breaks after some training) are left to ``on_error``.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,8 +30,9 @@ from cam_callback._checks import layer_key
 from cam_callback._run import engine_targets
 from cam_callback._settings import CAMSettings
 from cam_callback.measures import Measure, active_measures
+from cams.health import DegenerateMapWarning
 
-__all__ = ["check_channels", "check_labels", "probe", "probe_model"]
+__all__ = ["check_channels", "check_labels", "check_single_position", "probe", "probe_model"]
 
 
 def probe_model(
@@ -57,7 +63,7 @@ def probe_model(
 
     Raises:
         MisconfigurationException: a measure asked for that the batch cannot serve, or from
-            :func:`check_channels`, :func:`probe` or :func:`check_labels`.
+            :func:`check_channels`, :func:`probe`, :func:`check_single_position` or :func:`check_labels`.
     """
     try:
         measures = active_measures(settings.measures, settings.required, batch)
@@ -69,7 +75,8 @@ def probe_model(
     x = plugin.convert_input(batch.images.to(pl_module.device))
 
     def explain(images: Tensor, targets: Any) -> Any:
-        with torch.inference_mode(False), plugin.forward_context():
+        with torch.inference_mode(False), plugin.forward_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateMapWarning)  # the runs report blank maps, once
             return engine(
                 images, settings.methods, targets, aug_smooth=settings.aug_smooth, eigen_smooth=settings.eigen_smooth
             )
@@ -82,10 +89,28 @@ def probe_model(
     origin = "images=" if settings.user_batch is not None else "the validation data"
     targets = engine_targets(batch, settings.target, x.device)
     result = probe(explain, x, targets, type(pl_module).__name__, described, origin)
+    check_single_position(result, type(pl_module).__name__, described, tuple(x[:1].shape))
     logits = getattr(result, "logits", None)
     if settings.target == "label" and batch.labels is not None and isinstance(logits, Tensor):
         check_labels(batch.labels, int(logits.shape[1]), type(pl_module).__name__, origin)
     return measures
+
+
+def check_single_position(result: Any, model_name: str, settings: str, shape: tuple[int, ...]) -> None:
+    """A target layer whose feature map has a single position gives constant maps whatever the weights: stop.
+
+    Raises:
+        MisconfigurationException: with the engine's reason (the layer, its shape, the layer to explain instead).
+    """
+    for method, reasons in (getattr(result, "degenerate", None) or {}).items():
+        found = next((r for r in reasons if r is not None and r.cause == "single_position"), None)
+        if found is not None:
+            raise MisconfigurationException(
+                f"CAMCallback cannot explain {model_name} ({settings}): every {method} map would be blank: "
+                f"{found.reason}.\nFound before training by explaining the first image of the fixed batch (shape "
+                f"{shape}); no training step ran. Pass CAMCallback(target_layers=...) with that layer, or larger "
+                "images."
+            )
 
 
 def check_labels(labels: Tensor, num_classes: int, model_name: str, source: str) -> None:

@@ -9,9 +9,10 @@ nothing it is given. Step by step:
    values per image on that slice (:meth:`cam_callback.measures.Measure.per_image`);
 2. the maps, the predictions and the per-image values are gathered onto every process (``all_gather``), so
    every process holds the whole batch's, on the CPU;
-3. every process computes the same scalars from them: the drift against the history, each measure's
-   reduction of its per-image values, and what the measures read from the whole batch's maps
-   (:meth:`~cam_callback.measures.Measure.on_batch`); and what each part cost on global rank zero, in seconds:
+3. every process computes the same scalars from them: the drift against the history (maps that carry no
+   information left out), each measure's reduction of its per-image values, what the measures read from the
+   whole batch's maps (:meth:`~cam_callback.measures.Measure.on_batch`), the share of blank maps
+   (:mod:`cam_callback._health`); and what each part cost on global rank zero, in seconds:
    ``cam_cost/explain/shared`` (the engine's shared forward and backward), ``cam_cost/explain/<method>`` (a
    method's weighing and the inputs it was first to need, e.g. Score-CAM's masked forwards) and
    ``cam_cost/measure/<name>``; the callback adds ``cam_cost/overhead`` and, from the background image log,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,10 +37,12 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._checks import TargetSpec
 from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, share, splits, take_rows, together
+from cam_callback._health import cause_reasons, health_codes, health_scalars
 from cam_callback._history import MapHistory
 from cam_callback._settings import CAMSettings
 from cam_callback._volumes import fixed_target
 from cam_callback.measures import Baselines, Measure, Slice, Whole, baseline_maps
+from cams.health import DegenerateMapWarning
 
 __all__ = ["Failures", "RunResult", "engine_targets", "explain_run", "predictions"]
 
@@ -51,10 +55,13 @@ class RunResult:
         maps: method -> the whole fixed batch's maps ``(N, H, W)`` (volumes ``(N, D, H, W)``) on the CPU.
         preds: each image's predicted class ``(N,)``, or ``None`` when the output has no class scores.
         fixed: the target with its choices made explicit (a task target's predicted mask, for the outlines).
-        scalars: tag -> value: drift and every measure.
+        scalars: tag -> value: drift, every measure and the share of blank maps.
         layers: the explained layers' dotted names.
         seconds: this process's wall time per part: ``explain/shared`` (the engine's shared pass),
             ``explain/<method>``, ``measure/<name>`` (for the ``cam_cost/...`` scalars).
+        health: method -> each image's cause code ``(N,)`` long, 0 where the map carries information
+            (:data:`cam_callback._health.CAUSE_CODES`).
+        reasons: method -> cause -> the engine's reason, from this process's images.
     """
 
     maps: dict[str, Tensor]
@@ -63,6 +70,13 @@ class RunResult:
     scalars: dict[str, float]
     layers: list[str]
     seconds: dict[str, float] = field(default_factory=dict)
+    health: dict[str, Tensor] = field(default_factory=dict)
+    reasons: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def blank(self) -> dict[str, Tensor]:
+        """method -> ``(N,)`` bool: the maps that carry no information."""
+        return {method: codes != 0 for method, codes in self.health.items()}
 
 
 class Failures:
@@ -153,14 +167,19 @@ def explain_run(
     n = len(batch)
     split = splits(settings.target)
     rows = rows_for(n, trainer.world_size, trainer.global_rank) if split else torch.arange(n)
-    with rank_zero_buffers(trainer, pl_module):  # the checkpointed model's BatchNorm statistics on every rank
-        part, fixed, layers, seconds = together(trainer, lambda: _explain_rows(trainer, pl_module, engine, settings,
-                                                                               batch, measures, rows))  # fmt: skip
+    # the checkpointed model's BatchNorm statistics on every rank; blank maps are said once, by the callback
+    with rank_zero_buffers(trainer, pl_module), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateMapWarning)
+        part, fixed, layers, seconds, reasons = together(
+            trainer, lambda: _explain_rows(trainer, pl_module, engine, settings, batch, measures, rows)
+        )
     whole = gather_rows(trainer, part, n, split)
     maps = {m: whole[f"map/{m}"] for m in settings.methods}
     preds = whole.get("pred")
+    health = {m: whole[f"health/{m}"] for m in settings.methods}
 
-    scalars = history.drift(maps, preds)
+    scalars = history.drift(maps, preds, {m: codes != 0 for m, codes in health.items()})
+    scalars.update(health_scalars(health))
     base = _baselines(measures, (n, *next(iter(maps.values())).shape[1:]), torch.device("cpu"))
     for i, measure in enumerate(measures):
         started, prefix = time.perf_counter(), f"metric/{i}/"
@@ -169,7 +188,7 @@ def explain_run(
         seconds[f"measure/{measure.name}"] += time.perf_counter() - started
     # what each part cost, global rank zero's (every rank logs the same scalars)
     scalars.update({f"cam_cost/{part}": value for part, value in share(trainer, seconds).items()})
-    return RunResult(maps, preds, fixed, scalars, layers, seconds)
+    return RunResult(maps, preds, fixed, scalars, layers, seconds, health, reasons)
 
 
 def _baselines(measures: Sequence[Measure], shape: tuple[int, ...], device: torch.device) -> dict[str, Tensor]:
@@ -186,10 +205,11 @@ def _explain_rows(
     batch: FixedBatch,
     measures: Sequence[Measure],
     rows: Tensor,
-) -> tuple[dict[str, Tensor], Any, list[str], dict[str, float]]:
-    """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``, ``pred``
-    ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values of measure ``i``, on that device; the target with
-    its choices made explicit; the explained layers; the seconds each part took here."""
+) -> tuple[dict[str, Tensor], Any, list[str], dict[str, float], dict[str, dict[str, str]]]:
+    """The fixed batch's ``rows`` explained on ``pl_module.device``: ``map/<method>`` ``(k, H, W)``,
+    ``health/<method>`` ``(k,)`` cause codes, ``pred`` ``(k,)`` and ``metric/<i>/<tag>`` ``(k,)`` per-image values
+    of measure ``i``, on that device; the target with its choices made explicit; the explained layers; the
+    seconds each part took here; the engine's reasons for the blank maps (method -> cause -> reason)."""
     part = take_rows(batch, rows)
     plugin = trainer.precision_plugin
     x = plugin.convert_input(part.images.to(pl_module.device))  # the images move to the device once per run
@@ -206,6 +226,7 @@ def _explain_rows(
     layers = list(engine.layer_names)
     maps = {m: result[m].detach().float() for m in settings.methods}
     out = {f"map/{m}": cam for m, cam in maps.items()}
+    out.update(health_codes(result, settings.methods, x.device))
     preds = predictions(result, settings.target)
     if preds is not None:
         out["pred"] = preds
@@ -234,5 +255,5 @@ def _explain_rows(
         started = time.perf_counter()
         out.update({f"metric/{i}/{tag}": value for tag, value in measure.per_image(inputs).items()})
         seconds[f"measure/{measure.name}"] = time.perf_counter() - started
-    return out, fixed, layers, seconds
+    return out, fixed, layers, seconds, cause_reasons(result)
 

@@ -3,7 +3,8 @@ the fixed images, logged as ``cam/<method>/timeline``.
 
 Each row is one run (``before training``, ``epoch 1``, ``epoch 2``, ...), each tile the method's overlay of
 one fixed image, with the object's box or mask outlined in green, a spurious region (``spurious_masks``)
-in magenta, and under the tile the class the model predicted (and the true one, red when they differ).
+in magenta, and under the tile the class the model predicted (and the true one, red when they differ). A map
+that carries no information (:mod:`cam_callback._health`) is framed in red and marked ``no information``.
 The image stays bounded: the first run and the last ``rows`` runs are kept, in a buffer allocated at the
 first run, so memory does not grow with training.
 
@@ -13,7 +14,7 @@ This module is an edge of the package: it is where the rows become pixels (Pillo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -45,6 +46,8 @@ _CAPTION = 20
 _GAP = 6
 _HEADER = 28
 _SKIPPED = 18
+_MARK = (255, 0, 0)
+_MARK_COLOUR = torch.tensor(_MARK, dtype=torch.uint8).view(3, 1, 1)
 
 
 def tile_size(height: int, width: int) -> tuple[int, int]:
@@ -240,6 +243,8 @@ class Regions:
         masks: ``(N', H, W)`` object masks (outlined in green, instead of the boxes), or ``None``.
         spurious: ``(N', H, W)`` spurious-region masks (outlined in magenta), or ``None``.
         image_size: ``(H, W)`` of the fixed images (default: the overlays').
+        marked: ``(N',)`` bool, the tiles whose map carries no information (framed in red, marked
+            ``no information``), or ``None``.
     """
 
     labels: Tensor | None = None
@@ -247,6 +252,7 @@ class Regions:
     masks: Tensor | None = None
     spurious: Tensor | None = None
     image_size: tuple[int, int] | None = None
+    marked: Tensor | None = None
 
 
 def draw_row(overlays: Tensor, title: str, preds: Tensor | None, regions: Regions | None = None) -> Tensor:
@@ -280,6 +286,8 @@ def draw_row(overlays: Tensor, title: str, preds: Tensor | None, regions: Region
             tiles[i][:, ring] = colours[0]
         if spurious is not None and bool(spurious[i].any()):
             tiles[i][:, _outline(spurious[i].bool().cpu(), size)] = colours[1]
+        if regions.marked is not None and bool(regions.marked[i]):
+            tiles[i][:, :3], tiles[i][:, -3:], tiles[i][:, :, :3], tiles[i][:, :, -3:] = (_MARK_COLOUR,) * 4
 
     tile_h, tile_w = size
     width = _LABEL_WIDTH + count * (tile_w + _GAP)
@@ -293,6 +301,9 @@ def draw_row(overlays: Tensor, title: str, preds: Tensor | None, regions: Region
     for i in range(count):
         x = _LABEL_WIDTH + i * (tile_w + _GAP)
         row.paste(Image.fromarray(tiles[i].permute(1, 2, 0).numpy()), (x, 0))
+        if regions.marked is not None and bool(regions.marked[i]):
+            draw.rectangle((x + 3, 3, x + 3 + 86, 17), fill="white")
+            draw.text((x + 5, 4), "no information", fill=_MARK, font=small)
         pred = -1 if preds is None else int(preds[i])
         if pred < 0:
             continue
@@ -331,6 +342,7 @@ def log_timeline(
     mean: tuple[float, ...] | None,
     std: tuple[float, ...] | None,
     display: CAMDisplay,
+    marked: dict[str, Tensor] | None = None,
 ) -> None:
     """Add this run's row to every method's timeline and log ``cam/<method>/timeline`` at ``step``.
 
@@ -344,6 +356,7 @@ def log_timeline(
         title: the row's title (:func:`run_title`).
         mean, std: the normalisation to undo for display.
         display: the overlays' colour map and weight.
+        marked: method -> ``(N,)`` bool, the maps that carry no information (framed in red).
     """
     images = batch.images[:COLUMNS]
     volumes = images.dim() == 5
@@ -357,5 +370,6 @@ def log_timeline(
             tiles = volume_panels(images, cam[: len(images)], mean, std, display.alpha, display.colormap)
         else:
             tiles = overlay(shown, cam[: len(shown)], display.alpha, display.colormap)
-        timeline.add(name, tiles, title, preds, regions)
+        mine = (marked or {}).get(name)
+        timeline.add(name, tiles, title, preds, regions if mine is None else replace(regions, marked=mine.cpu()))
         writer.image(f"cam/{name}/timeline", timeline.render_uint8(name), step)

@@ -29,6 +29,7 @@ from cam_callback._batch import BatchToImages, FixedBatch, choose_batch, ensure_
 from cam_callback._budget import CostBudget
 from cam_callback._checks import LayerSpec, TargetSpec, check_target_layers, check_trainer_has_images, session_mean_std
 from cam_callback._distributed import agree, check_strategy, share, together
+from cam_callback._health import HealthWatch
 from cam_callback._history import MapHistory
 from cam_callback._legacy import accepts_old_spellings, callback_arguments
 from cam_callback._overlays import ImageLog
@@ -54,6 +55,7 @@ from cam_callback._summary import (
 )
 from cam_callback._timeline import Timeline, render_for, run_title
 from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch
+from cams.health import DegenerateMapWarning
 
 __all__ = ["CAMCallback", "ShortcutWarning"]
 
@@ -183,6 +185,7 @@ class CAMCallback(Callback):
         self._budget = CostBudget(self._settings.max_overhead)
         self._shortcuts = ShortcutWatch(getattr(self._settings.measure("shortcut"), "ratio", 1.0))
         self._failures = Failures(self._settings.on_error)  # raised, or reported once each
+        self._health = HealthWatch()  # blank maps: one warning per method and cause
         # per fit/validate session, set in setup and at fit start
         self._engine: Any = None
         self._engine_module: nn.Module | None = None
@@ -457,12 +460,13 @@ class CAMCallback(Callback):
         result = explain_run(trainer, pl_module, engine, self._settings, self._batch, self._measures, self._history)
         self._layer_names = result.layers or None
         self._log_images(trainer, result, step, hook)  # drawn and written in the background: no rank waits for it
+        when = f"{run_title(trainer, hook, step).splitlines()[0]} (global step {trainer.global_step})"
+        for message in self._health.check(result.health, result.reasons, when):  # rank zero's reasons
+            rank_zero_warn(message, category=DegenerateMapWarning)
         if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
-            title = run_title(trainer, hook, step).split("\n")[0]
-            when = f"{title} (global step {trainer.global_step})"
             for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
                 rank_zero_warn(message, category=ShortcutWarning)
-        self._history.remember(result.maps, result.preds)
+        self._history.remember(result.maps, result.preds, result.blank)
         self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._images.destination)
         return dict(result.scalars)
 
@@ -481,7 +485,8 @@ class CAMCallback(Callback):
             self._input_logged_to = self._images.destination
         self._images.submit(self._batch, result.maps, result.preds, result.fixed, step, mean=self._mean,
                             std=self._std, display=self._settings.display, timeline=self._timeline,
-                            title=run_title(trainer, hook, step), config_text=config_text)  # fmt: skip
+                            title=run_title(trainer, hook, step), config_text=config_text,
+                            marked=result.blank)  # fmt: skip
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:  # restored names keep a resumed layer

@@ -6,7 +6,6 @@ written); :func:`check_gradients` says why a layer's feature map gets none at al
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -54,32 +53,24 @@ def layer_gradients(
 
 
 def check_gradients(grads: list[Any], names: list[str], layouts: list[Layout]) -> None:
-    """Say loudly why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
+    """Say why a layer's feature map gets an exactly zero gradient (every gradient map would be empty).
 
     The score does not change with the layer's output at all (an untrained classifier head initialised to
-    zero, a segmentation class predicted nowhere): a ``RuntimeWarning``, since training or another image
-    changes it. The gradient reaches only what the layout drops (a class token read after this layer):
-    an error, since this layer can never give a map.
+    zero, a segmentation class predicted nowhere): no error, since training or another image changes it; each
+    image's map is then reported blank by :func:`cams.health.diagnose` (``zero_gradient``), in the call's one
+    :class:`cams.health.DegenerateMapWarning`. The gradient reaches only what the layout drops (a class token
+    read after this layer): an error, since this layer can never give a map.
     """
     for grad, name, layout in zip(grads, names, layouts, strict=True):
         mapped = layout.to_feature_map(grad)
-        if not bool((mapped == 0).all()):
+        if not bool((mapped == 0).all()) or all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
             continue
         where = f"target layer {name!r}: the gradient of the target score is zero at every position of its " \
             f"feature map {tuple(mapped.shape)}"
-        if all(bool((g == 0).all()) for g in tensor_leaves(grad) or []):
-            warnings.warn(
-                f"{where}: the score does not change with this layer's output (an untrained classifier head "
-                "initialised to zero, as torchvision's ViT and timm's MLP-Mixer have before training, or a "
-                "target that scores nothing, such as a class predicted nowhere); gradient maps are empty",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        elif layout.prefix:
+        if layout.prefix:
             raise RuntimeError(
                 f"{where}: only its {layout.prefix} prefix token(s) get one, because the model reads the class "
                 "token after this layer; explain a layer before the last attention (the last block's first "
                 "norm), or let target_layers=None choose"
             )
-        else:
-            raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")
+        raise RuntimeError(f"{where}: the gradient reaches only parts of the output reshape_transform leaves out")

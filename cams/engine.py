@@ -28,7 +28,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,15 +39,16 @@ from torch import nn
 
 from cams.aug_smooth import augment, deaugment, plain_rows, repeat_targets
 from cams.backward import check_gradients, layer_gradients
-from cams.hooks import Records, capture, grad_capable, map_tensors, prepare, tensor_leaves
-from cams.layer_choice import auto_layer, find_layer
+from cams.health import Degenerate, DegenerateMapWarning, combine_layers, deaugment_reasons, diagnose, warning_text
+from cams.hooks import Records, capture, grad_capable, map_tensors, output_shape, prepare, tensor_leaves
+from cams.layer_choice import auto_layer, example_input, find_layer
 from cams.layout import Layout, layout_of
 from cams.methods import CamMethod, get_method
 from cams.names import uncompiled_name
 from cams.ops import EigenSign, aggregate_layers, minmax, resize, sum_or_project
 from cams.passes import Explain, Pass, Progress, score_rows
-from cams.state import frozen_model, model_device
-from cams.targets import Target, Targets, readable_logits, resolve_targets
+from cams.state import autograd_kernels, frozen_model, model_device
+from cams.targets import Target, Targets, parse_target, readable_logits, resolve_targets
 
 __all__ = ["CamEngine", "CamMaps", "check_input", "find_layer"]
 
@@ -62,12 +65,20 @@ class CamMaps(dict):
         seconds: wall time of the call's parts: ``"shared"`` (the forward, the target and the shared backward),
             then each method's (its weighing and the inputs it was the first to need, e.g. Score-CAM's masked
             forwards), for a user who wants to see what to switch off.
+        degenerate: method name -> one entry per image: ``None`` for a map that carries information, else a
+            :class:`cams.health.Degenerate` (``.cause``, e.g. ``"single_position"``, and ``.reason``, a sentence
+            naming the layer and what to do). Such maps are returned as computed (constant, usually all zero), and
+            the call gives one :class:`cams.health.DegenerateMapWarning` listing them.
     """
 
     classes: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     seconds: dict[str, float] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.degenerate: dict[str, list[Degenerate | None]] = {}
 
 
 class CamEngine:
@@ -105,6 +116,7 @@ class CamEngine:
         self.model = model
         self.reshape_transform = reshape_transform
         self._layers: list[tuple[str, nn.Module]] | None = None
+        self._guess: list[str] | None = None  # the automatic choice before any call (see layer_names)
         self._layouts: dict[str, tuple[tuple[tuple[int, ...], tuple[int, ...]], Layout]] = {}
         if target_layers is not None:
             specs = [target_layers] if isinstance(target_layers, (str, nn.Module)) else list(target_layers)
@@ -115,8 +127,33 @@ class CamEngine:
     # ------------------------------------------------------------------ layers
     @property
     def layer_names(self) -> list[str]:
-        """Dotted names of the target layers (empty until an automatic choice has been made)."""
+        """Dotted names of the target layers.
+
+        With the automatic choice and before the first call: the layer chosen for the input the model declares
+        (a LightningModule's ``example_input_array``, timm's ``pretrained_cfg["input_size"]``, a Hugging Face
+        ``config.image_size``), else for a 224×224 image (a 64³ volume) with its first convolution's channels: one
+        forward, on first access. The first call then chooses with its own input, which gives another layer only
+        where the inputs' grids differ (CIFAR-size images: ``layer3`` of a ResNet, whose ``layer4`` is 1×1).
+        ``[]`` when no input can be built (no convolution, nothing declared).
+        """
+        if self._layers is None:
+            if self._guess is None:
+                self._guess = self._choose_without_call()
+            return list(self._guess)
+        return self._names()
+
+    def _names(self) -> list[str]:
         return [name for name, _ in self._layers or []]
+
+    def _choose_without_call(self) -> list[str]:
+        x = example_input(self.model)
+        if x is None:
+            return []
+        try:
+            with grad_capable(), frozen_model(self.model), autograd_kernels():
+                return [auto_layer(self.model, x.to(model_device(self.model)))[0]]
+        except Exception:  # a model that takes another input than the one guessed: the first call chooses
+            return []
 
     @property
     def layout(self) -> Layout | None:
@@ -125,12 +162,12 @@ class CamEngine:
         Example: ``tokens (B, 197, 192): 1 prefix token dropped, grid 14×14 from patch_embed``.
         """
         layouts = self.layouts
-        return layouts[self.layer_names[0]] if layouts else None
+        return layouts[self._names()[0]] if layouts else None
 
     @property
     def layouts(self) -> dict[str, Layout]:
         """Layer name -> :class:`cams.layout.Layout` of the last call."""
-        return {name: self._layouts[name][1] for name in self.layer_names if name in self._layouts}
+        return {name: self._layouts[name][1] for name in self._names() if name in self._layouts}
 
     def resolve_layers(self, x: torch.Tensor) -> list[str]:
         """Choose the target layers now (one forward for the automatic choice) and return their names."""
@@ -138,7 +175,7 @@ class CamEngine:
             x = check_input(x)
             with grad_capable(), frozen_model(self.model):
                 self._layers = [auto_layer(self.model, prepare(x, model_device(self.model))[:1])]
-        return self.layer_names
+        return self._names()
 
     def _named(self, spec: LayerSpec) -> tuple[str, nn.Module]:
         if isinstance(spec, str):
@@ -173,10 +210,11 @@ class CamEngine:
             methods: one name or several (see :data:`cams.METHODS`), or methods with options
                 (:meth:`cams.CamMethod.with_options`).
             targets: anything :func:`cams.targets.resolve_targets` takes: ``None`` (each image's predicted
-                class), an ``int``, one class per image (sequence, 1-D tensor or NumPy array), a callable
-                ``output -> (B,)`` scores, one callable per image (pytorch-grad-cam's
-                ``ClassifierOutputTarget`` style), or a :class:`cams.targets.Target` (segmentation,
-                detection, multi-label, embeddings: see :mod:`cams.targets`). Perturbation methods
+                class), a text form (``"pred"``, ``"3"``, ``"seg:3"``, ``"multilabel:all"``), an ``int``, one
+                class per image (sequence, 1-D tensor or NumPy array), a callable ``output -> (B,)`` scores,
+                one callable per image (pytorch-grad-cam's ``ClassifierOutputTarget`` style), or a
+                :class:`cams.targets.Target` (segmentation, detection, multi-label, embeddings: see
+                :mod:`cams.targets`). Perturbation methods
                 call a batch callable on chunks of perturbed rows, so it must act row by row.
             aug_smooth: average over the six test-time augmentations of the reference (horizontal
                 flip × multiply by 0.9, 1, 1.1), de-augmented; all six run as one batch.
@@ -203,6 +241,8 @@ class CamEngine:
         """
         specs = _methods(methods)
         x = check_input(x)
+        if isinstance(targets, str):  # "seg:1", "multilabel:all", ...: one parser for every entry point
+            targets = parse_target(targets)
         bad_size = isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         if batch_size is not None and bad_size:
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
@@ -211,7 +251,7 @@ class CamEngine:
         base_seed = _seed(seed)
         out_device = x.device
         device = model_device(self.model)
-        with grad_capable(), frozen_model(self.model):
+        with grad_capable(), frozen_model(self.model), autograd_kernels():
             x = prepare(x, device)
             if self._layers is None and any(s.needs_layers for s in specs):
                 self._layers = [auto_layer(self.model, x[:1])]
@@ -219,24 +259,29 @@ class CamEngine:
                 if spec.needs_layers and len(self._layers or []) < spec.min_layers:
                     raise ValueError(
                         f"{spec.name} combines the maps of at least {spec.min_layers} target layers; got "
-                        f"{self.layer_names}: pass target_layers=[...] with more layers"
+                        f"{self._names()}: pass target_layers=[...] with more layers"
                     )
             batch = x.shape[0]
             if aug_smooth:
                 x = augment(x)
                 targets = repeat_targets(targets, batch)
-            maps, info, seconds = self._run(
+            maps, info, seconds, health = self._run(
                 x, specs, targets, eigen_smooth, batch_size, eigen_sign, batch, base_seed, progress
             )
             if aug_smooth:
                 maps = {k: deaugment(v, batch) for k, v in maps.items()}
                 plain = plain_rows(batch)
                 info = {k: (v[plain] if v is not None else None) for k, v in info.items()}
+                health = {k: deaugment_reasons(v, batch) for k, v in health.items()}
         result = CamMaps({k: v.to(out_device) for k, v in maps.items()})
         result.classes, result.scores, result.logits = (
             None if info[k] is None else info[k].to(out_device) for k in ("classes", "scores", "logits")
         )
         result.seconds = seconds
+        result.degenerate = health
+        text = warning_text(health)
+        if text is not None:
+            warnings.warn(f"CamEngine: {text}", DegenerateMapWarning, stacklevel=2)
         return result
 
     def _run(
@@ -250,7 +295,9 @@ class CamEngine:
         block: int,
         seed: int = 0,
         progress: Progress | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor | None], dict[str, float]]:
+    ) -> tuple[
+        dict[str, torch.Tensor], dict[str, torch.Tensor | None], dict[str, float], dict[str, list[Degenerate | None]]
+    ]:
         started = time.perf_counter()
         layer_list = self._layers if any(s.needs_layers for s in specs) else []
         assert layer_list is not None
@@ -282,7 +329,7 @@ class CamEngine:
             target = resolve_targets(targets, x.shape[0], output)
             score_per_row = score_rows(target, output, rows, block)
             if needs_grads:
-                grads = layer_gradients(score_per_row, records.outputs, self.layer_names, keep_graph, second_order)
+                grads = layer_gradients(score_per_row, records.outputs, self._names(), keep_graph, second_order)
             scores = score_per_row.detach().float()
         raw = [map_tensors(v, torch.Tensor.detach) for v in records.values]
         needs_maps = any(i.reads_feature_map for i in inputs.values()) or grads is not None
@@ -290,7 +337,7 @@ class CamEngine:
         acts = [layout.to_feature_map(v).float() for layout, v in zip(layouts, raw[: len(layouts)], strict=True)]
         graph_grads = grads if second_order else None
         if grads is not None:
-            check_gradients(grads, self.layer_names, layouts)
+            check_gradients(grads, self._names(), layouts)
             detached = [map_tensors(g, torch.Tensor.detach) for g in grads]
             grads = [layout.to_feature_map(g).float() for layout, g in zip(layouts, detached, strict=True)]
         state = Pass(
@@ -316,18 +363,35 @@ class CamEngine:
         )
 
         size = tuple(x.shape[2:])
-        maps = {}
+        maps, health = {}, {}
         seconds = {"shared": time.perf_counter() - started}
+        suggest = functools.cache(lambda: self._larger_grid(x[:1]))
         for spec in specs:
             started = time.perf_counter()
             layers = range(len(layer_list)) if spec.per_layer else range(1)
-            per_layer = [_layer_map(spec, state, i, size, eigen_smooth, sign) for i in layers]
-            maps[spec.name] = aggregate_layers(per_layer, spec.aggregate)
+            made = [_layer_map(spec, state, i, size, eigen_smooth, sign, suggest) for i in layers]
+            maps[spec.name] = aggregate_layers([cam for cam, _ in made], spec.aggregate)
+            health[spec.name] = combine_layers([reasons for _, reasons in made], self._names())
             seconds[spec.name] = time.perf_counter() - started
         classes = target.classes if target is not None else None
         if classes is None and targets is None and logits is not None:
             classes = logits.argmax(dim=1)
-        return maps, {"classes": classes, "scores": scores, "logits": logits}, seconds
+        return maps, {"classes": classes, "scores": scores, "logits": logits}, seconds, health
+
+    def _larger_grid(self, x: torch.Tensor) -> str:
+        """What to explain instead of a target layer whose feature map has a single position at ``x``'s size: the
+        layer the automatic choice takes (the last one with a larger grid), with its output shape."""
+        try:
+            name, module = auto_layer(self.model, x)
+        except ValueError:
+            size = tuple(x.shape[2:])
+            return f"no layer of {type(self.model).__name__} has a larger grid at {size}: use larger images"
+        if name in self._names():
+            return ""
+        shape = output_shape(self.model, module, x)
+        return f"explain the last layer with a larger grid instead: target_layers={name!r}" + (
+            f" (output {shape})" if shape is not None else ""
+        )
 
     def _explainer(self, layers: Sequence[tuple[str, nn.Module]], **options: Any) -> Explain:
         """:data:`cams.passes.Explain` for a call: other images explained with this call's model, ``layers``,
@@ -338,7 +402,9 @@ class CamEngine:
         def explain(x: torch.Tensor, method: str | CamMethod, target: Target) -> CamMaps:
             if not engines:
                 engines.append(CamEngine(self.model, [m for _, m in layers], self.reshape_transform))
-            return engines[0](x, methods=method, targets=target, **options)
+            with warnings.catch_warnings():  # a blank patch map is the wrapper's business: its own map is checked
+                warnings.simplefilter("ignore", DegenerateMapWarning)
+                return engines[0](x, methods=method, targets=target, **options)
 
         return explain
 
@@ -379,16 +445,33 @@ def _seed(seed: int | torch.Generator) -> int:
 
 
 def _layer_map(
-    spec: CamMethod, state: Pass, i: int, size: tuple[int, ...], eigen_smooth: bool, sign: EigenSign
-) -> torch.Tensor:
-    """One layer's map of ``spec``: weigh, sum or project, ReLU, min-max, resize to ``size``."""
+    spec: CamMethod,
+    state: Pass,
+    i: int,
+    size: tuple[int, ...],
+    eigen_smooth: bool,
+    sign: EigenSign,
+    suggest: Callable[[], str] | None = None,
+) -> tuple[torch.Tensor, list[Degenerate | None]]:
+    """One layer's map of ``spec``: weigh, sum or project, ReLU, min-max, resize to ``size``; and the reason each
+    image's map carries no information (:func:`cams.health.diagnose`, ``None`` where it does)."""
     args = [state.get(name, i, dict(spec.options)) for name in spec.inputs]
     out = spec.weigh(*args, **spec.kwargs_for(spec.weigh))
     project = spec.project or eigen_smooth
-    cam = out if spec.returns_map else sum_or_project(out, project, spec.eigen_sign or sign)
-    if spec.relu:
-        cam = cam.clamp_min(0)
-    return resize(minmax(cam), size).float()
+    before = out if spec.returns_map else sum_or_project(out, project, spec.eigen_sign or sign)
+    cam = before.clamp_min(0) if spec.relu else before
+    per_layer = spec.per_layer and i < len(state.layers)
+    reasons = diagnose(
+        spec.name,
+        before,
+        cam,
+        layer=state.layers[i][0] if per_layer else None,
+        acts=state.acts[i] if per_layer and "acts" in spec.inputs and i < len(state.acts) else None,
+        grads=state.grads[i] if per_layer and "grads" in spec.inputs and state.grads is not None else None,
+        projected=project and not spec.returns_map,
+        suggest=suggest,
+    )
+    return resize(minmax(cam), size).float(), reasons
 
 
 def check_input(x: Any) -> torch.Tensor:

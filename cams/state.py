@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["eager", "frozen_model", "model_device", "rng_guard"]
+__all__ = ["autograd_kernels", "eager", "frozen_model", "model_device", "rng_guard"]
 
 
 @contextlib.contextmanager
@@ -58,6 +58,29 @@ def eager() -> Iterator[None]:
         return
     with set_stance("force_eager"):
         yield
+
+
+@contextlib.contextmanager
+def autograd_kernels() -> Iterator[None]:
+    """The forwards of a call run the kernels autograd runs: ``nn.MultiheadAttention``'s and
+    ``nn.TransformerEncoderLayer``'s fused inference path (taken under ``no_grad``, which the layers before the
+    first target layer run in) is switched off for the call, and restored.
+
+    That path computes the same function with other rounding (a few 1e-6 on torchvision's ViT-B/16 at its last
+    block); XGrad-CAM's weights divide by channel sums that nearly cancel on signed layers (condition number
+    ~1000 at a LayerNorm output) and turn it into 1e-4 per pixel. With it off, the target layer's activations are
+    those of a training-mode forward (and of pytorch-grad-cam's, which runs with autograd on): bitwise equal.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 @contextlib.contextmanager

@@ -356,8 +356,8 @@ def test_drift_after_resume_is_measured_against_the_original_first_maps(make_tra
     seen: dict[str, float] = {}
     drift = resumed._history.drift
 
-    def spy(maps: dict[str, torch.Tensor], preds: Any) -> dict[str, float]:
-        values = drift(maps, preds)
+    def spy(maps: dict[str, torch.Tensor], preds: Any, blank: Any = None) -> dict[str, float]:
+        values = drift(maps, preds, blank)
         seen.update(values)
         return values
 

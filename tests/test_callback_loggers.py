@@ -191,19 +191,21 @@ def test_png_fallback_is_a_folder_of_each_runs_own(make_trainer, tmp_path: Path)
     for _ in range(2):  # no logger at all: a new version folder per run
         with pytest.warns(UserWarning, match="PNG"):
             _fit(make_trainer, False)
-    runs = sorted((tmp_path / "cams").iterdir())
-    assert [run.name for run in runs] == ["version_0", "version_1"]
-    for run in runs:
+    versions = sorted((tmp_path / "lightning_logs").iterdir())  # where Lightning's default logger puts a run
+    assert [run.name for run in versions] == ["version_0", "version_1"]
+    for run in (version / "cams" for version in versions):
         assert sorted(p.name for p in (run / "gradcam").iterdir()) == ["step_0000000.png", "step_0000001.png"]
         assert (run / "input" / "input.png").exists() and (run / "config.md").exists()
-        # the baseline's noise floor and cost; the epoch's three drift scalars, noise floor and cost
+        # the baseline's noise floor, blank share and cost; the epoch's three drift scalars, noise floor, blank
+        # share and cost
         rows = [line.split(",")[:2] for line in (run / "scalars.csv").read_text().splitlines()[1:]]
         cost = {"cam_cost/overhead", "cam_cost/explain/shared", "cam_cost/explain/gradcam",
                 "cam_cost/measure/noise_floor", "cam_cost/logging"}  # fmt: skip
-        assert {tag for step, tag in rows if step == "0"} == {"cam_drift/gradcam/noise_floor", *cost}
+        health = "cam_health/gradcam/degenerate"
+        assert {tag for step, tag in rows if step == "0"} == {"cam_drift/gradcam/noise_floor", health, *cost}
         drift = {f"cam_drift/gradcam/{name}" for name in ("vs_previous", "vs_first", "noise_floor")}
-        assert {tag for step, tag in rows if step == "1"} == {*drift, "cam_drift/pred_changed", *cost}
-        assert len(rows) == 6 + 9
+        assert {tag for step, tag in rows if step == "1"} == {*drift, "cam_drift/pred_changed", health, *cost}
+        assert len(rows) == 7 + 10
 
     with pytest.warns(UserWarning, match="PNG"):
         _fit(make_trainer, MetricsOnly(tmp_path / "store"))

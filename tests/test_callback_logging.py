@@ -112,12 +112,13 @@ def test_without_any_logger_scalars_go_to_a_csv_beside_the_pngs(make_trainer, tm
     cam = CAMCallback(num_images=2)
     with pytest.warns(UserWarning, match="PNG"):
         make_trainer([cam], logger=False, max_epochs=2).fit(TinyNet(), datamodule=QuadrantData())
-    out = tmp_path / "cams" / "version_0"  # this run's own folder
+    out = tmp_path / "lightning_logs" / "version_0" / "cams"  # this run's own folder
     with open(out / "scalars.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["tag"] for r in rows} == {"cam_drift/gradcam/vs_previous", "cam_drift/gradcam/vs_first",
                                         "cam_drift/pred_changed", "cam_drift/gradcam/noise_floor",
-                                        "cam_cost/overhead", "cam_cost/explain/shared", "cam_cost/explain/gradcam",
+                                        "cam_health/gradcam/degenerate", "cam_cost/overhead",
+                                        "cam_cost/explain/shared", "cam_cost/explain/gradcam",
                                         "cam_cost/measure/noise_floor", "cam_cost/logging"}
     assert (out / "gradcam" / "step_0000007.png").exists()
 

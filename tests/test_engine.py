@@ -149,7 +149,7 @@ def test_maps_of_one_image_do_not_depend_on_the_rest_of_the_batch(net, x):
 )
 def test_automatic_layer_is_the_last_spatial_feature_map(ctor, expected):
     engine = CamEngine(ctor(num_classes=3))
-    assert engine.layer_names == []
+    assert engine.layer_names == [expected]  # chosen for a 224×224 image before any call
     assert engine.resolve_layers(torch.randn(1, 3, 64, 64)) == [expected]
 
 

@@ -7,7 +7,7 @@ target. Two things make a random network behave like one that has seen data, as 
 
 - weights timm initialises to exactly zero (classifier heads of MLP-Mixer/ResMLP/gMLP, the last BatchNorm of
   residual branches) are redrawn, otherwise the logits are constant and every gradient map is empty (the
-  engine then says so with a RuntimeWarning);
+  engine then says so with a DegenerateMapWarning, reason ``zero_gradient``);
 - BatchNorm statistics are calibrated with one forward of 8 random images in train mode, otherwise
   activations shrink layer after layer (LeViT's tokens become identical).
 
@@ -114,11 +114,13 @@ def test_zero_configuration_maps_on_timm_architectures(name):
         assert cam.shape == (2, *x.shape[2:]) and bool(torch.isfinite(cam).all()), (method, engine.layout)
         for image in range(2):
             spread = float(cam[image].max() - cam[image].min())
+            reason = maps.degenerate[method][image]
             if image in failing.get(method, ()):
                 assert spread == 0, f"{name}/{method}: works now; remove it from KNOWN_FAILURES"
+                assert reason is not None and reason.cause == "no_positive_evidence", reason  # said so, with why
             else:
                 where = f"{engine.layer_names} ({engine.layout})"
-                assert spread > 0, f"{name}/{method}/image {image}: constant map at {where}"
+                assert spread > 0 and reason is None, f"{name}/{method}/image {image}: constant map at {where}"
 
 
 @pytest.mark.slow

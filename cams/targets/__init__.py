@@ -70,8 +70,9 @@ def resolve_targets(targets: Targets, batch: int, output: Any = None, *, softmax
     """Build the :class:`Target` for ``targets`` and a batch of ``batch`` source images.
 
     Args:
-        targets: ``None`` (each image's predicted class: needs ``output``), an int (NumPy ints too) for every
-            image, one class per image (sequence, 1-D integer tensor or NumPy array), a callable
+        targets: ``None`` (each image's predicted class: needs ``output``), a text form
+            (:func:`parse_target`: ``"pred"``, ``"3"``, ``"seg:3"``, ``"multilabel:all"``, ...), an int (NumPy ints
+            too) for every image, one class per image (sequence, 1-D integer tensor or NumPy array), a callable
             ``output -> (N,)`` scores, one callable per image (pytorch-grad-cam's ``ClassifierOutputTarget``
             style), or a :class:`Target` (a fresh copy, see :meth:`Target.fresh`).
         batch: the number of source images.
@@ -82,8 +83,10 @@ def resolve_targets(targets: Targets, batch: int, output: Any = None, *, softmax
     Raises:
         TypeError: an unsupported ``targets`` type, or class targets on a model whose output is not
             ``(B, classes)``.
-        ValueError: a class index out of range, or a wrong number of targets.
+        ValueError: a class index out of range, a wrong number of targets, or text that is no target form.
     """
+    if isinstance(targets, str):  # the text forms of the command line and of a LightningCLI YAML file
+        targets = parse_target(targets)
     if isinstance(targets, Target):
         return targets.fresh()
     if callable(targets) and not isinstance(targets, torch.Tensor):

@@ -24,7 +24,8 @@ from cams.targets.logits import logits_of
 __all__ = ["FunctionTarget", "PerImageTargets", "SourceRows", "Target", "Targets", "select_rows"]
 
 Targets = Union[
-    None, int, Sequence[int], torch.Tensor, np.ndarray, "Target", Callable[[Any], torch.Tensor], Sequence[Callable]
+    None, int, str, Sequence[int], torch.Tensor, np.ndarray, "Target", Callable[[Any], torch.Tensor],
+    Sequence[Callable],
 ]
 """Every form of ``targets`` that :func:`cams.targets.resolve_targets` accepts."""
 
