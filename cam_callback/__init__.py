@@ -18,5 +18,6 @@ from cam_callback._settings import CAMDisplay
 from cam_callback.callback import CAMCallback
 from cam_callback.explain import explain
 from cam_callback.measures import ShortcutWarning
+from cams import __version__
 
-__all__ = ["CAMCallback", "CAMDisplay", "Explanation", "Preprocess", "ShortcutWarning", "explain"]
+__all__ = ["CAMCallback", "CAMDisplay", "Explanation", "Preprocess", "ShortcutWarning", "__version__", "explain"]

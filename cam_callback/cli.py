@@ -34,14 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         >>> args.images, args.method, args.aug_smooth
         (['cat.png'], None, None)
     """
-    from importlib.metadata import PackageNotFoundError, version
+    from cams import __version__
 
-    try:
-        release = version("cam-callback")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree that is not installed
-        release = "unknown"
     parser = OneLineParser(prog=PROG, description="Class activation maps for Lightning checkpoints.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {release}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     ex = commands.add_parser(
         "explain",

@@ -8,8 +8,8 @@ so boxes, maps and the pointing game stay in the 64×64 canvas pixels.
 Without weights the network starts from a random initialisation (nothing is downloaded). If you have
 ImageNet weights locally, pass them::
 
-    python examples/finetune_resnet18.py                                   # random init, short run
-    python examples/finetune_resnet18.py --weight-path resnet18-f37072fd.pth --epochs 3
+    .venv/bin/python examples/finetune_resnet18.py                                   # random init, short run
+    .venv/bin/python examples/finetune_resnet18.py --weight-path resnet18-f37072fd.pth --epochs 3
     tensorboard --logdir lightning_logs
 
 ``--weight-path`` takes a ``state_dict`` saved with ``torch.save`` (e.g. torchvision's

@@ -17,8 +17,8 @@ the digit and nothing is said.
 
 Run it (CPU, no download, a few minutes)::
 
-    python examples/shortcut.py                    # both runs, one table per run
-    tensorboard --logdir lightning_logs             # runs "shortcut" and "clean"; IMAGES: cam/gradcam/timeline
+    .venv/bin/python examples/shortcut.py          # both runs, one table per run
+    .venv/bin/tensorboard --logdir lightning_logs   # runs "shortcut" and "clean"; IMAGES: cam/gradcam/timeline
 
 Importable without side effects: ``ShortcutDigits`` (the datamodule), ``train_run`` and ``main`` are used by
 ``tests/test_shortcut.py``.

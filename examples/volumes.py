@@ -13,7 +13,7 @@ per epoch.
 
 Run it (CPU, no download, about a minute or two)::
 
-    python examples/volumes.py                   # trains, logs to lightning_logs/
+    .venv/bin/python examples/volumes.py                 # trains, logs to lightning_logs/
     tensorboard --logdir lightning_logs          # IMAGES: cam/gradcam ...; SCALARS: cam_localisation/...
 
 Importable without side effects: ``make_volumes``, ``Volumes``, ``VolumeNet`` and ``train`` are used by

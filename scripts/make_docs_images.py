@@ -1,4 +1,4 @@
-"""Regenerate the README images from one run of the cluttered-digits example.
+"""Regenerate the README's images (docs/attention_strip.png, docs/tensorboard.png) from one cluttered-digits run.
 
     python scripts/make_docs_images.py
 

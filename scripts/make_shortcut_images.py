@@ -1,4 +1,4 @@
-"""Regenerate the README images of the shortcut story from one run of ``examples/shortcut.py``.
+"""Regenerate the images of the shortcut story (docs/shortcut.md) from one run of ``examples/shortcut.py``.
 
     python scripts/make_shortcut_images.py
 

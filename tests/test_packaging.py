@@ -107,11 +107,13 @@ def test_the_wheel_ships_every_file_of_both_packages(installed: tuple[Path, Path
     with zipfile.ZipFile(wheel) as archive:
         shipped = {name for name in archive.namelist() if not name.split("/")[0].endswith(".dist-info")}
         entry_points = archive.read(f"cam_callback-{pyproject_version()}.dist-info/entry_points.txt").decode()
+        licences = [name for name in archive.namelist() if name.endswith(".dist-info/licenses/LICENSE")]
     missing = sorted(set(package_files()) - shipped)
     assert not missing, f"the wheel leaves out {len(missing)} files: {missing}"
     assert not {name for name in shipped if "__pycache__" in name or name.endswith(".pyc")}
     assert {"cams/py.typed", "cam_callback/py.typed"} <= shipped
     assert "cam-callback = cam_callback.cli:main" in entry_points
+    assert licences, "the wheel ships no LICENSE (pyproject's license-files)"
 
 
 def test_every_module_and_the_console_script_run_from_the_installed_wheel(
