@@ -5,11 +5,14 @@ the attention timeline. This is an edge of the package: where maps become pixels
   images (volumes: their slices through the centre);
 - ``cam/<method>``: each method's maps over the de-normalised images, one grid (volumes: the three slices
   through each map's peak; a segmentation target: the explained mask's outline beside each overlay);
-- ``cam/<method>/timeline``: this run's row added to the timeline (:mod:`cam_callback._timeline`).
+- ``cam/<method>/timeline``: this run's row added to the timeline (:mod:`cam_callback._timeline`);
+- the callback's record (:mod:`cam_callback._record`): the configuration once per destination, then each run's
+  title and predicted classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torchvision
@@ -18,6 +21,7 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._logging import CamLogWriter
 from cam_callback._settings import CAMDisplay
+from cam_callback._summary import config_markdown
 from cam_callback._timeline import Timeline, log_timeline
 from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
@@ -80,10 +84,11 @@ def log_run_images(
     display: CAMDisplay,
     timeline: Timeline | None,
     title: str,
-    config_text: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> None:
-    """Log one run's images (global rank zero): the configuration and input when ``config_text`` is given (once per
-    destination), the overlays and, with a ``timeline``, its new row; then flush the writer.
+    """Log one run's images (global rank zero): the configuration and input when ``config`` is given (once per
+    destination), the overlays and, with a ``timeline``, its new row, and note the run in the callback's record;
+    then flush the writer.
 
     Args:
         writer: where the images go.
@@ -96,10 +101,13 @@ def log_run_images(
         display: the overlays' colour map and weight.
         timeline: the callback's timeline, or ``None`` (``display.timeline_rows=None``).
         title: the timeline row's title (:func:`cam_callback._timeline.run_title`).
-        config_text: the ``cam/config`` markdown, or ``None`` when this destination has it already.
+        config: the ``cam/config`` values (:func:`cam_callback._summary.config`), or ``None`` when this destination
+            has them already.
     """
-    if config_text is not None:
-        log_config_and_input(writer, config_text, batch.images, mean, std, step)
+    if config is not None:
+        writer.record.config(step, config, None if batch.labels is None else batch.labels.tolist())
+        log_config_and_input(writer, config_markdown(config), batch.images, mean, std, step)
+    writer.record.run(step, title, None if preds is None else preds.tolist())
     log_overlays(writer, batch.images, maps, step, mean, std, display, fixed)
     if timeline is not None:
         log_timeline(timeline, writer, batch, maps, preds, step, title, mean, std, display)

@@ -35,7 +35,7 @@ from cam_callback._legacy import accepts_old_spellings, callback_arguments
 from cam_callback._logging import CamLogWriter
 from cam_callback._overlays import log_run_images
 from cam_callback._probe import probe_model
-from cam_callback._publish import log_step, publish
+from cam_callback._publish import log_step, publish, warn
 from cam_callback._run import RunResult, explain_run
 from cam_callback._schedule import (
     LastRun,
@@ -46,14 +46,7 @@ from cam_callback._schedule import (
     weights_fingerprint,
 )
 from cam_callback._settings import CAMDisplay, CAMSettings, build_settings
-from cam_callback._summary import (
-    CHECKPOINT_VERSION,
-    checkpoint_summary,
-    config,
-    config_markdown,
-    session_names,
-    state_fields,
-)
+from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, session_names, state_fields
 from cam_callback._timeline import Timeline, render_for, run_title
 from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch
 
@@ -422,9 +415,7 @@ class CAMCallback(Callback):
         every rank."""
         fitting = trainer.state.fn == TrainerFn.FITTING and self._budget.started is not None
         if fitting and hook != "on_train_start" and not share(trainer, self._budget.allows()):  # rank 0's clock
-            message = self._budget.skip(trainer.global_step)
-            if message is not None:
-                rank_zero_warn(message, category=UserWarning)
+            warn(self._writer, self._budget.skip(trainer.global_step), UserWarning, log_step(trainer, hook), "skipped")
             self._last.step = trainer.global_step
             return
         started = time.perf_counter()
@@ -435,7 +426,7 @@ class CAMCallback(Callback):
         except Exception as err:
             if self._settings.on_error == "raise":
                 raise
-            self._report_failure(trainer, err)
+            self._report_failure(trainer, err, log_step(trainer, hook))
         if fitting:
             self._budget.record(time.perf_counter() - started)
             self._last.step = trainer.global_step  # on every rank, so every rank takes the same decisions
@@ -444,12 +435,12 @@ class CAMCallback(Callback):
         writer = self._writer if trainer.is_global_zero else None
         publish(trainer, pl_module, writer, scalars or {}, log_step(trainer, hook), hook, self._tag_name)
 
-    def _report_failure(self, trainer: Trainer, err: Exception) -> None:
+    def _report_failure(self, trainer: Trainer, err: Exception, step: int) -> None:
         if f"{type(err).__name__}: {err}" not in self._reported:
             self._reported.add(f"{type(err).__name__}: {err}")
-            rank_zero_warn(f"CAMCallback: the CAM run at global step {trainer.global_step} failed and was skipped "
-                           "(training goes on; pass on_error='raise' to stop instead). Further identical failures are "
-                           f"skipped silently.\n{traceback.format_exc()}", category=RuntimeWarning)  # fmt: skip
+            warn(self._writer, f"CAMCallback: the CAM run at global step {trainer.global_step} failed and was skipped "
+                 "(training goes on; pass on_error='raise' to stop instead). Further identical failures are skipped "
+                 f"silently.\n{traceback.format_exc()}", RuntimeWarning, step, "failed")  # fmt: skip
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
         """Explain the fixed batch (every rank its share), log the images on global rank zero, warn about
@@ -464,7 +455,7 @@ class CAMCallback(Callback):
             title = run_title(trainer, hook, step).split("\n")[0]
             when = f"{title} (global step {trainer.global_step})"
             for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
-                rank_zero_warn(message, category=ShortcutWarning)
+                warn(self._writer, message, ShortcutWarning, step, "shortcut")
         self._history.remember(result.maps, result.preds)
         self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._destination)
         return dict(result.scalars)
@@ -475,17 +466,16 @@ class CAMCallback(Callback):
         assert self._batch is not None
         if self._writer is None:
             self._writer = CamLogWriter.open(trainer, self._tag_name)
-        config_text = None
+        settings = None
         if self._input_logged_to != self._destination:  # once per destination: validate after fit adds none
             layout = getattr(self._engine, "layout", None)
             settings = config(self._settings, self._batch, self._layer_names, layout, self._tag_name, self._mean,
                               self._std, self._measures)  # fmt: skip
-            config_text = config_markdown(settings)
             self._input_logged_to = self._destination
         log_run_images(
             self._writer, self._batch, result.maps, result.preds, result.fixed, step, mean=self._mean, std=self._std,
             display=self._settings.display, timeline=self._timeline, title=run_title(trainer, hook, step),
-            config_text=config_text,
+            config=settings,
         )  # fmt: skip
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
