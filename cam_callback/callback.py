@@ -49,6 +49,7 @@ from cam_callback._settings import CAMDisplay, CAMSettings, build_settings
 from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, session_names, state_fields
 from cam_callback._timeline import Timeline, render_for, run_title
 from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch
+from cam_callback.report import check_report, write_fit_report
 
 __all__ = ["CAMCallback", "ShortcutWarning"]
 
@@ -111,6 +112,7 @@ class CAMCallback(Callback):
             traceback, and skips it; ``"raise"`` stops training with the error.
         name: a short name (letters, digits, ``_ . + -``) for this callback's tags and checkpoint summary; needed
             only to tell several CAMCallbacks apart by a name of your choice.
+        report: at the end of ``fit``, write ``cam_report.html`` into the run's log folder (``docs/report.md``).
 
     The 0.2 spellings (``faithfulness=True``, ``alpha=``, ``boxes=``, ``target_layer=``, ...) keep working for a
     release with a ``DeprecationWarning`` naming the new one.
@@ -163,12 +165,13 @@ class CAMCallback(Callback):
         display: CAMDisplay | None = None,
         on_error: Literal["warn", "raise"] = "warn",
         name: str | None = None,
+        report: bool = False,
     ) -> None:
         super().__init__()
         self._settings = build_settings(
             method, methods, target_layers, target, reshape_transform, aug_smooth, eigen_smooth, images, num_images,
             batch_to_images, mean, std, every_n_epochs, every_n_steps, max_overhead, measures, display, on_error,
-            name,
+            name, report,
         )  # fmt: skip
         rows = self._settings.display.timeline_rows
         # the parts that own the callback's state across sessions (state_dict / load_state_dict)
@@ -307,6 +310,11 @@ class CAMCallback(Callback):
             self._run(trainer, pl_module, "on_train_batch_end")
 
     @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._settings.report and self._writer is not None:  # global rank zero
+            write_fit_report(self._writer, self._settings.on_error)
+
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._engine = self._engine_module = None  # the engine holds the model: let it go with the Trainer
         self._writer = None
@@ -349,6 +357,7 @@ class CAMCallback(Callback):
         s = self._settings
         check_trainer_has_images(trainer, stage, s.user_batch)
         check_strategy(trainer, any(isinstance(m, Sanity) for m in s.measures))
+        check_report(trainer, s.report)
         self._defer_layer_check = is_overridden("configure_model", pl_module) or is_overridden("setup", pl_module)
         if not self._defer_layer_check:
             check_target_layers(pl_module, s.target_layers)
