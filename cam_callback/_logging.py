@@ -13,6 +13,8 @@
   per run (where a default TensorBoard logger would have written it); never a folder shared between runs, and
   never a folder named like the package at the root (run from this repository's root, that would be the
   ``cams`` package's own source folder).
+- The callback's own record (:mod:`cam_callback._record`, what ``cam-callback report`` reads beside the images
+  and scalars): ``cam_record.jsonl`` beside TensorBoard's event files, else in the PNG folder.
 
 Drawing and encoding a run's images is the largest part of a run on a small model, so global rank zero hands
 them to a :class:`BackgroundLog`: one worker thread, a bounded queue, jobs in the order given; the callback
@@ -41,12 +43,22 @@ from lightning.fabric.loggers.tensorboard import TensorBoardLogger as _FabricTen
 from lightning.pytorch.loggers import CometLogger, Logger, MLFlowLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from cam_callback._record import RunRecord
 from cams.overlay import save_png, to_uint8
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
 
-__all__ = ["BackgroundLog", "CamLogWriter", "destination", "mlflow_key", "png_run_dir", "prefixed"]
+__all__ = [
+    "BackgroundLog",
+    "CamLogWriter",
+    "destination",
+    "mlflow_key",
+    "png_folder",
+    "png_run_dir",
+    "prefixed",
+    "record_folder",
+]
 
 
 def _is_tensorboard(logger: Logger) -> bool:
@@ -63,6 +75,16 @@ def _takes_images(logger: Logger) -> bool:
 
 def _png_name(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", tag)
+
+
+def png_folder(tag: str) -> str:
+    """The PNG fallback's folder for the images of ``tag`` (its part after ``cam/``, in safe characters).
+
+    Example:
+        >>> png_folder("cam/gradcam++/timeline"), png_folder("cam/ood/input")
+        ('gradcam++_timeline', 'ood_input')
+    """
+    return _png_name(tag.split("/", 1)[-1])
 
 
 def prefixed(tag: str, name: str | None) -> str:
@@ -113,6 +135,15 @@ def png_run_dir(trainer: Trainer) -> Path:
     return root / f"version_{max(taken, default=-1) + 1}" / "cams"
 
 
+def record_folder(loggers: Sequence[Logger], png_dir: Path | None) -> Path | None:
+    """Where the callback's record (and ``report=True``'s page) goes: the first TensorBoard logger's ``log_dir``,
+    else the PNG folder, else nowhere (``None``: the loggers keep their files elsewhere, as MLflow's do)."""
+    for logger in loggers:
+        if _is_tensorboard(logger):
+            return Path(logger.log_dir)
+    return png_dir
+
+
 def destination(loggers: Sequence[Logger], png_dir: Path | None) -> str:
     """A text naming where a writer's output lands (each logger's run, the PNG folder): equal for the same run."""
     parts = [f"{type(lg).__name__}:{_run_folder(lg) or lg.name}:{lg.version}" for lg in loggers]
@@ -153,6 +184,8 @@ class CamLogWriter:
         self.png_dir: Path | None = None if takes_images else Path(png_dir or "cams")
         self.destination = destination(self.loggers, self.png_dir)
         """Where this writer's output lands (:func:`destination`): equal for two writers of the same run."""
+        self.record = RunRecord(record_folder(self.loggers, self.png_dir), name)
+        """The callback's own record (:mod:`cam_callback._record`); its ``path`` is ``None`` without a folder."""
 
     def resolve(self) -> None:
         """Create the loggers' lazy state (MLflow's run, Comet's experiment, TensorBoard's writer) on this thread,
@@ -202,7 +235,7 @@ class CamLogWriter:
         for logger in self.image_loggers:
             logger.log_image(key=tag, images=[array], step=step)  # type: ignore[attr-defined]
         if self.png_dir is not None:
-            folder = self.png_dir / _png_name(tag.split("/", 1)[-1])
+            folder = self.png_dir / png_folder(tag)
             name = "input.png" if tag.endswith("/input") else _free_name(folder, f"step_{step:07d}")
             save_png(folder / name, array)
 
@@ -210,6 +243,7 @@ class CamLogWriter:
         """Log scalars to every logger (a CSV in the PNG folder when there is no logger)."""
         if not values:
             return
+        self.record.scalars(step, values)
         values = {prefixed(tag, self.name): value for tag, value in values.items()}
         for logger in self.loggers:
             if isinstance(logger, MLFlowLogger):

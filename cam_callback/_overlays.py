@@ -6,12 +6,15 @@ the attention timeline. This is an edge of the package: where maps become pixels
 - ``cam/<method>``: each method's maps over the de-normalised images, one grid (volumes: the three slices
   through each map's peak; a segmentation target: the explained mask's outline beside each overlay); a map that
   carries no information (:mod:`cam_callback._health`) is framed in red;
-- ``cam/<method>/timeline``: this run's row added to the timeline (:mod:`cam_callback._timeline`).
+- ``cam/<method>/timeline``: this run's row added to the timeline (:mod:`cam_callback._timeline`);
+- the callback's record (:mod:`cam_callback._record`): the configuration once per destination, then each run's
+  title and predicted classes.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,11 +26,12 @@ from torch import Tensor
 from cam_callback._batch import FixedBatch
 from cam_callback._logging import BackgroundLog, CamLogWriter
 from cam_callback._settings import CAMDisplay
+from cam_callback._summary import config_markdown
 from cam_callback._timeline import Timeline, log_timeline
 from cam_callback._volumes import outline_panels, volume_input_panels, volume_panels
 from cams.overlay import denormalize, overlay
 
-__all__ = ["MARK", "ImageLog", "framed", "grid", "log_config_and_input", "log_overlays", "log_run_images"]
+__all__ = ["MARK", "ImageLog", "framed", "grid", "log_config_and_input", "log_overlays", "log_run_images", "note_run"]
 
 Normalisation = tuple[float, ...] | None
 
@@ -113,11 +117,12 @@ def log_run_images(
     display: CAMDisplay,
     timeline: Timeline | None,
     title: str,
-    config_text: str | None = None,
+    config: Mapping[str, Any] | None = None,
     marked: dict[str, Tensor] | None = None,
 ) -> None:
-    """Log one run's images (global rank zero): the configuration and input when ``config_text`` is given (once per
-    destination), the overlays and, with a ``timeline``, its new row; then flush the writer.
+    """Log one run's images (global rank zero): the configuration and input when ``config`` is given (once per
+    destination), the overlays and, with a ``timeline``, its new row; then flush the writer. The run's lines in the
+    callback's record are :func:`note_run`'s.
 
     Args:
         writer: where the images go.
@@ -130,16 +135,26 @@ def log_run_images(
         display: the overlays' colour map and weight.
         timeline: the callback's timeline, or ``None`` (``display.timeline_rows=None``).
         title: the timeline row's title (:func:`cam_callback._timeline.run_title`).
-        config_text: the ``cam/config`` markdown, or ``None`` when this destination has it already.
+        config: the ``cam/config`` values (:func:`cam_callback._summary.config`), or ``None`` when this destination
+            has them already.
         marked: method -> ``(N,)`` bool, the maps that carry no information (framed in red in the grid and
             the timeline).
     """
-    if config_text is not None:
-        log_config_and_input(writer, config_text, batch.images, mean, std, step)
+    if config is not None:
+        log_config_and_input(writer, config_markdown(config), batch.images, mean, std, step)
     log_overlays(writer, batch.images, maps, step, mean, std, display, fixed, marked)
     if timeline is not None:
         log_timeline(timeline, writer, batch, maps, preds, step, title, mean, std, display, marked)
     writer.flush()
+
+
+def note_run(writer: CamLogWriter, batch: FixedBatch, preds: Tensor | None, step: int, title: str,
+             config: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    """Note one run in the callback's record: the configuration and the fixed images' labels when ``config`` is
+    given (once per destination), then the run's title and predicted classes."""
+    if config is not None:
+        writer.record.config(step, config, None if batch.labels is None else batch.labels.tolist())
+    writer.record.run(step, title, None if preds is None else preds.tolist())
 
 
 class ImageLog:
@@ -170,6 +185,8 @@ class ImageLog:
         if writer is None:
             return
         writer.resolve()  # on the main thread: the worker must not create a logger's run a second time
+        # the record on this thread, before the run's scalars are published: its lines stay in step order
+        note_run(writer, batch, preds, step, options["title"], options.get("config"))
 
         def job() -> None:
             started = time.perf_counter()

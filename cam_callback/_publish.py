@@ -10,6 +10,9 @@ maps and per-image values (:mod:`cam_callback._distributed`), so every rank logs
 monitoring callback runs on every rank). Runs Lightning gives no
 epoch-level logging slot to (the baseline before the first step, runs every ``n`` steps) go into every rank's
 ``trainer.callback_metrics`` directly.
+
+The callback's warnings go out through :func:`warn`: Lightning's ``rank_zero_warn``, and a line with their step
+in the callback's record (:mod:`cam_callback._record`), where ``cam-callback report`` lists them.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from cam_callback._logging import CamLogWriter, prefixed
 
-__all__ = ["EPOCH_END_HOOKS", "log_step", "publish"]
+__all__ = ["EPOCH_END_HOOKS", "log_step", "publish", "warn"]
 
 EPOCH_END_HOOKS = frozenset({"on_validation_epoch_end", "on_train_epoch_end"})
 """Hooks whose runs fill ``callback_metrics`` through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
@@ -85,3 +89,20 @@ def publish(
             )
         return
     trainer.callback_metrics.update({key: torch.tensor(value) for key, value in tagged.items()})
+
+
+def warn(writer: CamLogWriter | None, message: str | None, category: type[Warning], step: int, kind: str) -> None:
+    """Warn with ``message`` on global rank zero and note it, with its ``step``, in the callback's record.
+
+    Args:
+        writer: rank 0's writer (its record gets the line); ``None`` on other ranks.
+        message: the warning's words; ``None`` notes an event of ``kind`` without warning again (a further run
+            skipped under ``max_overhead``).
+        category: the warning's class (``ShortcutWarning``, ``UserWarning``, ...).
+        step: the logging step the warning belongs to.
+        kind: what the report calls it: ``"shortcut"``, ``"skipped"``, ``"failed"``, ...
+    """
+    if message is not None:
+        rank_zero_warn(message, category=category, stacklevel=5)
+    if writer is not None:
+        writer.record.warning(step, kind, message)

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from cam_callback._batch import FixedBatch
@@ -39,6 +38,8 @@ from cam_callback._checks import TargetSpec
 from cam_callback._distributed import gather_rows, rank_zero_buffers, rows_for, share, splits, take_rows, together
 from cam_callback._health import cause_reasons, health_codes, health_scalars
 from cam_callback._history import MapHistory
+from cam_callback._logging import CamLogWriter
+from cam_callback._publish import warn
 from cam_callback._settings import CAMSettings
 from cam_callback._volumes import fixed_target
 from cam_callback.measures import Baselines, Measure, Slice, Whole, baseline_maps
@@ -102,8 +103,9 @@ class Failures:
         self.reported: set[str] = set()
 
     @contextlib.contextmanager
-    def guard(self, step: int) -> Iterator[None]:
-        """Run the block; a failure in it is raised or reported (see the class docstring)."""
+    def guard(self, step: int, writer: CamLogWriter | None = None, log_step: int | None = None) -> Iterator[None]:
+        """Run the block; a failure in it is raised or reported (see the class docstring), and noted in ``writer``'s
+        record at ``log_step`` (default ``step``, the global step the message names)."""
         try:
             yield
         except Exception as err:
@@ -112,12 +114,12 @@ class Failures:
             key = f"{type(err).__name__}: {err}"
             if key not in self.reported:
                 self.reported.add(key)
-                rank_zero_warn(
+                message = (
                     f"CAMCallback: the CAM run at global step {step} failed and was skipped (training goes on; pass "
                     "on_error='raise' to stop instead). Further identical failures are skipped silently.\n"
-                    f"{traceback.format_exc()}",
-                    category=RuntimeWarning,
+                    f"{traceback.format_exc()}"
                 )
+                warn(writer, message, RuntimeWarning, step if log_step is None else log_step, "failed")
 
 
 def engine_targets(batch: FixedBatch, target: TargetSpec, device: torch.device) -> Any:

@@ -112,6 +112,7 @@ class CAMSettings:
     display: CAMDisplay = field(default_factory=CAMDisplay)
     on_error: Literal["warn", "raise"] = "warn"
     name: str | None = None
+    report: bool = False
     images_digest: str | None = None
 
     def measure(self, name: str) -> Measure | None:
@@ -139,6 +140,7 @@ def build_settings(
     display: Any,
     on_error: Any,
     name: Any,
+    report: Any = False,
 ) -> CAMSettings:
     """Check ``CAMCallback``'s arguments and freeze them (see ``CAMCallback`` for each).
 
@@ -181,6 +183,7 @@ def build_settings(
         display=display,
         on_error=check_on_error(on_error),
         name=check_name(name),
+        report=check_flag("report", report),
         images_digest=None if user_batch is None else digest(user_batch.images),
     )
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import lightning
+import torch
 from lightning.pytorch import LightningModule
 
 from cam_callback._batch import FixedBatch
@@ -21,7 +24,7 @@ from cam_callback._settings import CAMSettings
 from cam_callback.measures import Measure, measure_names
 
 __all__ = ["CHECKPOINT_VERSION", "checkpoint_summary", "config", "config_markdown", "derived_name", "session_names",
-           "state_fields"]  # fmt: skip
+           "state_fields", "versions"]  # fmt: skip
 
 #: version of ``checkpoint["cam_callback"]`` and of the callback's ``state_dict``.
 CHECKPOINT_VERSION = 1
@@ -146,7 +149,22 @@ def config(
         "colormap": display.colormap,
         "timeline_rows": display.timeline_rows,
         "drift": "1 - mean cosine similarity (cams.metrics.drift)",
+        **versions(),
     }
+
+
+def versions() -> dict[str, str]:
+    """The versions of torch, Lightning and cam-callback running (``"unknown"`` for a source tree not installed).
+
+    Example:
+        >>> sorted(versions())
+        ['cam_callback', 'lightning', 'torch']
+    """
+    try:
+        release = version("cam-callback")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+        release = "unknown"
+    return {"torch": torch.__version__, "lightning": lightning.__version__, "cam_callback": release}
 
 
 def config_markdown(settings: dict[str, Any]) -> str:

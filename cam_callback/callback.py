@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import torch
@@ -34,7 +35,7 @@ from cam_callback._history import MapHistory
 from cam_callback._legacy import accepts_old_spellings, callback_arguments
 from cam_callback._overlays import ImageLog
 from cam_callback._probe import probe_model
-from cam_callback._publish import log_step, publish
+from cam_callback._publish import log_step, publish, warn
 from cam_callback._run import Failures, RunResult, explain_run
 from cam_callback._schedule import (
     LastRun,
@@ -45,16 +46,10 @@ from cam_callback._schedule import (
     weights_fingerprint,
 )
 from cam_callback._settings import CAMDisplay, CAMSettings, build_settings
-from cam_callback._summary import (
-    CHECKPOINT_VERSION,
-    checkpoint_summary,
-    config,
-    config_markdown,
-    session_names,
-    state_fields,
-)
+from cam_callback._summary import CHECKPOINT_VERSION, checkpoint_summary, config, session_names, state_fields
 from cam_callback._timeline import Timeline, render_for, run_title
 from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch
+from cam_callback.report import check_report, write_fit_report
 from cams.health import DegenerateMapWarning
 
 __all__ = ["CAMCallback", "ShortcutWarning"]
@@ -119,6 +114,7 @@ class CAMCallback(Callback):
             traceback, and skips it; ``"raise"`` stops training with the error.
         name: a short name (letters, digits, ``_ . + -``) for this callback's tags and checkpoint summary; needed
             only to tell several CAMCallbacks apart by a name of your choice.
+        report: at the end of ``fit``, write ``cam_report.html`` into the run's log folder (``docs/report.md``).
 
     The 0.2 spellings (``faithfulness=True``, ``alpha=``, ``boxes=``, ``target_layer=``, ...) keep working for a
     release with a ``DeprecationWarning`` naming the new one.
@@ -167,12 +163,13 @@ class CAMCallback(Callback):
         display: CAMDisplay | None = None,
         on_error: Literal["warn", "raise"] = "warn",
         name: str | None = None,
+        report: bool = False,
     ) -> None:
         super().__init__()
         self._settings = build_settings(
             method, methods, target_layers, target, reshape_transform, aug_smooth, eigen_smooth, images, num_images,
             batch_to_images, mean, std, every_n_epochs, every_n_steps, max_overhead, measures, display, on_error,
-            name,
+            name, report,
         )  # fmt: skip
         rows = self._settings.display.timeline_rows
         # the parts that own the callback's state across sessions (state_dict / load_state_dict)
@@ -314,13 +311,15 @@ class CAMCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        with self._failures.guard(trainer.global_step):
+        with self._guard(trainer, trainer.global_step):
             together(trainer, self._images.flush)  # every image written, or its failure raised or reported
+        if self._settings.report and self._images.writer is not None:  # global rank zero, after the last image
+            write_fit_report(self._images.writer, self._settings.on_error)
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
-            with self._failures.guard(trainer.global_step):
+            with self._guard(trainer, trainer.global_step):
                 together(trainer, self._images.flush)
 
     @override
@@ -371,6 +370,7 @@ class CAMCallback(Callback):
         s = self._settings
         check_trainer_has_images(trainer, stage, s.user_batch)
         check_strategy(trainer, any(isinstance(m, Sanity) for m in s.measures))
+        check_report(trainer, s.report)
         self._defer_layer_check = is_overridden("configure_model", pl_module) or is_overridden("setup", pl_module)
         if not self._defer_layer_check:
             check_target_layers(pl_module, s.target_layers)
@@ -433,14 +433,13 @@ class CAMCallback(Callback):
         every rank."""
         fitting = trainer.state.fn == TrainerFn.FITTING and self._budget.started is not None
         if fitting and hook != "on_train_start" and not share(trainer, self._budget.allows()):  # rank 0's clock
-            message = self._budget.skip(trainer.global_step)
-            if message is not None:
-                rank_zero_warn(message, category=UserWarning)
+            skipped = self._budget.skip(trainer.global_step)
+            warn(self._images.writer, skipped, UserWarning, log_step(trainer, hook), "skipped")
             self._last.step = trainer.global_step
             return
         started = time.perf_counter()
         scalars: dict[str, float] | None = None
-        with self._failures.guard(trainer.global_step), torch.inference_mode(False):  # kept tensors: not inference
+        with self._guard(trainer, log_step(trainer, hook)), torch.inference_mode(False):  # kept tensors: not inference
             scalars = self._explain_and_log(trainer, pl_module, hook)
         if fitting:
             self._budget.record(time.perf_counter() - started)
@@ -448,8 +447,12 @@ class CAMCallback(Callback):
             if scalars is not None:  # the run happened (on every rank: failures are shared)
                 scalars["cam_cost/overhead"] = float(share(trainer, self._budget.share()))
         publish(trainer, pl_module, self._images.writer, scalars or {}, log_step(trainer, hook), hook, self._tag_name)
-        with self._failures.guard(trainer.global_step):
+        with self._guard(trainer, log_step(trainer, hook)):
             together(trainer, self._images.check)  # an earlier run's images failed in the background: all ranks know
+
+    def _guard(self, trainer: Trainer, step: int) -> AbstractContextManager[None]:
+        """:meth:`Failures.guard` for a failure at the trainer's global step, noted in the record at ``step``."""
+        return self._failures.guard(trainer.global_step, self._images.writer, step)
 
     def _explain_and_log(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> dict[str, float]:
         """Explain the fixed batch (every rank its share), log the images on global rank zero, warn about
@@ -462,10 +465,10 @@ class CAMCallback(Callback):
         self._log_images(trainer, result, step, hook)  # drawn and written in the background: no rank waits for it
         when = f"{run_title(trainer, hook, step).splitlines()[0]} (global step {trainer.global_step})"
         for message in self._health.check(result.health, result.reasons, when):  # rank zero's reasons
-            rank_zero_warn(message, category=DegenerateMapWarning)
+            warn(self._images.writer, message, DegenerateMapWarning, step, "degenerate")
         if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
             for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
-                rank_zero_warn(message, category=ShortcutWarning)
+                warn(self._images.writer, message, ShortcutWarning, step, "shortcut")
         self._history.remember(result.maps, result.preds, result.blank)
         self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._images.destination)
         return dict(result.scalars)
@@ -476,17 +479,15 @@ class CAMCallback(Callback):
         assert self._batch is not None
         if self._images.writer is None:  # not global rank zero
             return
-        config_text = None
+        settings = None
         if self._input_logged_to != self._images.destination:  # once per destination: validate after fit adds none
             layout = getattr(self._engine, "layout", None)
             settings = config(self._settings, self._batch, self._layer_names, layout, self._tag_name, self._mean,
                               self._std, self._measures)  # fmt: skip
-            config_text = config_markdown(settings)
             self._input_logged_to = self._images.destination
         self._images.submit(self._batch, result.maps, result.preds, result.fixed, step, mean=self._mean,
                             std=self._std, display=self._settings.display, timeline=self._timeline,
-                            title=run_title(trainer, hook, step), config_text=config_text,
-                            marked=result.blank)  # fmt: skip
+                            title=run_title(trainer, hook, step), config=settings, marked=result.blank)  # fmt: skip
 
     def _get_engine(self, pl_module: LightningModule) -> Any:
         if self._engine is None or self._engine_module is not pl_module:  # restored names keep a resumed layer

@@ -1,4 +1,5 @@
-"""``cam-callback`` command line: ``cam-callback explain CKPT IMAGE [IMAGE ...] --output-dir DIR``.
+"""``cam-callback`` command line: ``cam-callback explain CKPT IMAGE [IMAGE ...] --output-dir DIR`` and
+``cam-callback report RUN_DIR [RUN_DIR ...] -o report.html``.
 
 ``explain`` runs :func:`cam_callback.explain.explain` on a checkpoint saved by a ``Trainer`` with a
 ``CAMCallback`` and writes, for each image stem and method, ``<stem>-<method>-heatmap.png`` and
@@ -6,8 +7,12 @@
 ``explanation.json`` (classes, scores, layers). Everything is computed before anything is written and
 the files are moved into ``--output-dir`` together.
 
+``report`` writes one self-contained HTML page of the runs (:func:`cam_callback.report.build_report`), read from
+what their callbacks logged, side by side; the page is written whole or not at all.
+
 Exit codes: 0 done; 2 bad input (missing file, not an image, unreadable or unsafe checkpoint, unknown
-method or layer, class id out of range), reported in one line on stderr.
+method or layer, class id out of range; a folder with no callback data, a corrupt event file, an output that
+cannot be written), reported in one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,8 +23,18 @@ from collections.abc import Sequence
 
 from cam_callback._pictures import Preprocess
 from cam_callback.explain import explain
+from cam_callback.report import read_runs
+from cam_callback.report.page import render_page
 from cams import METHODS
-from cams.io import InputError, OneLineParser, ProgressPrinter, check_output_dir, exit_code
+from cams.io import (
+    InputError,
+    OneLineParser,
+    ProgressPrinter,
+    check_output_dir,
+    check_output_file,
+    exit_code,
+    write_file,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -103,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load the checkpoint with full unpickling (weights_only=False); only for files you trust",
     )
+    rep = commands.add_parser(
+        "report",
+        help="one HTML page of runs trained with a CAMCallback, side by side",
+        description="Write one self-contained HTML page (images embedded, nothing loaded from the network) of each "
+        "RUN_DIR's attention: timelines, charts over the training steps, each fixed image over the runs, the "
+        "warnings and the configuration, read from what the callback logged.",
+    )
+    rep.add_argument(
+        "run_dirs",
+        metavar="RUN_DIR",
+        nargs="+",
+        help="a run's log folder (lightning_logs/version_0, or the callback's PNG folder), or a folder of them",
+    )
+    rep.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write, e.g. report.html")
+    rep.add_argument("--title", help="the page's title (default: the runs' names)")
     return parser
 
 
@@ -123,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     prog = f"{PROG} {args.command}"
     try:
-        lines = _explain(args)
+        lines = _report(args) if args.command == "report" else _explain(args)
     except (InputError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -165,6 +195,22 @@ def _explain(args: argparse.Namespace) -> list[str]:
         f"wrote {len(files)} files to {out_dir}"
     )
     return lines
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _report(args: argparse.Namespace) -> list[str]:
+    check_output_file(args.output)  # before anything is read
+    runs = read_runs(args.run_dirs)
+    path = write_file(args.output, render_page(runs, args.title).encode("utf-8"))
+    lines = [
+        f"{run.label}: {_count(len(run.runs), 'CAM run')} of {', '.join(run.methods)} (steps {run.runs[0].step}-"
+        f"{run.runs[-1].step}), {_count(sum(w.message is not None for w in run.warnings), 'warning')}"
+        for run in runs
+    ]
+    return [*lines, f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)"]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Everything that touches the file system or the command line lives here, shared b
 - Reading: :func:`read_image`, :func:`load_state_dict`, :func:`load_checkpoint` (safe
   ``torch.load(weights_only=True)`` unless trusted).
 - Writing: :func:`encode_image`, :func:`npy_bytes`, :func:`check_output_dir`, :func:`write_files` (a set of
-  files lands together or not at all).
+  files lands together or not at all), :func:`check_output_file` and :func:`write_file` (one file, whole or
+  not at all).
 - Command lines: :class:`OneLineParser` (usage errors on one line), :func:`exit_code`, :func:`close_matches`,
   :class:`ProgressPrinter` (how far Score-CAM and Ablation-CAM are, on stderr).
 """
@@ -39,6 +40,7 @@ __all__ = [
     "ProgressPrinter",
     "UnsafeCheckpointError",
     "check_output_dir",
+    "check_output_file",
     "class_scores",
     "close_matches",
     "encode_image",
@@ -48,6 +50,7 @@ __all__ = [
     "load_state_dict",
     "npy_bytes",
     "read_image",
+    "write_file",
     "write_files",
 ]
 
@@ -164,6 +167,68 @@ def write_files(output_dir: str | os.PathLike[str], files: Mapping[str, bytes]) 
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
     return [out / name for name in files]
+
+
+def check_output_file(path: str | os.PathLike[str], flag: str = "-o") -> Path:
+    """Fail early (before any computing) if ``path`` cannot become the output file: nothing is created.
+
+    Raises:
+        InputError: ``path`` is a folder, a folder above it is a file, or the folder it goes into cannot be
+            written.
+
+    Example:
+        >>> check_output_file("/tmp/report.html").name
+        'report.html'
+        >>> check_output_file("/tmp")
+        Traceback (most recent call last):
+        ...
+        cams.io.InputError: -o '/tmp' is a folder; give the file to write, e.g. /tmp/report.html
+    """
+    out = Path(path).expanduser().absolute()
+    if out.is_dir():
+        raise InputError(f"{flag} '{path}' is a folder; give the file to write, e.g. {Path(path) / 'report.html'}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{flag} '{path}': '{parent}' is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(f"{flag} '{path}': cannot write into '{parent}' (permission denied)")
+            break
+    return out
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, flag: str = "-o") -> Path:
+    """Write one file all-or-nothing: into a temporary file beside it, then renamed over it.
+
+    Missing folders above it are created. On any error the temporary file is removed and ``path`` is as it was.
+
+    Raises:
+        InputError: ``path`` cannot be written (:func:`check_output_file`, or the file system refused).
+
+    Example:
+        >>> import tempfile
+        >>> write_file(Path(tempfile.mkdtemp()) / "out" / "report.html", b"<html>").read_bytes()
+        b'<html>'
+    """
+    out = check_output_file(path, flag)
+    temporary: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+        temporary = Path(name)
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        temporary.chmod(0o666 & ~umask)  # mkstemp made it private; the file gets the usual mode
+        os.replace(temporary, out)
+        temporary = None
+    except OSError as err:
+        raise InputError(f"{flag} '{path}': cannot write it ({err.strerror or err})") from err
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+    return out
 
 
 def load_state_dict(path: str | os.PathLike[str], what: str = "--weight-path") -> dict[str, torch.Tensor]:
