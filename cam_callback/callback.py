@@ -55,7 +55,7 @@ from cam_callback._summary import (
     state_fields,
 )
 from cam_callback._timeline import Timeline, render_for, run_title
-from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch
+from cam_callback.measures import Measure, Sanity, ShortcutWarning, ShortcutWatch, give
 
 __all__ = ["CAMCallback", "ShortcutWarning"]
 
@@ -186,7 +186,7 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self._input_logged_to: str | None = None  # the destination that got cam/input and cam/config
         self._budget = CostBudget(self._settings.max_overhead)
-        self._shortcuts = ShortcutWatch(getattr(self._settings.measure("shortcut"), "ratio", 1.0))
+        self._shortcuts = ShortcutWatch.of(self._settings.measure("shortcut"))
         self._reported: set[str] = set()  # failures reported once
         # per fit/validate session, set in setup and at fit start
         self._engine: Any = None
@@ -255,6 +255,11 @@ class CAMCallback(Callback):
     def shortcut_alerts(self) -> dict[str, str]:
         """Methods whose :class:`ShortcutWarning` was given this session, with when (``"epoch 2 (global step 40)"``)."""
         return dict(self._shortcuts.alerts)
+
+    @property
+    def shortcut_notes(self) -> dict[str, str]:
+        """Methods given the "salient but not used" note this session (no reliance on the region), with when."""
+        return dict(self._shortcuts.notes)
 
     @property
     def skipped_runs(self) -> int:
@@ -365,7 +370,7 @@ class CAMCallback(Callback):
         self._summary_name, self._tag_name = session_names([cb._settings for cb in siblings], mine)
         self._mean, self._std = session_mean_std(s.mean, s.std, getattr(trainer, "datamodule", None))
         self._engine = self._engine_module = None
-        self._shortcuts = ShortcutWatch(self._shortcuts.ratio)
+        self._shortcuts = self._shortcuts.fresh()
         self._writer = CamLogWriter.open(trainer, self._tag_name) if trainer.is_global_zero else None
 
     @property
@@ -461,10 +466,9 @@ class CAMCallback(Callback):
         self._layer_names = result.layers or None
         together(trainer, lambda: self._log_images(trainer, result, step, hook) if trainer.is_global_zero else None)
         if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
-            title = run_title(trainer, hook, step).split("\n")[0]
-            when = f"{title} (global step {trainer.global_step})"
-            for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
-                rank_zero_warn(message, category=ShortcutWarning)
+            when = f"{run_title(trainer, hook, step).splitlines()[0]} (global step {trainer.global_step})"
+            for verdict, message in self._shortcuts.check(result.scalars, self.methods, when):  # same on every rank
+                give(verdict, message)  # a ShortcutWarning, or the quieter "salient but not used" note
         self._history.remember(result.maps, result.preds)
         self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._destination)
         return dict(result.scalars)

@@ -5,6 +5,7 @@ name                   logs (per method; ``baseline_*`` too where marked ✓)   
 =====================  ===========================================================  ======================
 ``"localisation"``     ``cam_localisation/<m>/pointing_game``, ``/energy`` ✓        object boxes or masks
 ``"shortcut"``         ``cam_shortcut/<m>/energy``, ``/vs_object`` ✓, a warning     spurious regions
+                       ``cam_shortcut/reliance``, ``/reliance_vs_control`` (model)
 ``"noise_floor"``      ``cam_drift/<m>/noise_floor``                                 one more engine call
 ``"baselines"``        scores ``baseline_centre``/``baseline_random`` in the ✓ rows
 ``"faithfulness"``     ``cam_faithfulness/<m>/average_drop``, ... ✓                 2-D images
@@ -43,7 +44,7 @@ from cam_callback.measures.faithfulness import Faithfulness, Road
 from cam_callback.measures.localisation import Localisation
 from cam_callback.measures.noise_floor import NoiseFloor
 from cam_callback.measures.sanity import Sanity
-from cam_callback.measures.shortcut import Shortcut, ShortcutWarning, ShortcutWatch
+from cam_callback.measures.shortcut import Shortcut, ShortcutWarning, ShortcutWatch, give
 from cams.names import close_matches
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "Whole",
     "active_measures",
     "baseline_maps",
+    "give",
     "measure_names",
     "resolve_measures",
 ]
