@@ -7,22 +7,27 @@ each image's spurious region :math:`S_i` is removed with ROAD's noisy linear imp
 https://arxiv.org/abs/2202.00449, :func:`cams.metrics.noisy_linear_imputation`: every removed pixel becomes
 the weighted mean of its neighbours, solved jointly, plus noise of 0.01 in the image's units), and so is a
 *control* region :math:`C_i` of the same shape and area placed, at a seeded random place, where it covers
-neither the object nor :math:`S_i`. With :math:`p_i` the softmax probability of the explained class
-:math:`c_i` and :math:`\hat y_i` the predicted class,
+neither the object nor :math:`S_i`. With :math:`p_i(x)` the softmax probability of the explained class
+:math:`c_i` and :math:`\hat y(x)` the predicted class, the drop is relative, as in Average Drop (Chattopadhay
+et al. 2018, https://arxiv.org/abs/1710.11063), without its clamp at zero (so that noise averages out) and
+floored at :math:`-1` (a weak score that rises when a region goes counts no more than a score that vanishes):
 
 .. math::
 
-    \text{reliance}_i = p_i(x_i) - p_i(x_i^{\setminus S}), \qquad
-    \text{control}_i = p_i(x_i) - p_i(x_i^{\setminus C}), \qquad
+    d_i(R) = \max\Big(-1, \frac{p_i(x_i) - p_i(x_i^{\setminus R})}{p_i(x_i)}\Big), \qquad
+    \text{reliance}_i = d_i(S_i), \qquad \text{control}_i = d_i(C_i), \qquad
     \text{vs\_control}_i = \text{reliance}_i - \text{control}_i,
 
     \text{flips}_i = [\hat y(x_i^{\setminus S}) \ne \hat y(x_i)], \qquad
     \text{control\_flips}_i = [\hat y(x_i^{\setminus C}) \ne \hat y(x_i)].
 
 A model that reads only the marker loses its score when the marker goes (reliance near 1, control near 0);
-a model that ignores it loses nothing either way (both near 0). The control takes out what removing *any*
-patch of that size costs (imputation is not perfect), so ``vs_control`` is a difference, not a ratio: for a
-model that uses neither region both drops are near zero, where a ratio would be noise over noise.
+a model that ignores it loses nothing either way (both near 0). The drop is relative because a model that
+learns a shortcut is often unsure on held-out images, where the marker contradicts the object: a probability
+of 0.15 that falls to 0.02 when the marker goes is a drop of 0.13, but of 87 % of what the model gave. The
+control takes out what removing *any* patch of that size costs (imputation is not perfect), so ``vs_control``
+is a difference, not a ratio: for a model that uses neither region both drops are near zero, where a ratio
+would be noise over noise.
 
 The originals, the images without :math:`S` and the images without :math:`C` go through the model in one
 batched forward. The values are ``nan`` where they are undefined: an image without a spurious region, a
@@ -131,7 +136,7 @@ def reliance(
     noise: Tensor | None = None,
     forward_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> dict[str, Tensor]:
-    """How much each image's explained-class probability needs its region, against an equal-area control.
+    """How much of each image's explained-class probability needs its region, against an equal-area control.
 
     See the module docstring for the formulas. One forward of ``3 k`` images (originals, without the region,
     without the control), in eval mode without autograd, the model left as found.
@@ -204,7 +209,8 @@ def reliance(
     predicted = logits.argmax(dim=1).view(3, k)
     nan = torch.tensor(float("nan"), device=logits.device)
     ok = defined.to(logits.device).view(2, k)
-    drop = torch.where(ok, p[0] - p[1:], nan)
+    relative = ((p[0] - p[1:]) / p[0].clamp_min(torch.finfo(p.dtype).tiny)).clamp_min(-1.0)
+    drop = torch.where(ok, relative, nan)
     flips = torch.where(ok, (predicted[1:] != predicted[0]).float(), nan)
     values = {
         "reliance": drop[0],
