@@ -27,8 +27,8 @@ Scenarios, all 64 x 64, one channel:
   place is "removed"), ``watermark_dependent`` (the square on every class-1 image, in every split) and
   ``watermark_independent`` (on half the images at random, whatever the class). The ground truth is the bar; the
   square's region is scored for attention, and the model's reliance on it is measured by the intervention of
-  ``cam_callback.measures.reliance`` (the callback's ``cam_shortcut/reliance_vs_control``): this is what
-  justifies the default ``Shortcut(reliance=0.1)``.
+  ``cam_callback.measures.reliance`` (the callback's ``cam_shortcut/reliance_vs_control``), to set beside the
+  default ``Shortcut(reliance=0.1)``.
 
 Measures (:data:`MEASURES`, a dict of functions: a new measure of ``cams.metrics`` plugs in by name):
 ``energy`` and ``pointing_game`` on the ground truth (localisation, higher is better), ROAD's ``road``
