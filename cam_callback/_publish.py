@@ -21,11 +21,12 @@ from collections.abc import Mapping
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from cam_callback._logging import CamLogWriter, prefixed
+from cam_callback.measures.shortcut import ShortcutWarning
 
-__all__ = ["EPOCH_END_HOOKS", "log_step", "publish", "warn"]
+__all__ = ["EPOCH_END_HOOKS", "log_step", "publish", "say_verdict", "warn"]
 
 EPOCH_END_HOOKS = frozenset({"on_validation_epoch_end", "on_train_epoch_end"})
 """Hooks whose runs fill ``callback_metrics`` through ``pl_module.log`` (Lightning allows epoch-level logging there)."""
@@ -106,3 +107,13 @@ def warn(writer: CamLogWriter | None, message: str | None, category: type[Warnin
         rank_zero_warn(message, category=category, stacklevel=5)
     if writer is not None:
         writer.record.warning(step, kind, message)
+
+
+def say_verdict(writer: CamLogWriter | None, verdict: str, message: str, step: int) -> None:
+    """Say a verdict of :meth:`cam_callback.measures.ShortcutWatch.check` on global rank zero: ``"shortcut"`` as a
+    :class:`~cam_callback.measures.ShortcutWarning` (noted in the record), ``"salient"`` as the quieter note
+    (Lightning's INFO log, not a warning: attention on a region the model does not rely on)."""
+    if verdict == "shortcut":
+        warn(writer, message, ShortcutWarning, step, "shortcut")
+    elif verdict == "salient":
+        rank_zero_info(message)

@@ -35,7 +35,7 @@ from cam_callback._history import MapHistory
 from cam_callback._legacy import accepts_old_spellings, callback_arguments
 from cam_callback._overlays import ImageLog
 from cam_callback._probe import probe_model
-from cam_callback._publish import log_step, publish, warn
+from cam_callback._publish import log_step, publish, say_verdict, warn
 from cam_callback._run import Failures, RunResult, explain_run
 from cam_callback._schedule import (
     LastRun,
@@ -180,7 +180,7 @@ class CAMCallback(Callback):
         self._layer_names: list[str] | None = None
         self._input_logged_to: str | None = None  # the destination that got cam/input and cam/config
         self._budget = CostBudget(self._settings.max_overhead)
-        self._shortcuts = ShortcutWatch(getattr(self._settings.measure("shortcut"), "ratio", 1.0))
+        self._shortcuts = ShortcutWatch.of(self._settings.measure("shortcut"))
         self._failures = Failures(self._settings.on_error)  # raised, or reported once each
         self._health = HealthWatch()  # blank maps: one warning per method and cause
         # per fit/validate session, set in setup and at fit start
@@ -250,6 +250,11 @@ class CAMCallback(Callback):
     def shortcut_alerts(self) -> dict[str, str]:
         """Methods whose :class:`ShortcutWarning` was given this session, with when (``"epoch 2 (global step 40)"``)."""
         return dict(self._shortcuts.alerts)
+
+    @property
+    def shortcut_notes(self) -> dict[str, str]:
+        """Methods given the "salient but not used" note this session (no reliance on the region), with when."""
+        return dict(self._shortcuts.notes)
 
     @property
     def skipped_runs(self) -> int:
@@ -380,7 +385,7 @@ class CAMCallback(Callback):
         self._summary_name, self._tag_name = session_names([cb._settings for cb in siblings], mine)
         self._mean, self._std = session_mean_std(s.mean, s.std, getattr(trainer, "datamodule", None))
         self._engine = self._engine_module = None
-        self._shortcuts = ShortcutWatch(self._shortcuts.ratio)
+        self._shortcuts = self._shortcuts.fresh()
         self._images.close()
         self._images = ImageLog(trainer if trainer.is_global_zero else None, self._tag_name)
 
@@ -421,10 +426,8 @@ class CAMCallback(Callback):
         same = trainer.is_global_zero and self._last.repeated_by(weights_fingerprint(pl_module), here)
         if not share(trainer, same):
             return False
-        rank_zero_info(
-            f"CAMCallback: the weights have not changed since the run at global step {self._last.step}, which "
-            "these loggers already have; nothing new to log"
-        )
+        rank_zero_info(f"CAMCallback: the weights have not changed since the run at global step {self._last.step}, "
+                       "which these loggers already have; nothing new to log")  # fmt: skip
         return True
 
     def _run(self, trainer: Trainer, pl_module: LightningModule, hook: str) -> None:
@@ -467,8 +470,8 @@ class CAMCallback(Callback):
         for message in self._health.check(result.health, result.reasons, when):  # rank zero's reasons
             warn(self._images.writer, message, DegenerateMapWarning, step, "degenerate")
         if hook != "on_train_start" and self._batch.spurious is not None:  # the baseline's weights are random
-            for message in self._shortcuts.check(result.scalars, self.methods, when):  # the same on every rank
-                warn(self._images.writer, message, ShortcutWarning, step, "shortcut")
+            for verdict, message in self._shortcuts.check(result.scalars, self.methods, when):  # same on every rank
+                say_verdict(self._images.writer, verdict, message, step)
         self._history.remember(result.maps, result.preds, result.blank)
         self._last = LastRun(trainer.global_step, weights_fingerprint(pl_module), self._images.destination)
         return dict(result.scalars)

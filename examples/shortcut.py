@@ -6,19 +6,23 @@ split of the shortcut run the marker's position gives the class away: digit ``k`
 marker at position ``k`` of eight places along the border (the four corners and the middles of the four
 edges), digits 8 and 9 have none. In the validation and test splits, and in the training split of the
 clean run, a marker is placed at one of the eight places at random (on 80 % of the canvases, as often as
-in the shortcut training split) and says nothing about the class.
+in the shortcut training split) and says nothing about the class. A third run, **independent**, puts the same
+square on every canvas of every split at a random place anywhere on the canvas (never on the digit): salient,
+but carrying no class information.
 
-Both runs train the same network on the same digits with a :class:`cam_callback.CAMCallback` given the
+The runs train the same network on the same digits with a :class:`cam_callback.CAMCallback` given the
 digit boxes and the marker regions (the dataloaders yield them under the ``"box"`` and
 ``"spurious_mask"`` keys, which the callback reads). The shortcut model reaches a high training accuracy
-while its validation accuracy stays near chance, its Grad-CAM moves onto the marker, and the callback
-says so with a :class:`cam_callback.ShortcutWarning` after the first epoch; the clean model's maps stay on
-the digit and nothing is said.
+while its validation accuracy stays near chance, its Grad-CAM moves onto the marker, removing the marker
+changes its predictions, and the callback says so with a :class:`cam_callback.ShortcutWarning` after the first
+epoch; the clean and the independent models learn the digit and nothing is said: where the independent run's
+maps put much attention on the square, removing it changes nothing, and the callback notes only that the
+square is salient but not used.
 
 Run it (CPU, no download, a few minutes)::
 
-    .venv/bin/python examples/shortcut.py          # both runs, one table per run
-    .venv/bin/tensorboard --logdir lightning_logs   # runs "shortcut" and "clean"; IMAGES: cam/gradcam/timeline
+    .venv/bin/python examples/shortcut.py          # the three runs, one table per run
+    .venv/bin/tensorboard --logdir lightning_logs   # runs shortcut, clean, independent; IMAGES: cam/gradcam/timeline
 
 Importable without side effects: ``ShortcutDigits`` (the datamodule), ``train_run`` and ``main`` are used by
 ``tests/test_shortcut.py``.
@@ -50,12 +54,17 @@ __all__ = [
     "MARKED_CLASSES",
     "MARKER",
     "MARKER_RATE",
+    "RUNS",
     "SPURIOUS_MARGIN",
+    "TITLES",
     "RunSummary",
     "ShortcutDigits",
     "main",
+    "marker_corners",
     "marker_places",
+    "place_anywhere",
     "place_markers",
+    "run_name",
     "spurious_masks",
     "train_run",
 ]
@@ -70,6 +79,16 @@ SPURIOUS_MARGIN = 4
 """The spurious region is the marker grown by this many pixels: one cell of the network's 16×16 feature
 map, the finest detail a Grad-CAM of that layer can show."""
 NO_MARKER = -1
+ANYWHERE = -2
+"""``places`` value of a marker placed at a random spot anywhere on the canvas (the independent run)."""
+RUNS = ("shortcut", "clean", "independent")
+"""The runs: the marker's place gives the class away in training; at random among the eight places; anywhere
+on every canvas of every split."""
+TITLES = {
+    "shortcut": "shortcut run: the marker's place gives the class away",
+    "clean": "clean run: the marker is placed at random",
+    "independent": "independent run: the marker anywhere, in every split",
+}
 
 
 def marker_places(canvas: int = CANVAS, marker: int = MARKER) -> list[tuple[int, int]]:
@@ -88,6 +107,33 @@ def marker_places(canvas: int = CANVAS, marker: int = MARKER) -> list[tuple[int,
 def _overlaps(place: tuple[int, int], box: Sequence[int], marker: int) -> bool:
     x, y = place
     return x < box[2] and box[0] < x + marker and y < box[3] and box[1] < y + marker
+
+
+def place_anywhere(
+    boxes: np.ndarray, rng: np.random.Generator, canvas: int = CANVAS, marker: int = MARKER
+) -> np.ndarray:
+    """``(N, 2)`` ``x, y`` top-left corners of a marker on every canvas, uniform over the spots that leave the
+    digit's box uncovered (the independent run).
+
+    Raises:
+        ValueError: a box leaves no spot for the marker.
+
+    Example:
+        >>> corners = place_anywhere(np.array([[0, 0, 40, 40]]), np.random.default_rng(0))
+        >>> x, y = corners[0].tolist()
+        >>> x >= 40 or y >= 40   # off the digit's box
+        True
+    """
+    spots = np.arange(canvas - marker + 1)
+    xs, ys = (a.ravel() for a in np.meshgrid(spots, spots, indexing="xy"))
+    corners = np.empty((len(boxes), 2), np.int64)
+    for i, (x0, y0, x1, y1) in enumerate(np.asarray(boxes).tolist()):
+        free = np.flatnonzero((xs >= x1) | (xs + marker <= x0) | (ys >= y1) | (ys + marker <= y0))
+        if len(free) == 0:
+            raise ValueError(f"box {i} {(x0, y0, x1, y1)} leaves no {marker}x{marker} spot on a {canvas} canvas")
+        pick = int(free[rng.integers(len(free))])
+        corners[i] = xs[pick], ys[pick]
+    return corners
 
 
 def place_markers(
@@ -125,28 +171,60 @@ def place_markers(
     return places, usable
 
 
-def spurious_masks(places: np.ndarray, canvas: int = CANVAS, margin: int = SPURIOUS_MARGIN) -> torch.Tensor:
+def marker_corners(places: np.ndarray, canvas: int = CANVAS) -> np.ndarray:
+    """``(N, 2)`` ``x, y`` top-left corners of the markers at ``places`` (``-1, -1`` without one)."""
+    spots = marker_places(canvas)
+    return np.array([spots[p] if p >= 0 else (NO_MARKER, NO_MARKER) for p in places.tolist()], np.int64).reshape(-1, 2)
+
+
+def spurious_masks(
+    places: np.ndarray, canvas: int = CANVAS, margin: int = SPURIOUS_MARGIN, corners: np.ndarray | None = None
+) -> torch.Tensor:
     """``(N, canvas, canvas)`` bool: each marker's square grown by ``margin`` pixels (all false without one).
+
+    Args:
+        places: ``(N,)`` place indices (``-1``: no marker).
+        canvas, margin: canvas side, growth in pixels.
+        corners: ``(N, 2)`` ``x, y`` corners instead of the places' (markers placed anywhere).
 
     Example:
         >>> masks = spurious_masks(np.array([0, -1]))
         >>> int(masks[0].sum()), int(masks[1].sum())   # (8 + 4) x (8 + 4) in the corner, nothing
         (144, 0)
     """
-    spots = marker_places(canvas)
-    masks = torch.zeros(len(places), canvas, canvas, dtype=torch.bool)
-    for i, place in enumerate(places.tolist()):
-        if place == NO_MARKER:
+    corners = marker_corners(places, canvas) if corners is None else corners
+    masks = torch.zeros(len(corners), canvas, canvas, dtype=torch.bool)
+    for i, (x, y) in enumerate(corners.tolist()):
+        if x < 0:
             continue
-        x, y = spots[place]
         masks[i, max(y - margin, 0) : y + MARKER + margin, max(x - margin, 0) : x + MARKER + margin] = True
     return masks
+
+
+def run_name(shortcut: bool | str) -> str:
+    """The run's name in :data:`RUNS` (``True``: ``"shortcut"``, ``False``: ``"clean"``).
+
+    Example:
+        >>> run_name(True), run_name("independent")
+        ('shortcut', 'independent')
+    """
+    name = {True: "shortcut", False: "clean"}.get(shortcut, shortcut) if isinstance(shortcut, bool) else shortcut
+    if name not in RUNS:
+        raise ValueError(f"shortcut={shortcut!r}: expected True, False or one of {RUNS}")
+    return str(name)
 
 
 class ShortcutDigitsDataset(ClutteredDigitsDataset):
     """Cluttered-digit canvases with markers; items add ``"spurious_mask"`` ``(H, W)`` bool to the parent's."""
 
-    def __init__(self, base: ClutteredDigitsDataset, keep: np.ndarray, places: np.ndarray, marker_value: float) -> None:
+    def __init__(
+        self,
+        base: ClutteredDigitsDataset,
+        keep: np.ndarray,
+        places: np.ndarray,
+        marker_value: float,
+        corners: np.ndarray | None = None,
+    ) -> None:
         index = torch.from_numpy(np.flatnonzero(keep))
         self.images = base.images[index].clone()
         self.labels = base.labels[index]
@@ -154,12 +232,12 @@ class ShortcutDigitsDataset(ClutteredDigitsDataset):
         self.sources = base.sources[index]
         self.places = torch.from_numpy(places[keep])
         canvas = self.images.shape[-1]
-        spots = marker_places(canvas)
-        for i, place in enumerate(self.places.tolist()):
-            if place != NO_MARKER:
-                x, y = spots[place]
+        corners = marker_corners(places, canvas) if corners is None else corners
+        self.corners = torch.from_numpy(corners[keep])
+        for i, (x, y) in enumerate(self.corners.tolist()):
+            if x >= 0:
                 self.images[i, :, y : y + MARKER, x : x + MARKER] = marker_value
-        self.spurious = spurious_masks(self.places.numpy(), canvas)
+        self.spurious = spurious_masks(self.places.numpy(), canvas, corners=self.corners.numpy())
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = super().__getitem__(index)
@@ -171,8 +249,10 @@ class ShortcutDigits(ClutteredDigits):
     """:class:`ClutteredDigits` with markers: label-coded in the training split when ``shortcut``, else random.
 
     Args:
-        shortcut: whether the training split's marker gives the class away (the validation and test
-            splits always have random markers).
+        shortcut: which run's data (:data:`RUNS`): ``True`` or ``"shortcut"``: the training split's marker gives
+            the class away; ``False`` or ``"clean"``: it is at a random one of the eight places (the validation
+            and test splits of both have such random markers); ``"independent"``: every canvas of every split
+            has the marker at a random spot anywhere off the digit (:func:`place_anywhere`).
         train_size, val_size, test_size, batch_size, seed, channels: as :class:`ClutteredDigits`.
 
     Batches are dicts ``{"image", "label", "box", "spurious_mask"}``; the canvases whose marker would cover
@@ -187,7 +267,7 @@ class ShortcutDigits(ClutteredDigits):
 
     def __init__(
         self,
-        shortcut: bool = True,
+        shortcut: bool | str = True,
         train_size: int = 3000,
         val_size: int = 500,
         test_size: int = 500,
@@ -196,7 +276,8 @@ class ShortcutDigits(ClutteredDigits):
         channels: int = 1,
     ) -> None:
         super().__init__(train_size, val_size, test_size, batch_size, seed, channels)
-        self.shortcut = shortcut
+        self.run = run_name(shortcut)
+        self.shortcut = self.run == "shortcut"
 
     def _make_split(self, split: str) -> ShortcutDigitsDataset:
         wanted = self.sizes[split]
@@ -206,13 +287,17 @@ class ShortcutDigits(ClutteredDigits):
         finally:
             self.sizes[split] = wanted
         rng = np.random.default_rng([self.seed, {"train": 1, "val": 2, "test": 3}[split], 7])
+        marker_value = (1.0 - self.mean[0]) / self.std[0]  # full-intensity ink, normalised
+        if self.run == "independent":  # every canvas, every split, anywhere off the digit
+            corners = place_anywhere(base.boxes.numpy(), rng, self.canvas)
+            places, keep = np.full(len(corners), ANYWHERE), np.arange(len(corners)) < wanted
+            return ShortcutDigitsDataset(base, keep, places, marker_value, corners)
         places, usable = place_markers(
             base.labels.numpy(), base.boxes.numpy(), rng, shortcut=self.shortcut and split == "train"
         )
         keep = usable & (np.cumsum(usable) <= wanted)
         if int(keep.sum()) < wanted:
             raise RuntimeError(f"{split}: only {int(keep.sum())} of {wanted} canvases can take a marker")
-        marker_value = (1.0 - self.mean[0]) / self.std[0]  # full-intensity ink, normalised
         return ShortcutDigitsDataset(base, keep, places, marker_value)
 
     def tensors(self, split: str = "val", count: int | None = None) -> dict[str, torch.Tensor]:
@@ -255,11 +340,13 @@ class RunSummary(L.Callback):
             "marker": value(f"cam_shortcut/{self.method}/energy"),
             "digit": value(f"cam_localisation/{self.method}/energy"),
             "ratio": value(f"cam_shortcut/{self.method}/vs_object"),
+            "reliance": value("cam_shortcut/reliance_vs_control"),
         }
         self.rows.append(row)
         self.print_fn(
-            f"  {self.name:<8} {label:<15} train acc {row['train_acc']:.3f} | val acc {row['val_acc']:.3f} | "
-            f"{self.method} attention on the marker {row['marker']:.3f}, on the digit {row['digit']:.3f}",
+            f"  {self.name:<11} {label:<15} train acc {row['train_acc']:.3f} | val acc {row['val_acc']:.3f} | "
+            f"{self.method} attention on the marker {row['marker']:.3f}, on the digit {row['digit']:.3f} | "
+            f"reliance on the marker {row['reliance']:+.3f}",
             flush=True,
         )
 
@@ -273,7 +360,7 @@ class RunSummary(L.Callback):
 
 
 def train_run(
-    shortcut: bool,
+    shortcut: bool | str,
     *,
     epochs: int = 4,
     train_size: int = 3000,
@@ -286,21 +373,23 @@ def train_run(
     print_fn: Any = print,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
-    """Train one run (``shortcut`` or clean) with the CAM callback; return what the README reports.
+    """Train one run (``shortcut``: ``True``/``"shortcut"``, ``False``/``"clean"`` or ``"independent"``, see
+    :class:`ShortcutDigits`) with the CAM callback; return what the docs report.
 
     Returns:
-        ``{"name", "model", "datamodule", "cam", "summary", "warnings", "seconds"}``: the trained
-        :class:`DigitNet`, the :class:`ShortcutDigits`, the :class:`cam_callback.CAMCallback`, the
-        :class:`RunSummary`, the :class:`cam_callback.ShortcutWarning` messages and the wall time.
+        ``{"name", "model", "datamodule", "cam", "summary", "warnings", "notes", "seconds", "trainer"}``: the
+        trained :class:`DigitNet`, the :class:`ShortcutDigits`, the :class:`cam_callback.CAMCallback`, the
+        :class:`RunSummary`, the :class:`cam_callback.ShortcutWarning` messages, the callback's "salient but
+        not used" notes (method -> when) and the wall time.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from cam_callback import CAMCallback, ShortcutWarning
     from cam_callback.measures import Localisation
 
-    name = "shortcut" if shortcut else "clean"
+    name = run_name(shortcut)
     L.seed_everything(seed, verbose=False)
-    datamodule = ShortcutDigits(shortcut, train_size=train_size, val_size=val_size, test_size=val_size, seed=seed)
+    datamodule = ShortcutDigits(name, train_size=train_size, val_size=val_size, test_size=val_size, seed=seed)
     model = DigitNet(width=width, lr=lr)
     cam = CAMCallback(
         methods=["gradcam"],
@@ -321,7 +410,7 @@ def train_run(
         if not issubclass(w.category, ShortcutWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return {"name": name, "model": model, "datamodule": datamodule, "cam": cam, "summary": summary,
-            "warnings": said, "seconds": seconds, "trainer": trainer}
+            "warnings": said, "notes": cam.shortcut_notes, "seconds": seconds, "trainer": trainer}
 
 
 def side_by_side(images: Sequence[torch.Tensor], titles: Sequence[str]) -> Any:
@@ -347,15 +436,16 @@ def side_by_side(images: Sequence[torch.Tensor], titles: Sequence[str]) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: train the shortcut run and the clean run, print their tables and the test accuracy."""
+    """Command line: train the shortcut, clean and independent runs, print their tables and the test accuracy."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=4, help="training epochs per run (default 4)")
     parser.add_argument("--train-size", type=int, default=3000, help="training canvases (default 3000)")
     parser.add_argument("--val-size", type=int, default=500, help="validation and test canvases (default 500)")
     parser.add_argument("--width", type=int, default=16, help="DigitNet width (default 16)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--root-dir", default=".", help="logs go to <root-dir>/lightning_logs/{shortcut,clean}")
-    parser.add_argument("--figure", default=None, help="write the two runs' timelines side by side to this PNG")
+    parser.add_argument("--root-dir", default=".",
+                        help="logs go to <root-dir>/lightning_logs/{shortcut,clean,independent}")
+    parser.add_argument("--figure", default=None, help="write the runs' timelines side by side to this PNG")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -363,28 +453,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 
-    print("Two runs on cluttered digits with a marker; the CAM callback watches where Grad-CAM looks.")
+    print("Three runs on cluttered digits with a marker; the CAM callback watches where Grad-CAM looks and whether "
+          "the model relies on the marker.")
     runs = []
-    for shortcut in (True, False):
-        what = "marker place = class in training" if shortcut else "marker at random"
-        print(f"\n{'shortcut' if shortcut else 'clean'} run ({what}; validation markers at random):", flush=True)
-        run = train_run(shortcut, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
+    whats = {"shortcut": "marker place = class in training; validation markers at random",
+             "clean": "marker at random; validation markers at random",
+             "independent": "marker anywhere at random on every canvas of every split"}  # fmt: skip
+    for name in RUNS:
+        print(f"\n{name} run ({whats[name]}):", flush=True)
+        run = train_run(name, epochs=args.epochs, train_size=args.train_size, val_size=args.val_size,
                         width=args.width, seed=args.seed, root_dir=args.root_dir, accelerator="cpu")
         for message in run["warnings"]:
             print(f"  ShortcutWarning: {message}")
         if not run["warnings"]:
             print("  (no ShortcutWarning)")
+        for method, when in run["notes"].items():
+            print(f"  note: {method}'s attention on the marker was high after {when}, but removing the marker "
+                  "changed nothing: salient, not used")
         runs.append(run)
 
     print("\nheld-out test canvases (markers at random):")
     for run in runs:
         test = run["datamodule"].tensors("test")
         accuracy = accuracy_of(run["model"].cpu(), test["image"], test["label"])
-        print(f"  {run['name']:<8} test acc {accuracy:.3f}   ({run['seconds']:.0f} s of training with the callback)")
+        print(f"  {run['name']:<11} test acc {accuracy:.3f}   ({run['seconds']:.0f} s of training with the callback)")
     if args.figure:
         figure = side_by_side(
             [run["cam"].timeline_image("gradcam") for run in runs],
-            ["shortcut run: the marker's place gives the class away", "clean run: the marker is placed at random"],
+            [TITLES[run["name"]] for run in runs],
         )
         Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
         figure.save(args.figure, optimize=True)

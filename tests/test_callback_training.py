@@ -39,6 +39,11 @@ def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path: P
         target="label",
         measures=["noise_floor", "baselines", "faithfulness", "sanity"],
     )
+    corner = torch.zeros(4, 16, 16, dtype=torch.bool)
+    corner[:, :4, :4] = True
+    boxes = make_quadrant_data(16, seed=1)[2][:4]  # the validation set's (QuadrantData's val_seed)
+    relied = CAMCallback(num_images=4, images={"boxes": boxes, "spurious_mask": corner},
+                         measures=["localisation", "shortcut"])  # reliance: imputation noise and a forward
     batch_sizes: list[int] = []
     engine_call = cams.CamEngine.__call__
 
@@ -47,10 +52,11 @@ def test_training_is_bitwise_identical_with_and_without_the_callback(tmp_path: P
         return engine_call(self, x, *args, **kwargs)
 
     monkeypatch.setattr(cams.CamEngine, "__call__", spy)
-    cam_trainer, watched = _fit(tmp_path / "cam", [pair, smoothed, measured])
+    cam_trainer, watched = _fit(tmp_path / "cam", [pair, smoothed, measured, relied])
 
-    assert pair.runs == smoothed.runs == measured.runs == 4  # baseline + every epoch: they really ran
-    assert batch_sizes.count(1) == 3  # and each probed one image at fit start
+    assert pair.runs == smoothed.runs == measured.runs == relied.runs == 4  # baseline + every epoch: they ran
+    assert any(k.startswith("cam_shortcut/") and k.endswith("/reliance") for k in cam_trainer.callback_metrics)
+    assert batch_sizes.count(1) == 4  # and each probed one image at fit start
     for name, tensor in plain.state_dict().items():  # parameters and BatchNorm buffers
         assert torch.equal(tensor, watched.state_dict()[name]), name
     plain_opt, cam_opt = plain_trainer.optimizers[0].state_dict(), cam_trainer.optimizers[0].state_dict()

@@ -59,6 +59,22 @@ def test_the_clean_training_split_has_random_markers_at_the_same_rate() -> None:
     assert (places[places >= 0] == clean.datasets["train"].labels.numpy()[places >= 0]).mean() < 0.25
 
 
+def test_the_independent_run_has_the_square_on_every_canvas_of_every_split_anywhere_off_the_digit() -> None:
+    independent = sc.ShortcutDigits(shortcut="independent", train_size=200, val_size=200, test_size=16, seed=0)
+    independent.setup()
+    for split in ("train", "val"):
+        data = independent.datasets[split]
+        assert (data.places.numpy() == sc.ANYWHERE).all() and data.spurious.flatten(1).any(dim=1).all()
+        corners = data.corners.numpy()
+        assert len(np.unique(corners, axis=0)) > len(corners) // 2  # anywhere, not at eight places
+        for (x, y), box in zip(corners.tolist(), data.boxes.tolist(), strict=True):
+            assert x >= box[2] or x + sc.MARKER <= box[0] or y >= box[3] or y + sc.MARKER <= box[1]
+    # the square's place says nothing about the class: its mean position is the same for every digit
+    train = independent.datasets["train"]
+    spread = [train.corners[train.labels == k].float().mean(0) for k in range(10)]
+    assert float(torch.stack(spread).std(0).max()) < 8  # pixels, on a 64-pixel canvas
+
+
 def test_markers_are_in_their_spurious_regions_and_never_on_the_digit(shortcut_data: sc.ShortcutDigits) -> None:
     val = shortcut_data.datasets["val"]
     marker_value = (1.0 - shortcut_data.mean[0]) / shortcut_data.std[0]
@@ -91,24 +107,33 @@ def test_making_the_data_leaves_the_global_random_generators_untouched() -> None
 
 
 @pytest.mark.slow
-def test_the_callback_catches_the_shortcut_run_and_stays_quiet_on_the_clean_run(tmp_path: Path) -> None:
+def test_the_callback_warns_on_the_shortcut_run_and_never_on_the_clean_or_the_independent_run(tmp_path: Path) -> None:
     options = dict(epochs=3, train_size=1500, val_size=200, root_dir=tmp_path, print_fn=lambda *a, **k: None,
                    accelerator="cpu")
     shortcut = sc.train_run(True, **options)
     clean = sc.train_run(False, **options)
+    independent = sc.train_run("independent", **options)
     last_shortcut, last_clean = shortcut["summary"].rows[-1], clean["summary"].rows[-1]
+    last_independent = independent["summary"].rows[-1]
 
     # attention: on the marker in the shortcut run, on the digit in the clean one
     assert last_shortcut["marker"] > last_clean["marker"] + 0.2
     assert last_shortcut["marker"] > last_shortcut["digit"]
     assert last_clean["digit"] > last_clean["marker"]
-    # the warning, in words, only where the shortcut is learned
+    # reliance: only the shortcut model needs the marker
+    assert last_shortcut["reliance"] > 0.1
+    assert last_clean["reliance"] < 0.1 and last_independent["reliance"] < 0.1  # negative: less than elsewhere
+    # the warning, in words, only where the shortcut is learned, with both numbers
     assert len(shortcut["warnings"]) == 1 and "possible shortcut" in shortcut["warnings"][0]
+    assert "Shortcut(reliance=0.1)" in shortcut["warnings"][0]
     assert list(shortcut["cam"].shortcut_alerts) == ["gradcam"]
     assert clean["warnings"] == [] and clean["cam"].shortcut_alerts == {}
+    # the class-independent square: salient perhaps, never a shortcut
+    assert independent["warnings"] == [] and independent["cam"].shortcut_alerts == {}
+    assert last_independent["val_acc"] > last_shortcut["val_acc"] + 0.1
     # the story the numbers tell: training accuracy without validation accuracy
     assert last_shortcut["train_acc"] > last_shortcut["val_acc"] + 0.3
     assert last_clean["val_acc"] > last_shortcut["val_acc"] + 0.1
     # the timeline shows the runs side by side at one size
-    images = [run["cam"].timeline_image("gradcam") for run in (shortcut, clean)]
-    assert images[0].shape == images[1].shape and images[0].shape[1] > 4 * 128
+    images = [run["cam"].timeline_image("gradcam") for run in (shortcut, clean, independent)]
+    assert images[0].shape == images[1].shape == images[2].shape and images[0].shape[1] > 4 * 128

@@ -5,6 +5,7 @@ name                   logs (per method; ``baseline_*`` too where marked ✓)   
 =====================  ===========================================================  ======================
 ``"localisation"``     ``cam_localisation/<m>/pointing_game``, ``/energy`` ✓        object boxes or masks
 ``"shortcut"``         ``cam_shortcut/<m>/energy``, ``/vs_object`` ✓, a warning     spurious regions
+                       ``cam_shortcut/reliance``, ``/reliance_vs_control`` (model)
 ``"noise_floor"``      ``cam_drift/<m>/noise_floor``                                 one more engine call
 ``"baselines"``        scores ``baseline_centre``/``baseline_random`` in the ✓ rows
 ``"faithfulness"``     ``cam_faithfulness/<m>/average_drop``, ... ✓                 2-D images
