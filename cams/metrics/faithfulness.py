@@ -151,6 +151,17 @@ def _perturbation_scores(
     return result
 
 
+def _explanation_scores(
+    model: torch.nn.Module, x: Tensor, maps: Tensor, targets: Targets, *, batch_size: int | None, softmax: bool
+) -> tuple[Tensor, Tensor]:
+    """The scores of the originals and of their explanation maps (:func:`average_drop`'s :math:`Y`, :math:`O`)."""
+    scores = _perturbation_scores(
+        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
+        steps=1, batch_size=batch_size, softmax=softmax,
+    )  # fmt: skip
+    return scores["original"], scores["explanation"]
+
+
 def _auc(curve: Tensor) -> Tensor:
     """Trapezoid area under ``(B, steps + 1)`` scores over the fraction axis ``k / steps`` in [0, 1]."""
     steps = curve.shape[1] - 1
@@ -223,11 +234,7 @@ def average_drop(
     Example:{example}        >>> average_drop(model, x, torch.full((1, 4, 4), 0.25), softmax=False)
         tensor([75.])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
-        steps=1, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _average_drop(scores["original"], scores["explanation"])
+    return _average_drop(*_explanation_scores(model, x, maps, targets, batch_size=batch_size, softmax=softmax))
 
 
 def increase_in_confidence(
@@ -258,11 +265,7 @@ def increase_in_confidence(
     Example:{example}        >>> increase_in_confidence(model, x, torch.full((1, 4, 4), 0.25), softmax=False)
         tensor([0.])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
-        steps=1, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _increase(scores["original"], scores["explanation"])
+    return _increase(*_explanation_scores(model, x, maps, targets, batch_size=batch_size, softmax=softmax))
 
 
 def deletion_auc(
