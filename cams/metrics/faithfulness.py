@@ -168,6 +168,18 @@ def _auc(curve: Tensor) -> Tensor:
     return (curve[:, :-1] + curve[:, 1:]).sum(dim=1) / (2 * steps)
 
 
+def _curve_auc(
+    kind: str, model: torch.nn.Module, x: Tensor, maps: Tensor, targets: Targets, baseline: Baseline, *,
+    steps: int, batch_size: int | None, softmax: bool,
+) -> Tensor:
+    """:func:`deletion_auc` (``kind="deletion"``) or :func:`insertion_auc` (``"insertion"``) with ``baseline``."""
+    scores = _perturbation_scores(
+        model, x, maps, targets, explanation=False, deletion=baseline if kind == "deletion" else None,
+        insertion=baseline if kind == "insertion" else None, steps=steps, batch_size=batch_size, softmax=softmax,
+    )  # fmt: skip
+    return _auc(scores[kind])
+
+
 def _average_drop(original: Tensor, explained: Tensor) -> Tensor:
     positive = original > 0
     drop = (original - explained).clamp_min(0) / torch.where(positive, original, torch.ones_like(original))
@@ -312,11 +324,9 @@ def deletion_auc(
         >>> deletion_auc(model, x, 1 - hot_first, steps=4, softmax=False)  # 1, 1, 1, 1, 0
         tensor([0.8750])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=False, deletion=baseline, insertion=None,
-        steps=steps, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _auc(scores["deletion"])
+    return _curve_auc(
+        "deletion", model, x, maps, targets, baseline, steps=steps, batch_size=batch_size, softmax=softmax
+    )
 
 
 def insertion_auc(
@@ -354,11 +364,9 @@ def insertion_auc(
         >>> insertion_auc(model, x, hot_first, steps=4, baseline="zeros", softmax=False)
         tensor([0.8750])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=False, deletion=None, insertion=baseline,
-        steps=steps, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _auc(scores["insertion"])
+    return _curve_auc(
+        "insertion", model, x, maps, targets, baseline, steps=steps, batch_size=batch_size, softmax=softmax
+    )
 
 
 def faithfulness(
