@@ -28,6 +28,7 @@ __all__ = [
     "check_positive",
     "chunk_size",
     "fill_rows",
+    "fixed_base_values",
     "original_scores",
     "pearson",
     "pixel_ranks",
@@ -90,6 +91,15 @@ def base_values(baseline: Baseline, x: Tensor, name: str = "baseline") -> Tensor
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
         raise ValueError(f"{name} must be one of {BASELINES} or a number, got {baseline!r}")
     return torch.full((x.shape[0],), float(baseline), dtype=x.dtype, device=x.device)
+
+
+def fixed_base_values(baseline: Baseline, x: Tensor, fix: str) -> Tensor:
+    """:func:`base_values` for a measure that replaces pixels with one value per image: ``"uniform"`` (a value
+    drawn per perturbation) is refused with a ``ValueError`` that ends in ``fix`` (what to pass instead)."""
+    fill = base_values(baseline, x)
+    if fill is None:
+        raise ValueError(f"baseline='uniform' draws a value per perturbation; {fix}")
+    return fill
 
 
 def fill_rows(
