@@ -17,8 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 
 from cams.hooks import capture, grad_capable, prepare
 from cams.layer_choice import auto_layer, find_layer
-from cams.ops import minmax, resize
+from cams.ops import minmax, one_thread, resize
 from cams.state import frozen_model, model_device
 
 __all__ = ["Factorization", "deep_feature_factorization", "nmf"]
@@ -95,7 +94,7 @@ def nmf(
     wt, h = (t.to(x.device).clone(memory_format=torch.contiguous_format) for t in (w.T, h))
     sweep_w, sweep_h = _Sweep(wt, x.T), _Sweep(h, x)  # W's columns (xᵀ ≈ Hᵀ Wᵀ), H's rows (x ≈ W H)
     iterations, first = 0, None
-    with _one_thread(x.device):
+    with one_thread(x.device):
         for iterations in range(1, max_iter + 1):  # noqa: B007
             violation = float(sweep_w(h) + sweep_h(wt))
             if first is None:
@@ -103,20 +102,6 @@ def nmf(
             if first == 0 or violation / first <= tol:
                 break
     return wt.T.contiguous(), h, iterations
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run on one CPU thread, restored on exit (see :func:`nmf`)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Sweep:

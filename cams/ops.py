@@ -5,6 +5,8 @@ All functions are pure: tensors in, tensors out, no state, on the input's device
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -17,6 +19,7 @@ __all__ = [
     "first_principal_component",
     "gaussian_blur",
     "minmax",
+    "one_thread",
     "peak",
     "resize",
     "spatial_dims",
@@ -217,3 +220,21 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0, bo
     out = F.pad(x, (half, half, half, half), mode="reflect" if border == "reflect" else "constant")
     out = F.conv2d(out, line.view(1, 1, 1, kernel_size).expand(channels, 1, 1, kernel_size), groups=channels)
     return F.conv2d(out, line.view(1, 1, kernel_size, 1).expand(channels, 1, kernel_size, 1), groups=channels)
+
+
+@contextlib.contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """Run torch's CPU operations on one thread, the thread count restored on exit.
+
+    For loops of many small operations (DFF's NMF sweeps, the Sobel filter), where the threads' start-up costs
+    more than their work. Nothing changes on other devices or when torch already runs on one thread.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -7,12 +7,10 @@ here (:data:`RANDOM_WEIGHTS`).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 
+from cams.ops import one_thread
 from cams.passes import Input, Pass
 
 __all__ = ["RANDOM_WEIGHTS", "random_cam", "sobel"]
@@ -55,7 +53,7 @@ def sobel(image: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"sobel: the Sobel map needs images (B, C, H, W); got shape {tuple(image.shape)}")
     if image.shape[-1] < 2 or image.shape[-2] < 2:
         raise ValueError(f"sobel: the image must be at least 2×2; got {tuple(image.shape[-2:])}")
-    with _one_thread(image.device):
+    with one_thread(image.device):
         return _sobel(image.float())
 
 
@@ -72,20 +70,6 @@ def _sobel(image: torch.Tensor) -> torch.Tensor:
     grad_x = torch.add(across[:, :-2], across[:, 2:]).add_(across[:, 1:-1], alpha=2)
     grad_y = along[:, 2:] - along[:, :-2]
     return grad_x.abs_().add_(grad_y.abs_())
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run torch's CPU operations on one thread, the thread count restored on exit (see :func:`sobel`)."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _random_weights(p: Pass, i: int) -> torch.Tensor:

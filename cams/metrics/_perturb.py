@@ -28,6 +28,7 @@ __all__ = [
     "check_positive",
     "chunk_size",
     "fill_rows",
+    "fixed_base_values",
     "original_scores",
     "pearson",
     "pixel_ranks",
@@ -90,6 +91,15 @@ def base_values(baseline: Baseline, x: Tensor, name: str = "baseline") -> Tensor
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
         raise ValueError(f"{name} must be one of {BASELINES} or a number, got {baseline!r}")
     return torch.full((x.shape[0],), float(baseline), dtype=x.dtype, device=x.device)
+
+
+def fixed_base_values(baseline: Baseline, x: Tensor, fix: str) -> Tensor:
+    """:func:`base_values` for a measure that replaces pixels with one value per image: ``"uniform"`` (a value
+    drawn per perturbation) is refused with a ``ValueError`` that ends in ``fix`` (what to pass instead)."""
+    fill = base_values(baseline, x)
+    if fill is None:
+        raise ValueError(f"baseline='uniform' draws a value per perturbation; {fix}")
+    return fill
 
 
 def fill_rows(
@@ -165,34 +175,34 @@ def pearson(a: Tensor, b: Tensor, what: str) -> Tensor:
     ``what`` was correlated.
     """
     a, b = a.double(), b.double()
-    flat = (a == a[:, :1]).all(dim=1) | (b == b[:, :1]).all(dim=1)
+    flat = _constant_rows(a, b, what, "correlation")
     a = a - a.mean(dim=1, keepdim=True)
     b = b - b.mean(dim=1, keepdim=True)
     va, vb = (a * a).sum(dim=1), (b * b).sum(dim=1)
     r = ((a * b).sum(dim=1) / (va * vb).sqrt().clamp_min(1e-300)).clamp(-1.0, 1.0)
-    if bool(flat.any()):
-        warnings.warn(
-            f"{what}: constant for image(s) {torch.nonzero(flat).flatten().tolist()}, so the correlation is "
-            "undefined there (nan); a constant map or a model whose score does not move under the perturbation",
-            RuntimeWarning,
-            stacklevel=3,
-        )
     return torch.where(flat, torch.nan, r)
 
 
 def rank_correlation(a: Tensor, b: Tensor, what: str) -> Tensor:
     """Spearman correlation of each row of ``a`` with the same row of ``b`` (``(B, N)`` -> ``(B,)``), ties given
     their average rank (``scipy.stats.spearmanr``); ``nan`` with a warning for a constant row, as :func:`pearson`."""
+    flat = _constant_rows(a, b, what, "rank correlation")
+    rho = spearman(a[:, None].double(), b[:, None].double())
+    return torch.where(flat.to(rho.device), torch.nan, rho)
+
+
+def _constant_rows(a: Tensor, b: Tensor, what: str, measure: str) -> Tensor:
+    """``(B,)`` bool: the rows where ``a`` or ``b`` is constant, for which ``measure`` (a correlation) is undefined;
+    a warning naming ``what`` was correlated when there are any (attributed to the correlation's caller)."""
     flat = (a == a[:, :1]).all(dim=1) | (b == b[:, :1]).all(dim=1)
     if bool(flat.any()):
         warnings.warn(
-            f"{what}: constant for image(s) {torch.nonzero(flat).flatten().tolist()}, so the rank correlation is "
+            f"{what}: constant for image(s) {torch.nonzero(flat).flatten().tolist()}, so the {measure} is "
             "undefined there (nan); a constant map or a model whose score does not move under the perturbation",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
-    rho = spearman(a[:, None].double(), b[:, None].double())
-    return torch.where(flat.to(rho.device), torch.nan, rho)
+    return flat
 
 
 def trapezoid(curve: Tensor, dx: float = 1.0) -> Tensor:

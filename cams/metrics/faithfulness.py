@@ -151,10 +151,33 @@ def _perturbation_scores(
     return result
 
 
+def _explanation_scores(
+    model: torch.nn.Module, x: Tensor, maps: Tensor, targets: Targets, *, batch_size: int | None, softmax: bool
+) -> tuple[Tensor, Tensor]:
+    """The scores of the originals and of their explanation maps (:func:`average_drop`'s :math:`Y`, :math:`O`)."""
+    scores = _perturbation_scores(
+        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
+        steps=1, batch_size=batch_size, softmax=softmax,
+    )  # fmt: skip
+    return scores["original"], scores["explanation"]
+
+
 def _auc(curve: Tensor) -> Tensor:
     """Trapezoid area under ``(B, steps + 1)`` scores over the fraction axis ``k / steps`` in [0, 1]."""
     steps = curve.shape[1] - 1
     return (curve[:, :-1] + curve[:, 1:]).sum(dim=1) / (2 * steps)
+
+
+def _curve_auc(
+    kind: str, model: torch.nn.Module, x: Tensor, maps: Tensor, targets: Targets, baseline: Baseline, *,
+    steps: int, batch_size: int | None, softmax: bool,
+) -> Tensor:
+    """:func:`deletion_auc` (``kind="deletion"``) or :func:`insertion_auc` (``"insertion"``) with ``baseline``."""
+    scores = _perturbation_scores(
+        model, x, maps, targets, explanation=False, deletion=baseline if kind == "deletion" else None,
+        insertion=baseline if kind == "insertion" else None, steps=steps, batch_size=batch_size, softmax=softmax,
+    )  # fmt: skip
+    return _auc(scores[kind])
 
 
 def _average_drop(original: Tensor, explained: Tensor) -> Tensor:
@@ -223,11 +246,7 @@ def average_drop(
     Example:{example}        >>> average_drop(model, x, torch.full((1, 4, 4), 0.25), softmax=False)
         tensor([75.])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
-        steps=1, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _average_drop(scores["original"], scores["explanation"])
+    return _average_drop(*_explanation_scores(model, x, maps, targets, batch_size=batch_size, softmax=softmax))
 
 
 def increase_in_confidence(
@@ -258,11 +277,7 @@ def increase_in_confidence(
     Example:{example}        >>> increase_in_confidence(model, x, torch.full((1, 4, 4), 0.25), softmax=False)
         tensor([0.])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=True, deletion=None, insertion=None,
-        steps=1, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _increase(scores["original"], scores["explanation"])
+    return _increase(*_explanation_scores(model, x, maps, targets, batch_size=batch_size, softmax=softmax))
 
 
 def deletion_auc(
@@ -309,11 +324,9 @@ def deletion_auc(
         >>> deletion_auc(model, x, 1 - hot_first, steps=4, softmax=False)  # 1, 1, 1, 1, 0
         tensor([0.8750])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=False, deletion=baseline, insertion=None,
-        steps=steps, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _auc(scores["deletion"])
+    return _curve_auc(
+        "deletion", model, x, maps, targets, baseline, steps=steps, batch_size=batch_size, softmax=softmax
+    )
 
 
 def insertion_auc(
@@ -351,11 +364,9 @@ def insertion_auc(
         >>> insertion_auc(model, x, hot_first, steps=4, baseline="zeros", softmax=False)
         tensor([0.8750])
     """
-    scores = _perturbation_scores(
-        model, x, maps, targets, explanation=False, deletion=None, insertion=baseline,
-        steps=steps, batch_size=batch_size, softmax=softmax,
-    )  # fmt: skip
-    return _auc(scores["insertion"])
+    return _curve_auc(
+        "insertion", model, x, maps, targets, baseline, steps=steps, batch_size=batch_size, softmax=softmax
+    )
 
 
 def faithfulness(

@@ -31,6 +31,7 @@ from cams.metrics._perturb import (
     check_positive,
     chunk_size,
     fill_rows,
+    fixed_base_values,
     original_scores,
     pearson,
     pixel_ranks,
@@ -143,9 +144,7 @@ def faithfulness_correlation(
     x, maps, out = prepare(model, x, maps)
     batch_size = chunk_size(batch_size, x.device)
     pixels = maps[0].numel()
-    fill = base_values(baseline, x)
-    if fill is None:
-        raise ValueError("baseline='uniform' draws a value per perturbation; pass a fixed baseline")
+    fill = fixed_base_values(baseline, x, "pass a fixed baseline")
     if subsets is None:
         check_positive(nr_runs, "nr_runs", "random subsets per image")
         check_positive(subset_size, "subset_size", "pixels per subset")
@@ -295,9 +294,7 @@ def sensitivity_n(
     x, maps, out = prepare(model, x, maps)
     batch_size = chunk_size(batch_size, x.device)
     batch, pixels = x.shape[0], maps[0].numel()
-    fill = base_values(baseline, x)
-    if fill is None:
-        raise ValueError("baseline='uniform' draws a value per perturbation; pass a fixed baseline")
+    fill = fixed_base_values(baseline, x, "pass a fixed baseline")
     if subsets is None:
         check_positive(nr_subsets, "nr_subsets", "random subsets per size")
         if not fractions or not all(0 < float(f) <= 1 for f in fractions):

@@ -28,9 +28,9 @@ from torch import Tensor, nn
 
 from cams.metrics._perturb import (
     Baseline,
-    base_values,
     check_positive,
     chunk_size,
+    fixed_base_values,
     original_scores,
     pixel_ranks,
     prepare,
@@ -122,9 +122,7 @@ def pixel_flipping(
     check_positive(features_in_step, "features_in_step", "pixels replaced per step")
     x, maps, out = prepare(model, x, maps)
     batch_size = chunk_size(batch_size, x.device)
-    fill = base_values(baseline, x) if baseline != "uniform" else None
-    if fill is None:
-        raise ValueError("baseline='uniform' draws a value per perturbation; pixel_flipping takes a fixed one")
+    fill = fixed_base_values(baseline, x, "pixel_flipping takes a fixed one")
     pixels = maps[0].numel()
     steps = torch.full((x.shape[0],), math.ceil(pixels / features_in_step), device=x.device)
     groups = (pixel_ranks(maps, descending=True) // features_in_step).view_as(maps)
@@ -174,9 +172,7 @@ def _patch_curve(
     if patch_size > min(maps.shape[-2:]):
         raise ValueError(f"patch_size={patch_size} is larger than the image ({tuple(maps.shape[-2:])})")
     batch_size = chunk_size(batch_size, x.device)
-    fill = base_values(baseline, x) if baseline != "uniform" else None
-    if fill is None:
-        raise ValueError("baseline='uniform' draws a value per perturbation; pass a fixed baseline")
+    fill = fixed_base_values(baseline, x, "pass a fixed baseline")
     if order == "random" and generator is None:
         generator = torch.Generator(device=x.device).manual_seed(0)
     groups, patches = _patch_ranks(maps, patch_size, order, generator)
@@ -336,9 +332,7 @@ def irof(
     """
     x, maps, out = prepare(model, x, maps)
     batch_size = chunk_size(batch_size, x.device)
-    fill = base_values(baseline, x) if baseline != "uniform" else None
-    if fill is None:
-        raise ValueError("baseline='uniform' draws a value per perturbation; irof takes a fixed one")
+    fill = fixed_base_values(baseline, x, "irof takes a fixed one")
     if segments is None:
         segments = slic(x)
     segments = torch.as_tensor(segments, device=x.device)

@@ -176,18 +176,34 @@ def _bounds(lower_bound: float, upper_bound: float | None) -> tuple[float, float
     return lower_bound, upper_bound
 
 
-def _reduce(ratios: Tensor, how: str, strict: bool) -> Tensor:
-    """Max or mean over the samples; ``strict``: a ``nan`` sample makes the image ``nan`` (Quantus' np.max)."""
+def _reduce(ratios: Tensor, how: str, strict: bool, stacklevel: int = 3) -> Tensor:
+    """Max or mean over the samples; ``strict``: a ``nan`` sample makes the image ``nan`` (Quantus' np.max).
+
+    The warning of an undefined image is attributed ``stacklevel`` frames up (3: the public measure's caller)."""
     empty = ratios.isnan().any(dim=0) if strict else ratios.isnan().all(dim=0)
     if bool(empty.any()):
         warnings.warn(
             f"robustness: no defined value for image(s) {torch.nonzero(empty).flatten().tolist()} (nan there): an "
             "all-zero map with relative=True, or a perturbed copy that changed its prediction",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     reduced = torch.nanmean(ratios, dim=0) if how == "mean" else ratios.nan_to_num(-torch.inf).amax(dim=0)
     return torch.where(empty, torch.nan, reduced).float()
+
+
+def _sensitivity(how: str, model: nn.Module, x: Tensor, target_layers: Any, method: str, targets: Targets, *,
+                 nr_samples: int, lower_bound: float, upper_bound: float | None, relative: bool, nan_when: bool,
+                 noise: Tensor | None, generator: torch.Generator | None, batch_size: int | None,
+                 reshape_transform: Any) -> Tensor:  # fmt: skip
+    """:func:`max_sensitivity` (``how="max"``) or :func:`avg_sensitivity` (``"mean"``): uniform noise, reduced."""
+    low, high = _bounds(lower_bound, upper_bound)
+    ratios = _run(
+        model, x, target_layers, method, targets, kind="uniform", low=low, high=high, nr_samples=nr_samples,
+        noise=noise, generator=generator, lipschitz=False, relative=relative, nan_when=nan_when,
+        batch_size=batch_size, reshape_transform=reshape_transform,
+    )  # fmt: skip
+    return _reduce(ratios, how, nan_when, stacklevel=4).to(x.device)
 
 
 def max_sensitivity(
@@ -245,13 +261,11 @@ def max_sensitivity(
         >>> max_sensitivity(net, x, "layer3", nr_samples=4).shape
         torch.Size([2])
     """
-    low, high = _bounds(lower_bound, upper_bound)
-    ratios = _run(
-        model, x, target_layers, method, targets, kind="uniform", low=low, high=high, nr_samples=nr_samples,
-        noise=noise, generator=generator, lipschitz=False, relative=relative, nan_when=nan_when_prediction_changes,
-        batch_size=batch_size, reshape_transform=reshape_transform,
+    return _sensitivity(
+        "max", model, x, target_layers, method, targets, nr_samples=nr_samples, lower_bound=lower_bound,
+        upper_bound=upper_bound, relative=relative, nan_when=nan_when_prediction_changes, noise=noise,
+        generator=generator, batch_size=batch_size, reshape_transform=reshape_transform,
     )  # fmt: skip
-    return _reduce(ratios, "max", nan_when_prediction_changes).to(x.device)
 
 
 def avg_sensitivity(
@@ -287,13 +301,11 @@ def avg_sensitivity(
     Returns:
         ``(B,)`` float32.
     """
-    low, high = _bounds(lower_bound, upper_bound)
-    ratios = _run(
-        model, x, target_layers, method, targets, kind="uniform", low=low, high=high, nr_samples=nr_samples,
-        noise=noise, generator=generator, lipschitz=False, relative=relative, nan_when=nan_when_prediction_changes,
-        batch_size=batch_size, reshape_transform=reshape_transform,
+    return _sensitivity(
+        "mean", model, x, target_layers, method, targets, nr_samples=nr_samples, lower_bound=lower_bound,
+        upper_bound=upper_bound, relative=relative, nan_when=nan_when_prediction_changes, noise=noise,
+        generator=generator, batch_size=batch_size, reshape_transform=reshape_transform,
     )  # fmt: skip
-    return _reduce(ratios, "mean", nan_when_prediction_changes).to(x.device)
 
 
 def local_lipschitz(
