@@ -107,8 +107,8 @@ def blank_rows(cam: torch.Tensor) -> torch.Tensor:
         [False, True, True, False]
     """
     flat = cam.detach().flatten(1).float()
-    finite = torch.isfinite(flat).all(dim=1)
     high, low = flat.amax(dim=1), flat.amin(dim=1)
+    finite = torch.isfinite(high) & torch.isfinite(low)  # amax and amin carry a nan or an inf through
     spread = high - low
     scale = torch.maximum(high.abs(), low.abs())
     return ~finite | (spread <= MINMAX_FLOOR) | (spread <= _ROUNDING * scale)
