@@ -144,7 +144,7 @@ def fit(scenario: str, out: Path) -> None:
         "last_maps": cam.last_maps,
         "layer_names": cam.layer_names,
         "weights": cam.weights,
-        "scalars": recorder.calls,
+        "scalars": recorder.run_calls(),
         "images": recorder.images_by_tag(),
         "warnings": [str(w.message) for w in caught if "CAMCallback" in str(w.message)],
     }

@@ -66,6 +66,10 @@ class RecordingLogger(Logger):
         if cam:
             self.calls.append((int(step or 0), cam))
 
+    def run_calls(self) -> list[tuple[int, dict[str, float]]]:
+        """:attr:`calls` without the image worker's own ``cam_cost/logging`` calls: one per CAM run."""
+        return [(step, values) for step, values in self.calls if values.keys() != {"cam_cost/logging"}]
+
     def log_image(self, key: str, images: list[Any], step: int | None = None, **kwargs: Any) -> None:
         self.images.append((key, step, images))
 

@@ -69,8 +69,8 @@ def replay(scenario: str, weights: list[dict[str, torch.Tensor]]) -> list[dict[s
         recorder = _recorder()
         options = dict(TRAINER_DEFAULTS, logger=recorder)
         L.Trainer(callbacks=[cam], **options).validate(model, datamodule=QuadrantData(as_dict=True), verbose=False)
-        assert len(recorder.calls) == 1
-        scalars = {tag: value for tag, value in recorder.calls[0][1].items() if not tag.startswith("cam_cost/")}
+        (call,) = recorder.run_calls()
+        scalars = {tag: value for tag, value in call[1].items() if not tag.startswith("cam_cost/")}
         images = recorder.images_by_tag()
         runs.append({"maps": cam.last_maps, "scalars": scalars, "images": images})
     return runs
