@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -30,20 +30,23 @@ def test_the_subsample_estimate_is_within_a_factor_of_two_of_the_whole_batch_on_
     trainer.fit(model, datamodule=data)
     x = data.tensors("val", 32)["image"]
     engine = CamEngine(model.eval(), "features")
+    explained: list[int] = []  # the rows of each engine call the measure makes
+
+    def explain(images: torch.Tensor, methods: list[str], targets: Any) -> Any:
+        explained.append(len(images))
+        return engine(images, methods, targets)
+
     for methods in (["gradcam", "xgradcam"], ["scorecam"]):
         result = engine(x, methods)
         part = Slice(model=model, x=x, batch=FixedBatch(x), rows=torch.arange(32), images=x,
                      maps={m: result[m] for m in methods}, classes=result.classes, engine_classes=result.classes,
-                     targets=None, explain=lambda images, targets, methods=methods: engine(images, methods, targets),
+                     targets=None, explain=lambda images, targets, methods=methods: explain(images, methods, targets),
                      layers=["features"])  # fmt: skip
-        started = time.perf_counter()
         whole = NoiseFloor(images=None).per_image(part)
-        whole_seconds = time.perf_counter() - started
-        started = time.perf_counter()
+        whole_rows, explained[:] = sum(explained), []
         estimate = NoiseFloor().per_image(part)  # 4 of the 32 images
-        estimate_seconds = time.perf_counter() - started
         for method in methods:
             tag = f"cam_drift/{method}/noise_floor"
             ratio = float(torch.nanmean(estimate[tag]) / whole[tag].mean())
             assert 0.5 < ratio < 2.0, (method, ratio)  # measured: 0.63 (Grad-CAM, XGrad-CAM), 1.41 (Score-CAM)
-        assert estimate_seconds < whole_seconds / 3, (estimate_seconds, whole_seconds)  # 4 of 32 images: ~1/8
+        assert sum(explained) == 4 and whole_rows >= 32  # 4 perturbed images explained instead of every one
