@@ -6,7 +6,7 @@ Quantus 0.6.0, in the same run, on the same inputs and the same random draws.
     python benchmarks/metrics_vs_quantus_b.py --device cuda       # ours on the GPU (Quantus stays on NumPy + CPU)
 
 Issue 21, part B: the cases of :data:`CASES` have the structure of ``benchmarks/metrics_vs_quantus.py`` (part A),
-``(name, ours, peer, inputs)``, and go at the end of its list; the measuring code below is that file's.
+``(name, ours, peer, inputs)``, and go at the end of its list; the measuring code is imported from that file.
 
 The model is a small CNN (two strided 3 x 3 convolutions, 8 and 16 channels, pooling, 10 classes; random weights,
 no download): a forward costs little next to what each library does around it, which is what is compared. The
@@ -28,10 +28,8 @@ import functools
 import gc
 import json
 import math
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -39,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from metrics_vs_quantus import _numpy, _status_kib, built, medians, timed  # part A's measuring code
 from torch import nn
 
 from cams import CamEngine, metrics
@@ -383,43 +382,6 @@ BY_NAME = {case.name: case for case in CASES}
 
 
 # -------------------------------------------------------------------------------------------- measuring
-def _numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double().numpy()
-    return np.asarray(value, dtype=np.float64)
-
-
-def _sync(device: str) -> None:
-    if device != "cpu":
-        torch.cuda.synchronize()
-
-
-def timed(function: Callable[[], Any], device: str) -> tuple[float, float]:
-    """Wall and CPU seconds (this process, all its threads) of one call."""
-    _sync(device)
-    start, cpu = time.perf_counter(), time.process_time()
-    function()
-    _sync(device)
-    return time.perf_counter() - start, time.process_time() - cpu
-
-
-def medians(times: list[tuple[float, float]]) -> tuple[float, float]:
-    return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
-
-
-@functools.lru_cache(maxsize=8)
-def built(inputs: Callable[[int, int, str], Inputs], batch: int, size: int, device: str) -> Inputs:
-    return inputs(batch, size, device)
-
-
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
 def child(name: str, side: str, batch: int, size: int, device: str) -> None:
     """Run one side of one case once in this (fresh) process; print the peak memory it adds, in MiB."""
     case = BY_NAME[name]
