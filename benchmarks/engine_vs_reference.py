@@ -25,7 +25,6 @@ input live on the GPU, every timing waits for the GPU (``torch.cuda.synchronize`
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from typing import Any
 
 import torch
 import torchvision
+from _memory import peak_added_mib
 
 GRADIENT_SIX = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "eigengradcam")
 PGC, TORCHCAM = "pytorch-grad-cam", "torchcam"
@@ -197,32 +197,11 @@ def _torchcam(model: torch.nn.Module, spec: Case, x: torch.Tensor) -> Callable[[
     return run
 
 
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
 def child(case: str, impl: str, size: int, device: str, net: str | None, batch: int | None) -> None:
     """Run one case once in this (fresh) process; print the peak RSS (on CUDA: GPU memory) it adds, in MiB."""
     model, spec, x = build(case, size, device, net, batch)
     run = (ours if impl == "ours" else reference)(model, spec, x)
-    gc.collect()
-    if device != "cpu":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
-        return
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
-    run()
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"peak_mib": peak_added_mib(run, device)}))
 
 
 def peak_mib(case: str, impl: str, size: int, device: str, net: str | None, batch: int | None) -> float:

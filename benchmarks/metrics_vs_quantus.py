@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import gc
 import json
 import math
 import statistics
@@ -49,6 +48,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _memory import peak_added_mib
 from torch import nn
 
 from cams import metrics
@@ -256,33 +256,12 @@ def built(inputs: Callable[[int, int, str], Inputs], batch: int, size: int, devi
     return inputs(batch, size, device)
 
 
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
 def child(name: str, side: str, batch: int, size: int, device: str) -> None:
     """Run one side of one case once in this (fresh) process; print the peak memory it adds, in MiB."""
     case = BY_NAME[name]
     d = case.inputs(batch, size, device)
     run = {"ours": case.ours, "peer": case.peer, "core": case.peer_core}[side]
-    gc.collect()
-    if device != "cpu":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run(d)
-        torch.cuda.synchronize()
-        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
-        return
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
-    run(d)
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"peak_mib": peak_added_mib(lambda: run(d), device)}))
 
 
 def peak_mib(name: str, side: str, batch: int, size: int, device: str) -> float:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import gc
 import json
 import math
 import subprocess
@@ -37,7 +36,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from metrics_vs_quantus import _numpy, _status_kib, built, medians, timed  # part A's measuring code
+from _memory import peak_added_mib
+from metrics_vs_quantus import _numpy, built, medians, timed  # part A's measuring code
 from torch import nn
 
 from cams import CamEngine, metrics
@@ -387,20 +387,7 @@ def child(name: str, side: str, batch: int, size: int, device: str) -> None:
     case = BY_NAME[name]
     d = case.inputs(batch, size, device)
     run = {"ours": case.ours, "peer": case.peer, "core": case.peer_core}[side]
-    gc.collect()
-    if device != "cpu":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run(d)
-        torch.cuda.synchronize()
-        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
-        return
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
-    run(d)
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"peak_mib": peak_added_mib(lambda: run(d), device)}))
 
 
 def peak_mib(name: str, side: str, batch: int, size: int, device: str) -> float:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import importlib
 import importlib.util
 import json
@@ -41,6 +40,7 @@ from typing import Any
 
 import torch
 import torchvision
+from _memory import peak_added_mib
 from torch import nn
 
 from cams import CamEngine
@@ -141,32 +141,11 @@ def build(case: str, device: str, args: argparse.Namespace) -> tuple[str, Callab
             lxt_attnlrp(model, x, classes))  # fmt: skip
 
 
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
 def child(case: str, side: int, device: str, args: argparse.Namespace) -> None:
     """Run one side of a case once in this fresh process; print the peak memory it adds, in MiB."""
     _, ours, compared = build(case, device, args)
     run = (ours, compared)[side]
-    gc.collect()
-    if device != "cpu":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        run()
-        torch.cuda.synchronize()
-        print(json.dumps({"peak_mib": (torch.cuda.max_memory_allocated() - start) / 2**20}))
-        return
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM to the current RSS
-    run()
-    print(json.dumps({"peak_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"peak_mib": peak_added_mib(run, device)}))
 
 
 def peak_mib(case: str, side: int, args: argparse.Namespace) -> float:
